@@ -1,0 +1,209 @@
+"""Learner throughput: nas_meta MAML / FOMAML / ProtoNet against learn2learn's MAML, side by side.
+
+Omniglot 5-way 1-shot shapes (1x28x28, 5 support + 75 query per task), meta-batch 8, Conv-4 with
+64 channels (BatchNorm from nas_meta.ops: batch statistics, mean/var ops), 2 CPU threads.  Every
+method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
+meta-gradients of nas_meta and learn2learn are checked equal before any timing.  Methods run in
+interleaved rounds and the medians are quoted (the machines here are noisy: +-15% between runs).
+Achieved GFLOP/s are torch.utils.flop_counter counts over measured time, against the measured
+fp32 matmul GFLOP/s of this machine in the same rounds.
+
+learn2learn (0.2.0) lives in its own venv (it needs numpy<2 and gym); make it once with
+``bash bench/setup_l2l.sh``, then run from the repository root:
+
+    PYTHONPATH=. bench/.venv-l2l/bin/python bench/learners.py          # with learn2learn
+    .venv/bin/python bench/learners.py                                  # nas_meta only
+
+The last line is ``maml_vs_l2l=<ratio> fomaml_vs_l2l=<ratio> protonet_flops_util=<ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nas_meta.data.sampler import Episodes  # noqa: E402
+from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
+from nas_meta.ops import BatchNorm  # noqa: E402
+
+try:
+    import learn2learn as l2l
+except ImportError:  # the project's venv: nas_meta only
+    l2l = None
+
+WAYS, SHOTS, QUERIES, SIZE = 5, 1, 15, 28
+
+
+class Conv4(nn.Sequential):
+    """The Conv-4 of the MAML and ProtoNet papers: 4 x (conv3x3-BN-ReLU-maxpool2), 64 channels."""
+
+    def __init__(self, channels: int = 64) -> None:
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), BatchNorm(channels), nn.ReLU(), nn.MaxPool2d(2)]
+        super().__init__(*layers, nn.Flatten())
+        self.feature_dim = channels  # 28 -> 14 -> 7 -> 3 -> 1
+
+
+def make_batch(tasks: int, device: torch.device, seed: int = 0) -> Episodes:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(WAYS)
+    return Episodes(
+        torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=g),
+        labels.repeat_interleave(SHOTS).repeat(tasks, 1),
+        torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=g),
+        labels.repeat_interleave(QUERIES).repeat(tasks, 1),
+        WAYS,
+    ).to(device)
+
+
+def make_model(seed: int, device: torch.device) -> nn.Sequential:
+    """Backbone + a random (non-zero) head, so every parameter carries a meta-gradient."""
+    torch.manual_seed(seed)
+    backbone = Conv4()
+    return nn.Sequential(backbone, nn.Linear(backbone.feature_dim, WAYS)).to(device)
+
+
+def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float) -> MAML:
+    learner = MAML(copy.deepcopy(model[0]), feature_dim=64, ways=WAYS, task="classification", inner_lr=lr, first_order=first_order)
+    learner.head.load_state_dict(model[1].state_dict())
+    return learner
+
+
+class L2LMaml(nn.Module):
+    """learn2learn's documented MAML loop: clone, adapt on the support set, query loss, mean."""
+
+    def __init__(self, model: nn.Module, *, first_order: bool, lr: float, steps: int) -> None:
+        super().__init__()
+        self.maml = l2l.algorithms.MAML(copy.deepcopy(model), lr=lr, first_order=first_order)
+        self.steps = steps
+
+    def loss(self, batch: Episodes) -> tuple[Tensor, Tensor]:
+        losses = []
+        for t in range(batch.support_x.shape[0]):
+            learner = self.maml.clone()
+            for _ in range(self.steps):
+                learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]))
+            losses.append(F.cross_entropy(learner(batch.query_x[t]), batch.query_y[t]))
+        return torch.stack(losses).mean(), torch.zeros(())
+
+
+def meta_gradient(learner: nn.Module, batch: Episodes) -> Tensor:
+    loss, _ = learner.loss(batch)
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(learner.parameters()))])
+
+
+def train_step(learner: nn.Module, optimizer: torch.optim.Optimizer, batch: Episodes) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = learner.loss(batch)
+    loss.backward()
+    optimizer.step()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_round(n: int, device: torch.device) -> float:
+    """GFLOP/s of one fp32 n^3 matmul (2 n^3 flops)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    a @ b
+    sync(device)
+    return 2 * n**3 / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--meta-batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median quoted)")
+    parser.add_argument("--steps", type=int, default=2, help="outer steps per method per round")
+    parser.add_argument("--inner-lr", type=float, default=0.4)
+    parser.add_argument("--matmul", type=int, default=2048, help="n of the n^3 fp32 reference matmul")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batch = make_batch(args.meta_batch, device)
+    model = make_model(0, device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"learn2learn {l2l.__version__ if l2l else 'not importable (run in bench/.venv-l2l)'}")
+    print(f"shapes: {args.meta_batch} tasks x {WAYS}-way {SHOTS}-shot {QUERIES}-query, 1x{SIZE}x{SIZE}, Conv-4/64")
+    if hasattr(os, "getloadavg"):
+        print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+
+    methods: dict[str, nn.Module] = {
+        "maml": nas_meta_maml(model, first_order=False, lr=args.inner_lr),
+        "fomaml": nas_meta_maml(model, first_order=True, lr=args.inner_lr),
+        "protonet": ProtoNet(copy.deepcopy(model[0])),
+    }
+    if l2l is not None:
+        methods["l2l_maml"] = L2LMaml(model, first_order=False, lr=args.inner_lr, steps=1)
+        methods["l2l_fomaml"] = L2LMaml(model, first_order=True, lr=args.inner_lr, steps=1)
+        for ours, theirs in (("maml", "l2l_maml"), ("fomaml", "l2l_fomaml")):
+            a, b = meta_gradient(methods[ours], batch), meta_gradient(methods[theirs], batch)
+            error = ((a - b).abs() / (b.abs() + 1e-3 * b.abs().max())).max().item()
+            ok = torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+            print(f"meta-gradient {ours} vs learn2learn: max rel error {error:.2e} -> {'equal' if ok else 'DIFFERENT'}")
+            if not ok:
+                raise SystemExit(f"{ours}: meta-gradient differs from learn2learn's; refusing to time it")
+
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in methods.items()}
+    flops = {name: count_flops(lambda m=m: train_step(m, optimizers[name], batch)) for name, m in methods.items()}
+    for name, m in methods.items():  # warm-up: oneDNN primitives, allocator, lazy inits
+        train_step(m, optimizers[name], batch)
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    matmul: list[float] = []
+    for _ in range(args.rounds):
+        matmul.append(matmul_round(args.matmul, device))
+        for name, m in methods.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                train_step(m, optimizers[name], batch)
+            sync(device)
+            rates[name].append(args.steps * args.meta_batch / (time.perf_counter() - start))
+        matmul.append(matmul_round(args.matmul, device))
+
+    peak = statistics.median(matmul)
+    print(f"fp32 matmul {args.matmul}^3: {peak:.1f} GFLOP/s (median of {len(matmul)})")
+    print(f"{'method':<12}{'tasks/s':>9}{'min':>8}{'max':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'util':>7}")
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    util = {}
+    for name in methods:
+        gflops = flops[name] / 1e9 * median[name] / args.meta_batch
+        util[name] = gflops / peak
+        print(f"{name:<12}{median[name]:>9.1f}{min(rates[name]):>8.1f}{max(rates[name]):>8.1f}"
+              f"{flops[name] / 1e9:>12.2f}{gflops:>9.1f}{util[name]:>7.0%}")
+    if hasattr(os, "getloadavg"):
+        print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+    nan = float("nan")
+    maml_ratio = median["maml"] / median["l2l_maml"] if l2l else nan
+    fomaml_ratio = median["fomaml"] / median["l2l_fomaml"] if l2l else nan
+    print(f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={util['protonet']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

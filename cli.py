@@ -1,0 +1,3 @@
+from nas_meta.cli import main
+
+raise SystemExit(main())

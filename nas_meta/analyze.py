@@ -1,0 +1,266 @@
+"""Trials of studies as pandas tables, and the tables as Markdown, CSV or LaTeX.
+
+    >>> frame = trials_frame(study, "classification")      # doctest: +SKIP
+    >>> print(render(ranked_frame(study, "classification"), "md"))  # doctest: +SKIP
+
+Plots live in :mod:`nas_meta.plots`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "trials_frame",
+    "ranked_frame",
+    "summary_frame",
+    "study_summary",
+    "compare_frame",
+    "render",
+    "parse",
+    "metric_column",
+    "best_trials",
+    "format_score",
+    "format_count",
+    "FORMATS",
+]
+
+FORMATS = ("csv", "latex", "md")
+
+
+def format_score(value: float | None, task: str) -> str:
+    """Accuracy as a percentage, MSE with four decimals, '-' for none."""
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{100 * value:.1f}%" if task == "classification" else f"{value:.4f}"
+
+
+def format_count(n: float | None) -> str:
+    """12345 -> '12.3k'."""
+    if n is None or pd.isna(n):
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def metric_column(task: str) -> str:
+    return "val_acc" if task == "classification" else "val_mse"
+
+
+TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
+                 "duplicate_of", "pruned_at", "failure", "surplus"]
+
+
+def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFrame:
+    """One row per trial: number, state, score, params, FLOPs, fingerprint, seconds, notes, and
+    the architecture choices as ``choice:<name>`` columns.  Exactly the study's trials, in order.
+    A pruned trial's score is its last reported validation score."""
+    metric = metric_column(task)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        value = t.values[0] if t.values else None
+        if value is None and attrs.get("curve"):
+            value = attrs["curve"][-1][1]
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            metric: value,
+            "fingerprint": attrs.get("fingerprint"),
+            "params": attrs.get("params"),
+            "flops": attrs.get("flops"),
+            "seconds": attrs.get("seconds"),
+            "duplicate_of": attrs.get("duplicate_of"),
+            "pruned_at": attrs.get("pruned_at"),
+            "failure": attrs.get("failure"),
+            "surplus": bool(attrs.get("surplus", False)),
+        }
+        row.update({f"choice:{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    columns = ["number", "state", metric] + TRIAL_COLUMNS[2:]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    choice_cols = sorted(c for c in frame.columns if c.startswith("choice:"))
+    frame = frame[columns + choice_cols]
+    for col in ("params", "flops", "duplicate_of", "pruned_at"):
+        frame[col] = frame[col].astype("Int64")
+    frame[metric] = frame[metric].astype(float)
+    return frame
+
+
+def ranked_frame(study: optuna.Study, task: str, sampler: str = "") -> pd.DataFrame:
+    """The analysis table: rank (completed, distinct trials by score), fingerprint, params, FLOPs,
+    validation score, state, seconds, sampler, pruned-at step; best first, then the rest."""
+    frame = trials_frame(study, task)
+    metric = metric_column(task)
+    if frame.empty:
+        return pd.DataFrame(columns=["rank", "number", "fingerprint", "params", "flops", metric,
+                                     "state", "seconds", "sampler", "pruned_at"])
+    frame = frame[~frame["surplus"]]
+    rankable = (frame["state"] == "COMPLETE") & frame["duplicate_of"].isna()
+    ascending = task != "classification"
+    ranks = frame.loc[rankable, metric].rank(method="first", ascending=ascending).astype("Int64")
+    frame = frame.assign(rank=ranks.reindex(frame.index).astype("Int64"), sampler=sampler)
+    frame = frame.sort_values(["rank", "number"], na_position="last")
+    return frame[["rank", "number", "fingerprint", "params", "flops", metric, "state", "seconds",
+                  "sampler", "pruned_at"]].reset_index(drop=True)
+
+
+def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The trials table for a terminal: formatted numbers, short fingerprints, one note column;
+    surplus trials (started by a worker after the budget was taken) left out."""
+    metric = metric_column(task)
+    frame = frame[~frame["surplus"].astype(bool)] if len(frame) else frame
+
+    def note(row: pd.Series) -> str:
+        if not pd.isna(row["duplicate_of"]):
+            return f"duplicate of #{int(row['duplicate_of'])}"
+        if not pd.isna(row["pruned_at"]):
+            return f"pruned at step {int(row['pruned_at'])}"
+        if isinstance(row["failure"], str):
+            return row["failure"]
+        return "interrupted" if row["state"] == "FAIL" else ""
+
+    return pd.DataFrame({
+        "trial": frame["number"],
+        "state": frame["state"],
+        metric: [format_score(v, task) for v in frame[metric]],
+        "params": [format_count(v) for v in frame["params"]],
+        "flops": [format_count(v) for v in frame["flops"]],
+        "fingerprint": [f[:12] if isinstance(f, str) else "-" for f in frame["fingerprint"]],
+        "seconds": [f"{v:.1f}" if not pd.isna(v) else "-" for v in frame["seconds"]],
+        "note": [note(row) for _, row in frame.iterrows()],
+    })
+
+
+def best_trials(study: optuna.Study, task: str, k: int = 1) -> list[FrozenTrial]:
+    """The k best distinct completed trials by validation score (ties: the earlier trial first);
+    a duplicate (an architecture already trained) stands behind its original."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "duplicate_of" not in t.user_attrs
+    ]
+    sign = -1.0 if task == "classification" else 1.0
+    return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
+
+
+def study_summary(study: optuna.Study, task: str) -> dict[str, Any]:
+    """Trials by state, best score and when it was reached, time spent, speed of the search."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    best = best_trials(study, task, k=1)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    train = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    finished = by_state["COMPLETE"] + by_state["PRUNED"] + by_state["FAIL"]
+    order = sorted(trials, key=lambda t: t.number)
+    return {
+        "trials": len(trials),
+        **{f"n_{k.lower()}": v for k, v in by_state.items() if k != "WAITING" or v},
+        "best_score": best[0].values[0] if best else math.nan,
+        "best_trial": best[0].number if best else None,
+        "trials_to_best": (order.index(best[0]) + 1) if best else None,
+        "training_seconds": round(train, 1),
+        "wall_seconds": round(wall, 1),
+        "trials_per_hour": round(3600.0 * finished / wall, 2) if wall > 0 else math.nan,
+    }
+
+
+def compare_frame(entries: list[tuple[optuna.Study, Any]]) -> pd.DataFrame:
+    """One row per study: space, algo, sampler, dataset, best score, trials to reach it, time.
+
+    ``entries`` pairs each study with its stored :class:`~nas_meta.config.RunConfig`."""
+    rows = []
+    for study, cfg in entries:
+        task = "regression" if cfg.data.dataset == "sinusoid" else "classification"
+        s = study_summary(study, task)
+        rows.append({
+            "study": study.study_name,
+            "space": cfg.search.space,
+            "algo": cfg.learner.algo,
+            "sampler": cfg.search.sampler,
+            "dataset": cfg.data.dataset,
+            "ways": cfg.data.ways,
+            "shots": cfg.data.shots,
+            "metric": metric_column(task),
+            "best": s["best_score"],
+            "trials": s["trials"],
+            "trials_to_best": s["trials_to_best"],
+            "wall_seconds": s["wall_seconds"],
+        })
+    return pd.DataFrame(rows)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # full precision: the table parses back to the same numbers
+    return str(value)
+
+
+_TEX = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$"}
+
+
+def _tex(s: str) -> str:
+    s = s.replace("\\", "\x00")
+    for plain, escaped in _TEX.items():
+        s = s.replace(plain, escaped)
+    return s.replace("\x00", r"\textbackslash{}")
+
+
+def _untex(s: str) -> str:
+    s = s.strip().replace(r"\textbackslash{}", "\x00")
+    for plain, escaped in _TEX.items():
+        s = s.replace(escaped, plain)
+    return s.replace("\x00", "\\")
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """A table as CSV, GitHub Markdown, or a LaTeX ``tabular`` (booktabs)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    cols = list(frame.columns)
+    cells = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+    if fmt == "md":
+        esc = [[c.replace("|", "\\|") for c in row] for row in cells]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in esc]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+                 " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+        lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in cells]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+
+
+def parse(text: str, fmt: str) -> pd.DataFrame:
+    """Read back a table written by :func:`render` (for tests and for scripts that post-process)."""
+    if fmt == "csv":
+        return pd.read_csv(io.StringIO(text))
+    if fmt == "md":
+        rows = [line.strip().strip("|").split(" | ") for line in text.strip().splitlines()]
+        header, body = [c.strip() for c in rows[0]], rows[2:]
+        body = [[c.strip().replace("\\|", "|") for c in r] for r in body]
+    elif fmt == "latex":
+        lines = [ln for ln in text.strip().splitlines() if ln.endswith(r"\\")]
+        split = [ln[: -len(r" \\")].split(" & ") for ln in lines]
+        header, body = [_untex(c) for c in split[0]], [[_untex(c) for c in r] for r in split[1:]]
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    csv = io.StringIO()
+    pd.DataFrame(body, columns=header).to_csv(csv, index=False)
+    return pd.read_csv(io.StringIO(csv.getvalue()))

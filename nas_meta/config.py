@@ -1,0 +1,254 @@
+"""Typed, frozen configuration: what the CLI builds and the library reads.
+
+Every field has a default and a reason.  ``RunConfig`` round-trips through JSON (``to_dict`` /
+``from_dict``) because the study stores the whole run config: ``worker``, ``export`` and
+``analyze`` need nothing but the study name and storage.
+
+    >>> cfg = make_config("smoke", search={"space": "chain"})
+    >>> RunConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "LearnerConfig",
+    "SearchConfig",
+    "RunConfig",
+    "PRESETS",
+    "make_config",
+    "ALGOS",
+    "SAMPLERS",
+    "PRUNERS",
+    "DEVICES",
+]
+
+ALGOS = ("fomaml", "maml", "protonet")
+SAMPLERS = ("evolution", "nsga2", "random", "tpe")
+PRUNERS = ("hyperband", "median", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "glyphs"  # registered dataset name; glyphs needs no files and no network
+    data_root: str | None = None  # where real datasets live (omniglot, folder, cifar_fs)
+    ways: int = 5  # N classes per episode (5-way is the most reported Omniglot setting)
+    shots: int = 1  # K labelled support examples per class
+    queries: int = 15  # query examples per class (MAML and ProtoNet papers use 15 on Omniglot)
+    image_size: int | None = None  # None = the dataset's own default (28 for characters)
+    split: str = "lake"  # omniglot protocol: 'lake' (alphabets held out) or 'vinyals' (+rotations)
+    download: bool = False  # fetch with torchvision when online; never implicit
+    cache_dir: str | None = None  # preprocessed tensors; None = no cache (the CLI passes one)
+    seed: int = 0  # the dataset's identity (glyph programs, seeded splits), not the run's seed
+    glyph_classes: int = 600  # glyphs: characters in all (split 60/20/20 by alphabet)
+    glyph_samples: int = 20  # glyphs: drawings per character, as in Omniglot
+
+    def validate(self) -> None:
+        for name in ("ways", "shots", "queries", "glyph_classes", "glyph_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 4):
+            raise ConfigError(f"--image-size must be an integer >= 4, got {self.image_size!r}")
+        if self.ways < 2:
+            raise ConfigError(f"--ways must be at least 2 for classification, got {self.ways}")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    algo: str = "maml"  # one of ALGOS
+    meta_batch: int = 4  # T episodes per outer step (MAML paper: 32 on Omniglot 5-way)
+    iterations: int = 300  # outer steps per candidate (MAML paper: 60k; a search affords far fewer)
+    inner_steps: int = 1  # MAML SGD steps on the support set during meta-training
+    inner_lr: float = 0.4  # MAML paper's Omniglot inner step size
+    test_inner_steps: int = 3  # MAML steps at validation/meta-test (paper: 10)
+    outer_lr: float = 1e-3  # Adam, as in both papers
+    train_ways: int | None = None  # ProtoNet trains with more ways (paper: 60); None = ways
+    grad_clip: float = 10.0  # max global grad norm; second-order MAML can spike early
+    eval_every: int = 100  # outer steps between validation checkpoints (pruning sees these)
+    val_episodes: int = 100  # episodes per validation checkpoint
+    test_episodes: int = 600  # meta-test episodes (the papers' 600; CI = 1.96 std / sqrt(n))
+    amp: bool = False  # autocast to bf16/fp16 on CUDA only
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"unknown algo {self.algo!r}; choose from {list(ALGOS)}")
+        for name in ("meta_batch", "iterations", "eval_every", "val_episodes", "test_episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("inner_steps", "test_inner_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("inner_lr", "outer_lr", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.train_ways is not None and self.train_ways < 2:
+            raise ConfigError(f"train_ways must be at least 2, got {self.train_ways!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str = "cell"  # a name in search_spaces/ or a path to a YAML file
+    sampler: str = "tpe"  # one of SAMPLERS
+    trials: int = 8  # candidates to evaluate in this run (a resumed study adds up to this total)
+    pruner: str = "none"  # one of PRUNERS; multi-fidelity via the validation checkpoints
+    study: str | None = None  # None = derived from space, algo and dataset
+    storage: str | None = None  # an Optuna storage URL; None = SQLite under results/<study>/
+    trial_timeout: float | None = None  # seconds of meta-training before a candidate is failed
+
+    def validate(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {list(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown pruner {self.pruner!r}; choose from {list(PRUNERS)}")
+        if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
+            raise ConfigError(f"--trials must be a positive integer, got {self.trials!r}")
+        if self.trial_timeout is not None and not (
+            isinstance(self.trial_timeout, (int, float)) and 0 < self.trial_timeout < float("inf")
+        ):
+            raise ConfigError(f"--trial-timeout must be a positive number of seconds, got {self.trial_timeout!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    preset: str = "quick"  # the preset the values above started from
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    results_dir: str = "results"  # one folder per study below it
+    seed: int = 0  # sampler, episode draws and initial weights all derive from it
+
+    def validate(self) -> RunConfig:
+        self.data.validate()
+        self.learner.validate()
+        self.search.validate()
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose from {list(DEVICES)}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RunConfig:
+        try:
+            return cls(
+                data=_build(DataConfig, doc.get("data", {})),
+                learner=_build(LearnerConfig, doc.get("learner", {})),
+                search=_build(SearchConfig, doc.get("search", {})),
+                **{k: v for k, v in doc.items() if k not in ("data", "learner", "search")},
+            )
+        except TypeError as exc:
+            raise ConfigError(f"bad run config: {exc}") from None
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """Copy with some fields of some sections changed: ``cfg.replace(data={"ways": 20})``."""
+        top = {k: v for k, v in sections.items() if k not in ("data", "learner", "search")}
+        return dataclasses.replace(
+            self,
+            data=_update(self.data, sections.get("data")),
+            learner=_update(self.learner, sections.get("learner")),
+            search=_update(self.search, sections.get("search")),
+            **top,
+        )
+
+
+def _build(kind: type, values: dict[str, Any]):
+    names = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} field(s) {unknown}; choose from {sorted(names)}")
+    return kind(**values)
+
+
+def _update(section, values: dict[str, Any] | None):
+    if not values:
+        return section
+    _build(type(section), values)  # refuse unknown names with the valid ones listed
+    return dataclasses.replace(section, **values)
+
+
+# Presets scale the budget, not the protocol: ways/shots/queries stay the user's.
+# smoke: seconds, for tests.  quick: the default, a 2-core CPU in minutes.
+# paper: the published protocols (Finn et al. 2017; Snell et al. 2017), for a GPU.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "data": {"glyph_classes": 60, "glyph_samples": 8, "queries": 3},
+        "learner": {
+            "meta_batch": 2,
+            "iterations": 6,
+            "eval_every": 3,
+            "val_episodes": 8,
+            "test_episodes": 20,
+            "test_inner_steps": 1,
+        },
+        "search": {"trials": 2},
+    },
+    "quick": {
+        "data": {},
+        "learner": {
+            "meta_batch": 4,
+            "iterations": 150,
+            "eval_every": 50,
+            "val_episodes": 60,
+            "test_episodes": 600,
+            "test_inner_steps": 3,
+        },
+        "search": {"trials": 8},
+    },
+    "paper": {
+        "data": {"glyph_classes": 1200},
+        "learner": {
+            "meta_batch": 32,
+            "iterations": 60_000,
+            "inner_steps": 1,
+            "inner_lr": 0.4,
+            "test_inner_steps": 10,
+            "eval_every": 2_000,
+            "val_episodes": 600,
+            "test_episodes": 600,
+        },
+        "search": {"trials": 100},
+    },
+}
+
+# ProtoNets train with more ways than they test with (Snell et al.: 60-way for Omniglot 1-shot).
+PAPER_PROTONET_TRAIN_WAYS = 60
+
+
+# Per-dataset protocol values, applied after the preset and before the user's own values.
+# Sinusoid: Finn et al. (2017, section 5.1) used an inner step size of 0.01; Omniglot's 0.4
+# makes the regression diverge.
+DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "sinusoid": {"learner": {"inner_lr": 0.01}},
+}
+
+
+def make_config(preset: str = "quick", **sections: dict[str, Any]) -> RunConfig:
+    """The preset's values, then the dataset's protocol values, then the caller's; validated.
+
+    ``make_config("smoke", learner={"algo": "protonet"}, search={"trials": 3})``
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    base = RunConfig(preset=preset).replace(**PRESETS[preset])
+    algo = (sections.get("learner") or {}).get("algo", base.learner.algo)
+    if preset == "paper" and algo == "protonet":
+        base = base.replace(learner={"train_ways": PAPER_PROTONET_TRAIN_WAYS})
+    dataset = (sections.get("data") or {}).get("dataset", base.data.dataset)
+    base = base.replace(**DATASET_DEFAULTS.get(dataset, {}))
+    return base.replace(**sections).validate()

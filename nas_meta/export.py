@@ -1,0 +1,304 @@
+"""From a finished search to models people can load: best / top-k / Pareto architectures as files,
+optional retraining with the preset's full budget and an honest meta-test on the test classes.
+
+    >>> import nas_meta
+    >>> backbone = nas_meta.load("results/cell-maml-glyphs/export/rank1")  # doctest: +SKIP
+    >>> features = backbone(images)  # (B, C, H, W) float in [0, 1] -> (B, feature_dim)  # doctest: +SKIP
+
+An exported folder holds ``arch.json`` (versioned node-link JSON: everything needed to rebuild the
+network), ``arch.graphml``, ``arch.png``, ``card.json`` and ``README.md`` (parameters, FLOPs,
+scores, provenance, the input the backbone expects), and with ``--retrain`` ``weights.pt`` (a dict
+of state dicts, read with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from . import graph, network
+from .analyze import best_trials
+from .config import RunConfig
+from .data import load_dataset
+from .errors import ConfigError, DataError, StudyError
+from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .learners import build_learner, meta_test, meta_train, resolve_device
+
+__all__ = ["load", "load_weights", "select_trials", "export_trials", "retrain", "evaluate_arch", "input_spec",
+           "CARD_VERSION"]
+
+CARD_VERSION = 1
+WEIGHTS = "weights.pt"
+TEST_SEED_OFFSET = 104_729  # test episodes are the same for every architecture evaluated
+
+
+def input_spec(dataset: Any) -> dict[str, Any]:
+    """What the backbone expects as input, written into every card."""
+    if dataset.task == "regression":
+        return {"shape": list(dataset.input_shape), "dtype": "float32", "range": "x in [-5, 5]"}
+    spec: dict[str, Any] = {
+        "shape": list(dataset.input_shape),
+        "dtype": "float32",
+        "range": "[0, 1] (uint8 pixels / 255)",
+    }
+    if dataset.input_shape[0] == 1:
+        spec["polarity"] = "ink high: strokes near 1 on a background near 0 (white on black)"
+    return spec
+
+
+def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool = False) -> list[FrozenTrial]:
+    """The ``top`` best distinct trials, or the Pareto front of (score, parameter count)."""
+    if pareto:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "duplicate_of" not in t.user_attrs and "params" in t.user_attrs]
+        sign = 1.0 if task == "classification" else -1.0
+
+        def dominated(t: FrozenTrial) -> bool:
+            s, p = sign * t.values[0], t.user_attrs["params"]
+            return any(sign * o.values[0] >= s and o.user_attrs["params"] <= p
+                       and (sign * o.values[0] > s or o.user_attrs["params"] < p) for o in done)
+
+        chosen = sorted((t for t in done if not dominated(t)), key=lambda t: -sign * t.values[0])
+    else:
+        chosen = best_trials(study, task, k=top)
+    if not chosen:
+        raise StudyError(f"study {study.study_name!r} has no completed trial to export")
+    return chosen
+
+
+def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
+    ways = cfg.data.ways if dataset.task == "classification" else 1
+    d = cfg.data
+    return dataset.sampler("test", ways=ways, shots=d.shots, queries=d.queries,
+                           seed=cfg.seed + TEST_SEED_OFFSET, device=device)
+
+
+def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, device: torch.device) -> dict[str, Any]:
+    mean, ci95 = meta_test(learner, _test_sampler(cfg, dataset, device), cfg.learner.test_episodes)
+    return {"mean": mean, "ci95": ci95, "episodes": cfg.learner.test_episodes,
+            "metric": "accuracy" if dataset.task == "classification" else "mse"}
+
+
+def evaluate_arch(cfg: RunConfig, arch: Any, *, weights: str | Path | None = None, progress: Any = None) -> dict[str, Any]:
+    """Meta-test ``arch`` on the test classes: with trained ``weights``, or after meta-training it
+    with the config's budget.  Returns ``{"mean", "ci95", "episodes", "metric"}``."""
+    dataset = load_dataset(cfg.data)
+    device = resolve_device(cfg.device)
+    if weights is None:
+        return retrain(cfg, arch, dataset=dataset, device=device, progress=progress)[1]["test"]
+    ways = cfg.data.ways if dataset.task == "classification" else 1
+    backbone = network.build(arch, dataset.input_shape)
+    state = load_weights(weights)
+    try:
+        backbone.load_state_dict(state["backbone"])
+    except RuntimeError as exc:
+        raise DataError(f"weights {str(weights)!r} do not fit this architecture: {str(exc).splitlines()[0]}") from None
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
+    head = getattr(learner, "head", None)
+    if isinstance(head, nn.Module) and "head" in state:
+        outputs = state["head"]["weight"].shape[0]
+        if head.weight.shape != state["head"]["weight"].shape:
+            raise ConfigError(f"the weights' MAML head has {outputs} outputs; evaluate them with --ways {outputs}")
+        head.load_state_dict(state["head"])
+    return _test_result(cfg, learner.to(device), dataset, device)
+
+
+def retrain(
+    cfg: RunConfig,
+    arch: Any,
+    *,
+    dataset: Any = None,
+    progress: Any = None,
+    device: torch.device | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Meta-train ``arch`` from scratch with the config's full budget (train classes, validation
+    checkpoints), then meta-test it on the *test* classes.  Returns the learner and its results."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.data)
+    device = device or resolve_device(cfg.device)
+    ways = cfg.data.ways if dataset.task == "classification" else 1
+    train_ways = (cfg.learner.train_ways or ways) if dataset.task == "classification" else 1
+    d = cfg.data
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone = network.build(arch, dataset.input_shape)
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
+                            task=dataset.task).to(device)
+    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=cfg.seed, device=device)
+    val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=cfg.seed + 1, device=device)
+    start = time.perf_counter()
+    result = meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
+    seconds = time.perf_counter() - start
+    return learner, {
+        "test": _test_result(cfg, learner, dataset, device),
+        "val": result.val_metric,
+        "train_seconds": round(seconds, 1),
+        "iterations": result.iterations,
+    }
+
+
+def save_weights(learner: nn.Module, path: Path) -> None:
+    """The backbone's and (for MAML) the head's state dicts, as plain tensors."""
+    state = {"backbone": learner.backbone.state_dict()}
+    head = getattr(learner, "head", None)
+    if isinstance(head, nn.Module):
+        state["head"] = head.state_dict()
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read a weights file safely (``weights_only=True``); a damaged one is a clear error."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"no weights file {str(path)!r}") from None
+    except Exception as exc:  # truncated zip, pickle refused by weights_only, ...
+        raise DataError(f"cannot read weights {str(path)!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or "backbone" not in state:
+        raise DataError(f"weights {str(path)!r} are not a nas_meta weights file (no 'backbone' entry)")
+    return state
+
+
+def load(path: str | Path, *, weights: bool = True) -> nn.Module:
+    """The backbone ``nn.Module`` of an exported architecture (a folder or an ``arch.json``), with
+    its trained weights when the folder has them.  Input: see the folder's card (``input``)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    arch_path = path / "arch.json" if path.is_dir() else path
+    arch = graph.load_json(arch_path)
+    card = _read_card(folder)
+    shape = tuple(card["input"]["shape"]) if card else tuple(arch.graph.get("input_shape", ()))
+    if not shape:
+        raise DataError(f"{str(folder)!r} has no card.json saying the input shape; pass it to network.build")
+    backbone = network.build(arch, shape)
+    if weights and (folder / WEIGHTS).is_file():
+        state = load_weights(folder / WEIGHTS)
+        try:
+            backbone.load_state_dict(state["backbone"])
+        except RuntimeError as exc:
+            raise DataError(f"weights {str(folder / WEIGHTS)!r} do not fit {str(arch_path)!r}: "
+                            f"{str(exc).splitlines()[0]}") from None
+    return backbone.eval()
+
+
+def _read_card(folder: Path) -> dict[str, Any] | None:
+    import json
+
+    card = folder / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        return json.loads(card.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {str(card)!r}: {exc}") from None
+
+
+@dataclass
+class Exported:
+    rank: int
+    trial: int
+    folder: Path
+    card: dict[str, Any]
+
+
+def export_trials(
+    study: optuna.Study,
+    cfg: RunConfig,
+    trials: list[FrozenTrial],
+    out: Path,
+    *,
+    retrain_them: bool = False,
+    progress: Any = None,
+    log: Any = None,
+) -> list[Exported]:
+    """Write each trial's architecture files (and weights and test scores with ``retrain_them``)."""
+    dataset = load_dataset(cfg.data)
+    task = dataset.task
+    exported = []
+    for rank, trial in enumerate(trials, start=1):
+        arch = graph.from_json(trial.user_attrs["arch"])
+        folder = out / f"rank{rank}"
+        folder.mkdir(parents=True, exist_ok=True)
+        backbone = network.build(arch, dataset.input_shape)
+        card: dict[str, Any] = {
+            "format": "nas_meta.card",
+            "version": CARD_VERSION,
+            "study": study.study_name,
+            "trial": trial.number,
+            "fingerprint": trial.user_attrs.get("fingerprint"),
+            "space": cfg.search.space,
+            "dataset": cfg.data.dataset,
+            "algo": cfg.learner.algo,
+            "ways": cfg.data.ways,
+            "shots": cfg.data.shots,
+            "seed": cfg.seed,
+            "preset": cfg.preset,
+            "params": network.count_params(backbone),
+            "flops": network.count_flops(backbone, dataset.input_shape),
+            "feature_dim": backbone.feature_dim,
+            "search_score": {"metric": "accuracy" if task == "classification" else "mse",
+                             "split": "val", "value": trial.values[0]},
+            "input": input_spec(dataset),
+        }
+        if retrain_them:
+            if log:
+                log(f"retraining rank {rank} (trial #{trial.number}) with the {cfg.preset} budget")
+            learner, result = retrain(cfg, arch, dataset=dataset, progress=progress)
+            save_weights(learner, folder / WEIGHTS)
+            card["retrain"] = result
+        graph.save_json(arch, folder / "arch.json")
+        graph.save_graphml(arch, folder / "arch.graphml")
+        graph.draw(arch, folder / "arch.png")
+        atomic_write_json(folder / "card.json", card)
+        atomic_write_text(folder / "README.md", render_card(card))
+        exported.append(Exported(rank, trial.number, folder, card))
+    return exported
+
+
+def render_card(card: dict[str, Any]) -> str:
+    score = card["search_score"]
+    pct = score["metric"] == "accuracy"
+    fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4f}")
+    lines = [
+        f"# {card['study']} rank: trial #{card['trial']}",
+        "",
+        f"Found by searching `{card['space']}` with `{card['algo']}` on `{card['dataset']}` "
+        f"({card['ways']}-way {card['shots']}-shot, preset `{card['preset']}`, seed {card['seed']}).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| parameters | {card['params']:,} |",
+        f"| FLOPs per image | {card['flops']:,} |",
+        f"| feature dimension | {card['feature_dim']} |",
+        f"| validation {score['metric']} (search) | {fmt(score['value'])} |",
+        f"| fingerprint | `{card['fingerprint']}` |",
+    ]
+    if "retrain" in card:
+        test = card["retrain"]["test"]
+        lines.append(f"| test {test['metric']} after retraining | {fmt(test['mean'])} ± {fmt(test['ci95'])} "
+                     f"(95% CI, {test['episodes']} episodes) |")
+    spec = card["input"]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import nas_meta",
+        'backbone = nas_meta.load("path/to/this/folder")',
+        "features = backbone(x)  # x: (B, " + ", ".join(map(str, spec["shape"])) + f") {spec['dtype']}",
+        "```",
+        "",
+        f"Input: shape {tuple(spec['shape'])}, values {spec['range']}"
+        + (f"; {spec['polarity']}." if "polarity" in spec else "."),
+        "BatchNorm uses the statistics of the batch it is given (as in MAML), so embed a whole",
+        "episode (support and query) or a batch of images at once, not single images.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Meta-learners (MAML, first-order MAML, Prototypical Networks), one trainer, one meta-test.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from nas_meta.config import LearnerConfig
+    >>> backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU()); backbone.feature_dim = 8
+    >>> learner = build_learner(LearnerConfig(algo="fomaml"), backbone, feature_dim=8, ways=2,
+    ...                         task="classification")
+    >>> type(learner).__name__, learner.first_order
+    ('MAML', True)
+    >>> LEARNERS.names()
+    ['fomaml', 'maml', 'protonet']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..config import LearnerConfig
+from ..errors import ConfigError
+from ..registry import Registry
+from .maml import MAML
+from .protonet import ProtoNet
+from .train import (
+    Diverged,
+    TrainResult,
+    confidence_interval,
+    evaluate_episodes,
+    meta_test,
+    meta_train,
+    resolve_device,
+)
+
+__all__ = [
+    "LEARNERS",
+    "TASKS",
+    "build_learner",
+    "MAML",
+    "ProtoNet",
+    "Diverged",
+    "TrainResult",
+    "meta_train",
+    "meta_test",
+    "evaluate_episodes",
+    "confidence_interval",
+    "resolve_device",
+]
+
+TASKS = ("classification", "regression")
+
+# name -> builder(cfg, backbone, feature_dim=, ways=, task=) -> learner module
+Builder = Callable[..., nn.Module]
+LEARNERS: Registry[Builder] = Registry("learner")
+
+
+@LEARNERS.register("maml")
+def build_maml(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> MAML:
+    """Second-order MAML (Finn et al. 2017)."""
+    return _maml(cfg, backbone, feature_dim=feature_dim, ways=ways, task=task, first_order=False)
+
+
+@LEARNERS.register("fomaml")
+def build_fomaml(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> MAML:
+    """First-order MAML: the meta-gradient ignores the inner loop's second derivatives."""
+    return _maml(cfg, backbone, feature_dim=feature_dim, ways=ways, task=task, first_order=True)
+
+
+@LEARNERS.register("protonet")
+def build_protonet(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> ProtoNet:
+    """Prototypical Networks (Snell et al. 2017); classification only."""
+    if task != "classification":
+        valid = sorted(name for name in LEARNERS.names() if name != "protonet")
+        raise ConfigError(f"algo 'protonet' is classification-only, the task is {task!r}; choose from {valid}")
+    return ProtoNet(backbone)
+
+
+def _maml(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str, first_order: bool) -> MAML:
+    return MAML(
+        backbone,
+        feature_dim=feature_dim,
+        ways=ways,
+        task=task,
+        inner_steps=cfg.inner_steps,
+        inner_lr=cfg.inner_lr,
+        test_inner_steps=cfg.test_inner_steps,
+        first_order=first_order,
+    )
+
+
+def build_learner(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> nn.Module:
+    """The learner ``cfg.algo`` around ``backbone`` (an nn.Module mapping x -> (B, feature_dim)).
+
+    ``ways`` is the number of classes of the MAML head (ignored by ProtoNet, which takes the ways
+    of each batch); ``task`` is "classification" or "regression".
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose from {list(TASKS)}")
+    return LEARNERS.get(cfg.algo)(cfg, backbone, feature_dim=feature_dim, ways=ways, task=task)

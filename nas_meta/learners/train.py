@@ -1,0 +1,226 @@
+"""One trainer for every learner, one meta-test, device selection.
+
+Every learner follows one protocol: ``loss(batch) -> (loss, metric)`` with the meta-gradient
+flowing into ``loss``, and ``evaluate(batch) -> (T,)`` per-episode metric.  The metric is an
+accuracy in [0, 1] for classification (higher is better) and an MSE for regression (lower is better).
+
+    >>> result = meta_train(learner, train_sampler, val_sampler, cfg, seed=0)  # doctest: +SKIP
+    >>> mean, ci95 = meta_test(learner, test_sampler, episodes=600)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..config import LearnerConfig
+from ..errors import ConfigError
+
+__all__ = [
+    "Diverged",
+    "TrainResult",
+    "meta_train",
+    "meta_test",
+    "evaluate_episodes",
+    "confidence_interval",
+    "resolve_device",
+    "amp_dtype",
+    "outer_step",
+]
+
+
+class Diverged(RuntimeError):
+    """The meta-training loss (or its gradient) became NaN or infinite; the message says at which step."""
+
+
+class Sampler(Protocol):
+    def sample(self, tasks: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    val_metric: float  # validation metric at the last checkpoint
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val_metric) per checkpoint
+    seconds: float = 0.0  # wall time of meta_train, checkpoints included
+    iterations: int = 0  # outer steps done
+    train_losses: list[float] = field(default_factory=list)  # outer loss per step (a learning curve)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; "cpu"; "cuda" (ConfigError when CUDA is absent)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here; choose from ['auto', 'cpu']")
+        return torch.device("cuda")
+    raise ConfigError(f"unknown device {name!r}; choose from ['auto', 'cpu', 'cuda']")
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device``: bf16 where CUDA supports it, else fp16.
+
+    Mixed precision is offered on CUDA only: on these CPUs (AVX2, no AVX-512 BF16) bf16 convolutions
+    are slower than fp32, so ``--amp`` on the CPU is refused rather than silently ignored.
+    """
+    if not amp:
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"--amp needs a CUDA device, got device {device.type!r}; drop --amp or use --device cuda")
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def outer_step(
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    *,
+    grad_clip: float,
+    step: int,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """One meta-update: loss, backward, clip, step.  Raises Diverged on a non-finite loss or gradient.
+
+    ``autocast_dtype``/``scaler`` are the ``--amp`` path; they take a device-independent form so
+    the CPU tests run the same code (with bf16 autocast on the CPU).
+    """
+    device = next(learner.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device, autocast_dtype):
+        loss, _ = learner.loss(batch)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise Diverged(f"meta-training diverged: loss is {value} at step {step}")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(learner.parameters(), grad_clip))
+    if not math.isfinite(norm):
+        if scaler is None:
+            raise Diverged(f"meta-training diverged: gradient norm is {norm} at step {step}")
+        # fp16 overflow: the scaler skips this step and lowers its scale, as AMP intends.
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return value
+
+
+def _checkpoints(iterations: int, every: int) -> list[int]:
+    steps = list(range(every, iterations + 1, every))
+    if not steps or steps[-1] != iterations:
+        steps.append(iterations)
+    return steps
+
+
+def meta_train(
+    learner: nn.Module,
+    train_sampler: Sampler,
+    val_sampler: Sampler,
+    cfg: LearnerConfig,
+    *,
+    seed: int,
+    device: torch.device | None = None,
+    report: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, int, float | None], None] | None = None,
+) -> TrainResult:
+    """Meta-train ``learner`` in place with Adam for ``cfg.iterations`` outer steps.
+
+    At every checkpoint (each ``cfg.eval_every`` steps and the last step) the mean validation
+    metric over ``cfg.val_episodes`` episodes is computed and passed to ``report(step, metric)``;
+    whatever ``report`` raises (``optuna.TrialPruned``) propagates.  ``progress(step, iterations,
+    val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
+    backbone may contain (e.g. dropout) inside a forked RNG, so the caller's global RNG state is
+    untouched and the same seed gives the same weights on the CPU; episodes come from the
+    samplers, which the caller seeded.
+    """
+    device = device or next(learner.parameters()).device
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+    checkpoints = set(_checkpoints(cfg.iterations, cfg.eval_every))
+    curve: list[tuple[int, float]] = []
+    losses: list[float] = []
+    start = time.perf_counter()
+    with _forked_rng(device, seed):
+        for step in range(1, cfg.iterations + 1):
+            learner.train()
+            batch = train_sampler.sample(cfg.meta_batch)
+            losses.append(
+                outer_step(learner, optimizer, batch, grad_clip=cfg.grad_clip, step=step, autocast_dtype=dtype, scaler=scaler)
+            )
+            val: float | None = None
+            if step in checkpoints:
+                per_episode = evaluate_episodes(learner, val_sampler, cfg.val_episodes, tasks_per_batch=cfg.meta_batch)
+                val = float(per_episode.mean())
+                curve.append((step, val))
+                if report is not None:
+                    report(step, val)
+            if progress is not None:
+                progress(step, cfg.iterations, val)
+    return TrainResult(
+        val_metric=curve[-1][1],
+        curve=curve,
+        seconds=time.perf_counter() - start,
+        iterations=cfg.iterations,
+        train_losses=losses,
+    )
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
+    # Only the generators of the training device are forked and seeded.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def evaluate_episodes(learner: nn.Module, sampler: Sampler, episodes: int, *, tasks_per_batch: int = 16) -> Tensor:
+    """(episodes,) per-episode metric, drawn in batches of at most ``tasks_per_batch`` episodes."""
+    if episodes < 1 or tasks_per_batch < 1:
+        raise ConfigError(f"episodes and tasks_per_batch must be positive, got {episodes=}, {tasks_per_batch=}")
+    learner.eval()
+    values: list[Tensor] = []
+    done = 0
+    while done < episodes:
+        tasks = min(tasks_per_batch, episodes - done)
+        values.append(learner.evaluate(sampler.sample(tasks)).detach().float().cpu())
+        done += tasks
+    learner.train()
+    return torch.cat(values)
+
+
+def confidence_interval(values: Sequence[float] | Tensor) -> tuple[float, float]:
+    """(mean, 1.96 * std / sqrt(n)): the 95% CI the few-shot papers quote (population std, ddof=0)."""
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if x.numel() == 0:
+        raise ValueError("confidence_interval needs at least one value")
+    std = x.std(correction=0)
+    return float(x.mean()), float(1.96 * std / math.sqrt(x.numel()))
+
+
+def meta_test(learner: nn.Module, sampler: Sampler, episodes: int, *, tasks_per_batch: int = 16) -> tuple[float, float]:
+    """Mean metric over ``episodes`` test episodes and its 95% confidence interval half-width."""
+    return confidence_interval(evaluate_episodes(learner, sampler, episodes, tasks_per_batch=tasks_per_batch))

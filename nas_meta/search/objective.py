@@ -1,0 +1,165 @@
+"""One trial: choices -> architecture graph -> backbone -> meta-trained learner -> validation score.
+
+The score is few-shot accuracy (or MSE for regression) on *validation* classes; the test classes are
+never touched by a search (they belong to ``evaluate`` and ``export --retrain``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .. import graph, network
+from ..config import RunConfig
+from ..errors import SpaceError
+from ..learners import Diverged, build_learner, meta_train
+from .study import CANDIDATE_FAILURE_ATTR, counted_trials
+
+__all__ = ["Objective", "CandidateFailure", "trial_seed", "VAL_SEED_OFFSET"]
+
+# Every candidate is validated on the same episodes, so their scores compare like with like.
+VAL_SEED_OFFSET = 7_919
+
+
+INTERRUPTED_ATTR = "interrupted"
+
+
+class _TrialTimeout(Exception):
+    pass
+
+
+class CandidateFailure(RuntimeError):
+    """The candidate, not the search, failed (diverged, out of memory, invalid graph): the trial
+    is recorded as FAIL with its reason and the search goes on."""
+
+
+def trial_seed(run_seed: int, trial_number: int) -> int:
+    """A distinct, reproducible seed per trial for initial weights and training episodes."""
+    return (run_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
+
+
+@dataclass
+class TrialHooks:
+    """What the caller (the CLI's progress display) hears about a trial while it runs."""
+
+    started: Callable[[int, int], None] | None = None  # trial number, counted trials before it
+    step: Callable[[int, int, float | None], None] | None = None  # step, total, last val score
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the loaded space and dataset for all its trials."""
+
+    def __init__(self, cfg: RunConfig, space: Any, dataset: Any, device: torch.device,
+                 hooks: TrialHooks | None = None) -> None:
+        self.cfg = cfg
+        self.space = space
+        self.dataset = dataset
+        self.device = device
+        self.hooks = hooks or TrialHooks()
+        self.multi_objective = cfg.search.sampler == "nsga2"
+
+    @property
+    def ways(self) -> int:
+        return self.cfg.data.ways if self.dataset.task == "classification" else 1
+
+    def make_samplers(self, seed: int) -> tuple[Any, Any]:
+        """Train and validation episode samplers; raises DataError before any training if the
+        splits cannot supply the episodes asked for."""
+        d, lc = self.cfg.data, self.cfg.learner
+        train_ways = (lc.train_ways or d.ways) if self.dataset.task == "classification" else 1
+        train = self.dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries,
+                                     seed=seed, device=self.device)
+        val = self.dataset.sampler("val", ways=self.ways, shots=d.shots, queries=d.queries,
+                                   seed=self.cfg.seed + VAL_SEED_OFFSET, device=self.device)
+        return train, val
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if self.hooks.started:
+            self.hooks.started(trial.number, len(counted_trials(trial.study)))
+        arch = self.space.build(trial.suggest_categorical)
+        fingerprint = graph.fingerprint(arch)
+        trial.set_user_attr("fingerprint", fingerprint)
+        trial.set_user_attr("arch", graph.to_json(arch))
+
+        previous = self._evaluated(trial.study, fingerprint)
+        if previous is not None:
+            # Isomorphic to a trained candidate: reuse its score instead of training it again.
+            for key in ("params", "flops", "seconds"):
+                if key in previous.user_attrs:
+                    trial.set_user_attr(key, previous.user_attrs[key])
+            trial.set_user_attr("duplicate_of", previous.number)
+            values = previous.values
+            return (values[0], values[1]) if self.multi_objective else values[0]
+
+        seed = trial_seed(self.cfg.seed, trial.number)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # initial weights depend on the trial, not on history
+                backbone = network.build(arch, self.dataset.input_shape)
+        except SpaceError as exc:
+            self._fail(trial, f"invalid architecture: {exc}")
+        n_params = network.count_params(backbone)
+        trial.set_user_attr("params", n_params)
+        trial.set_user_attr("flops", network.count_flops(backbone, self.dataset.input_shape))
+
+        learner = build_learner(self.cfg.learner, backbone, feature_dim=backbone.feature_dim,
+                                ways=self.ways, task=self.dataset.task).to(self.device)
+        train_sampler, val_sampler = self.make_samplers(seed)
+        curve: list[list[float]] = []
+
+        def report(step: int, value: float) -> None:
+            curve.append([step, value])
+            trial.set_user_attr("curve", curve)  # pruned trials keep their partial curve
+            if self.multi_objective:
+                return  # Optuna cannot prune multi-objective studies
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", step)
+                raise optuna.TrialPruned(f"pruned at step {step} with validation score {value:.4f}")
+
+        start = time.perf_counter()
+        timeout = self.cfg.search.trial_timeout
+        last_step = [0]
+
+        def progress(step: int, total: int, value: float | None) -> None:
+            last_step[0] = step
+            if self.hooks.step:
+                self.hooks.step(step, total, value)
+            if timeout is not None and time.perf_counter() - start > timeout:
+                raise _TrialTimeout(f"exceeded --trial-timeout {timeout:g}s at step {step}/{total}")
+
+        try:
+            result = meta_train(learner, train_sampler, val_sampler, self.cfg.learner, seed=seed,
+                                report=report, progress=progress)
+        except Diverged as exc:
+            self._fail(trial, f"diverged: {exc}")
+        except torch.OutOfMemoryError as exc:
+            self._fail(trial, f"out of memory: {str(exc).splitlines()[0]}")
+        except _TrialTimeout as exc:
+            self._fail(trial, f"timeout: {exc}")
+        except KeyboardInterrupt:
+            # Not the candidate's fault: the trial fails, is not counted, and is run again on resume.
+            trial.set_user_attr(INTERRUPTED_ATTR, f"interrupted at step {last_step[0]}")
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        if self.multi_objective:
+            return result.val_metric, float(n_params)
+        return result.val_metric
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr(CANDIDATE_FAILURE_ATTR, reason)
+        raise CandidateFailure(reason)
+
+    @staticmethod
+    def _evaluated(study: optuna.Study, fingerprint: str) -> optuna.trial.FrozenTrial | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("fingerprint") == fingerprint:
+                return t
+        return None

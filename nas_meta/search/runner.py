@@ -1,0 +1,207 @@
+"""Run (or resume, or join) a search: what the ``search`` and ``worker`` commands do, as library calls.
+
+    >>> from nas_meta.config import make_config
+    >>> cfg = make_config("smoke", search={"space": "chain", "trials": 2}, results_dir="/tmp/r")
+    >>> outcome = run_search(cfg)            # doctest: +SKIP
+    >>> outcome.table[["number", "val_acc", "params"]]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+import pandas as pd
+
+from .. import graph
+from ..analyze import best_trials, trials_frame
+from ..config import RunConfig
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..fileio import atomic_write, atomic_write_json
+from ..learners import resolve_device
+from ..spaces import load_space
+from .objective import CandidateFailure, Objective, TrialHooks
+from .progress import SearchProgress
+from .study import create_study, default_study_name, load_study, storage_url, stored_config, study_dir
+from .study import redact_url
+from .workers import optimize_until, retry_interrupted
+
+__all__ = ["SearchOutcome", "SearchInterrupted", "prepare", "run_search", "run_worker", "write_outputs"]
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    study_name: str
+    directory: Path | None  # None for a worker, which writes nothing but the study
+    storage: str
+    task: str
+    table: pd.DataFrame
+    ran: int  # trials run by this process (0 when the study already had its budget)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search; carries what was written, so the caller can show the summary."""
+
+    def __init__(self, outcome: SearchOutcome) -> None:
+        super().__init__("search interrupted")
+        self.outcome = outcome
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    study_name: str
+    directory: Path
+    objective: Objective
+    hooks: TrialHooks
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate everything a search needs before anything is written: the config, the space, the
+    data and its splits, the device.  A user mistake raises here, and no folder exists yet."""
+    cfg.validate()
+    space = load_space(cfg.search.space)
+    dataset = load_dataset(cfg.data)
+    device = resolve_device(cfg.device)
+    hooks = TrialHooks()
+    objective = Objective(cfg, space, dataset, device, hooks)
+    objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
+    study_name = cfg.search.study or default_study_name(cfg)
+    return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks)
+
+
+def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> int:
+    cfg = prepared.cfg
+    task = prepared.objective.dataset.task
+    progress = SearchProgress(total=cfg.search.trials, task=task, stream=stream)
+    prepared.hooks.started, prepared.hooks.step = progress.trial_started, progress.step
+    return optimize_until(
+        study,
+        prepared.objective,
+        target=cfg.search.trials,
+        callbacks=[progress.trial_finished],
+        catch=(CandidateFailure,),
+    )
+
+
+def run_search(cfg: RunConfig, *, stream: TextIO | None = None, workers: int = 1) -> SearchOutcome:
+    """Run the search until the study holds ``cfg.search.trials`` counted trials.
+
+    Re-running the same command resumes: finished trials are kept and only the missing ones run;
+    a trial left RUNNING by a killed process is failed and queued again.  With ``workers > 1``,
+    ``workers - 1`` extra processes (``nas-meta worker``) join this one on the study, each with
+    its share of the CPU threads; their logs are ``worker-<i>.log`` in the study folder.
+    """
+    prepared = prepare(cfg)
+    task = prepared.objective.dataset.task
+    url = storage_url(cfg, prepared.study_name, workers)
+    if workers > 1 and url.startswith("sqlite:"):
+        raise ConfigError(
+            f"--n-workers {workers} needs a storage that takes concurrent writers, and study "
+            f"{prepared.study_name!r} is in SQLite; use --storage postgresql://... or a new --study"
+        )
+    created = _first_missing(prepared.directory)
+    prepared.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        study = create_study(cfg, prepared.study_name, task, workers=workers)
+    except BaseException:
+        if created is not None:  # nothing half-written: a refused storage leaves no empty folders
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    atomic_write_json(prepared.directory / "config.json", _public(cfg).to_dict())
+    retry_interrupted(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of dead remote workers
+
+    children = _spawn_workers(prepared, url, workers) if workers > 1 else []
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(_threads_per_worker(workers))
+    try:
+        ran = _optimize(study, prepared, stream)
+    except KeyboardInterrupt:
+        # The interrupted trial is FAIL with an "interrupted" attribute and runs again on resume.
+        raise SearchInterrupted(write_outputs(study, prepared, task, url, ran=0)) from None
+    finally:
+        for child in children:
+            child.wait()
+    return write_outputs(study, prepared, task, url, ran)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would create)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _public(cfg: RunConfig) -> RunConfig:
+    """The config with the storage URL's password redacted, for files people read and share."""
+    if cfg.search.storage:
+        return cfg.replace(search={"storage": redact_url(cfg.search.storage)})
+    return cfg
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _spawn_workers(prepared: Prepared, url: str, workers: int) -> list[subprocess.Popen]:
+    children = []
+    for index in range(1, workers):
+        log = open(prepared.directory / f"worker-{index}.log", "w")
+        cmd = [
+            sys.executable, "-m", "nas_meta", "worker", "--study", prepared.study_name,
+            "--storage", url, "--worker-index", str(index),
+            "--threads", str(_threads_per_worker(workers)),
+        ]
+        children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        log.close()
+    return children
+
+
+def run_worker(
+    study_name: str,
+    storage: str,
+    *,
+    worker_index: int = 1,
+    stream: TextIO | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> SearchOutcome:
+    """Join an existing study: its stored config says what to search and how; ``overrides`` may
+    change only where things are on this machine (``{"data": {"data_root": ...}, "device": ...}``)."""
+    study = load_study(study_name, storage, worker_index=worker_index)
+    cfg = stored_config(study).replace(**(overrides or {}))
+    prepared = prepare(cfg.replace(search={"study": study_name, "storage": storage}))
+    ran = _optimize(study, prepared, stream)
+    task = prepared.objective.dataset.task
+    return SearchOutcome(study, study_name, None, storage, task, trials_frame(study, task), ran)
+
+
+def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, ran: int) -> SearchOutcome:
+    """The trials table as CSV and the best architecture as JSON and PNG, beside the study."""
+    directory = prepared.directory
+    table = trials_frame(study, task)
+    atomic_write(directory / "trials.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+    best = best_trials(study, task, k=1)
+    if best:
+        arch = graph.from_json(best[0].user_attrs["arch"])
+        (directory / "best").mkdir(exist_ok=True)
+        graph.save_json(arch, directory / "best" / "arch.json")
+        graph.draw(arch, directory / "best" / "arch.png")
+    return SearchOutcome(study, prepared.study_name, directory, url, task, table, ran)
+

@@ -1,0 +1,285 @@
+"""The study is the record of a search: storage, sampler, pruner, and the stored run config.
+
+Every trial stores its params, fingerprint, architecture JSON, parameter count, FLOPs, training
+time and validation score; the study stores the run's whole config, so that ``worker``,
+``export`` and ``analyze`` need only the study name and the storage.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import RunConfig
+from ..errors import ConfigError, StudyError
+from ..registry import Registry
+from .evolution import RegularizedEvolutionSampler
+
+__all__ = [
+    "SAMPLER_BUILDERS",
+    "PRUNER_BUILDERS",
+    "default_study_name",
+    "study_dir",
+    "storage_url",
+    "open_storage",
+    "create_study",
+    "load_study",
+    "stored_config",
+    "counted_trials",
+    "redact_url",
+]
+
+CONFIG_ATTR = "nas_meta:config"
+TASK_ATTR = "nas_meta:task"  # "classification" (score: accuracy, up) or "regression" (MSE, down)
+FORMAT_ATTR = "nas_meta:format"
+FORMAT_VERSION = 1
+
+# A trial that stopped through no fault of its candidate (killed process, Ctrl-C) is retried and
+# does not use up the budget; one whose candidate diverged or ran out of time does.
+CANDIDATE_FAILURE_ATTR = "failure"
+
+# A dead worker's heartbeat stops; after the grace period its RUNNING trial is failed and re-queued.
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120
+
+SAMPLER_BUILDERS: Registry = Registry("sampler")
+PRUNER_BUILDERS: Registry = Registry("pruner")
+
+
+@SAMPLER_BUILDERS.register("tpe")
+def _tpe(seed: int) -> optuna.samplers.BaseSampler:
+    # multivariate: the choices of a cell interact (an op matters with its input), so model them jointly.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+
+
+@SAMPLER_BUILDERS.register("random")
+def _random(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@SAMPLER_BUILDERS.register("nsga2")
+def _nsga2(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+
+
+@SAMPLER_BUILDERS.register("evolution")
+def _evolution(seed: int) -> optuna.samplers.BaseSampler:
+    return RegularizedEvolutionSampler(seed=seed)
+
+
+@PRUNER_BUILDERS.register("none")
+def _no_pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+@PRUNER_BUILDERS.register("median")
+def _median() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+@PRUNER_BUILDERS.register("hyperband")
+def _hyperband() -> optuna.pruners.BasePruner:
+    return optuna.pruners.HyperbandPruner()
+
+
+def default_study_name(cfg: RunConfig) -> str:
+    """``<space>-<algo>-<dataset>``, with a space file's stem standing for its name."""
+    space = Path(cfg.search.space).stem if cfg.search.space.endswith((".yaml", ".yml")) else cfg.search.space
+    return f"{space}-{cfg.learner.algo}-{cfg.data.dataset}"
+
+
+def study_dir(results_dir: str | Path, study_name: str) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", study_name) or study_name in (".", ".."):
+        raise ConfigError(
+            f"bad study name {study_name!r}: use letters, digits, '.', '_' and '-' only"
+        )
+    return Path(results_dir) / study_name
+
+
+def storage_url(cfg: RunConfig, study_name: str, workers: int = 1) -> str:
+    """The storage the user gave; else the study folder's existing one; else SQLite in
+    ``results/<study>/study.db`` for one process, or Optuna's journal file
+    ``results/<study>/journal.log`` for several (SQLite locks up under concurrent writers)."""
+    if cfg.search.storage:
+        return cfg.search.storage
+    directory = study_dir(cfg.results_dir, study_name).resolve()
+    journal, sqlite = directory / "journal.log", directory / "study.db"
+    if journal.exists() or (workers > 1 and not sqlite.exists()):
+        return f"journal:///{journal}"
+    return f"sqlite:///{sqlite}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats (so a killed worker's trial is retried), or Optuna's own
+    handling for other URL kinds.  A URL that cannot be opened is a user error."""
+    if url.startswith("journal:///"):
+        # Optuna's file journal: safe for many processes on one machine (no heartbeats there;
+        # workers.recover_dead_trials retries a dead local worker's trial instead).
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal://"):])
+        if not path.parent.is_dir():
+            raise StudyError(f"cannot open storage {url!r}: no folder {str(path.parent)!r}")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith(("sqlite:", "postgresql", "mysql")):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=GRACE_PERIOD_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                    # SQLite: wait for the heartbeat thread's write instead of "database is locked".
+                    engine_kwargs={"connect_args": {"timeout": 60}}
+                    if url.startswith("sqlite:")
+                    else {"pool_pre_ping": True},
+                )
+        except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot open this URL"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StudyError(f"cannot open storage {redact_url(url)!r}: {redact_url(reason)}") from None
+    raise ConfigError(
+        f"unsupported storage URL {redact_url(url)!r}; use sqlite:///PATH, journal:///PATH "
+        "or postgresql://USER@HOST/DB"
+    )
+
+
+def directions(cfg: RunConfig, task: str) -> list[str]:
+    metric = "maximize" if task == "classification" else "minimize"
+    if cfg.search.sampler == "nsga2":
+        return [metric, "minimize"]  # validation score, parameter count: a Pareto front
+    return [metric]
+
+
+def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1) -> optuna.Study:
+    """Create the study, or open it to resume; the first run's config is the study's record."""
+    if cfg.search.sampler == "nsga2" and cfg.search.pruner != "none":
+        raise ConfigError(
+            f"--pruner {cfg.search.pruner!r} cannot be used with --sampler nsga2: Optuna cannot "
+            "prune multi-objective studies; use --pruner none"
+        )
+    storage = open_storage(storage_url(cfg, study_name, workers))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed),
+        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(),
+        directions=directions(cfg, task),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        # The stored record never holds a password: workers are given the storage URL anyway.
+        public = cfg.replace(search={"storage": redact_url(cfg.search.storage)}) if cfg.search.storage else cfg
+        study.set_user_attr(CONFIG_ATTR, public.to_dict())
+        study.set_user_attr(TASK_ATTR, task)
+        study.set_user_attr(FORMAT_ATTR, FORMAT_VERSION)
+    else:
+        _check_resumable(RunConfig.from_dict(stored), cfg, study_name)
+    return study
+
+
+def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None:
+    """A study resumes only with the settings that give its scores their meaning."""
+    keys = {
+        "space": (stored.search.space, cfg.search.space),
+        "algo": (stored.learner.algo, cfg.learner.algo),
+        "dataset": (stored.data.dataset, cfg.data.dataset),
+        "ways": (stored.data.ways, cfg.data.ways),
+        "shots": (stored.data.shots, cfg.data.shots),
+        "preset": (stored.preset, cfg.preset),
+        "sampler": (stored.search.sampler, cfg.search.sampler),
+    }
+    for key, (old, new) in keys.items():
+        if old != new:
+            raise StudyError(
+                f"study {study_name!r} was run with {key}={old!r}, not {new!r}; "
+                f"resume it with the same settings or choose another --study"
+            )
+
+
+def load_study(study_name: str, storage: str, *, worker_index: int | None = None) -> optuna.Study:
+    """Open an existing study (for worker, export, analyze); a missing one is a user error.
+
+    With ``worker_index`` the study gets its stored sampler and pruner, the sampler seeded with
+    ``seed + worker_index`` so that workers do not all propose the same architectures."""
+    backend = open_storage(storage)
+    names = optuna.get_all_study_names(storage=backend)
+    if study_name not in names:
+        raise StudyError(f"no study {study_name!r} in {redact_url(storage)!r}; studies there: {sorted(names)}")
+    study = optuna.load_study(study_name=study_name, storage=backend, sampler=None)
+    if worker_index is None:
+        return study
+    cfg = stored_config(study)
+    return optuna.load_study(
+        study_name=study_name,
+        storage=backend,
+        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed + worker_index),
+        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(),
+    )
+
+
+def stored_config(study: optuna.Study) -> RunConfig:
+    doc: Any = study.user_attrs.get(CONFIG_ATTR)
+    if doc is None:
+        raise StudyError(f"study {study.study_name!r} was not made by nas_meta (no stored config)")
+    return RunConfig.from_dict(doc)
+
+
+def study_task(study: optuna.Study) -> str:
+    return study.user_attrs.get(TASK_ATTR, "classification")
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that use up the budget: finished ones, and failures that were the candidate's fault."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            out.append(t)
+        elif t.state == TrialState.FAIL and CANDIDATE_FAILURE_ATTR in t.user_attrs:
+            out.append(t)
+    return out
+
+
+def _local_studies(results_dir: str | Path) -> dict[str, str]:
+    """Study folders under ``results_dir`` -> their storage URL."""
+    found = {}
+    root = Path(results_dir)
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        journal, sqlite = folder / "journal.log", folder / "study.db"
+        if journal.is_file():
+            found[folder.name] = f"journal:///{journal.resolve()}"
+        elif sqlite.is_file():
+            found[folder.name] = f"sqlite:///{sqlite.resolve()}"
+    return found
+
+
+def find_studies(patterns: list[str], storage: str | None, results_dir: str | Path) -> list[tuple[str, str]]:
+    """(name, storage URL) of the studies named by ``patterns`` (names or shell globs), looked up
+    in ``storage`` when given, else in the study folders under ``results_dir``."""
+    import fnmatch
+
+    if storage:
+        available = {name: storage for name in optuna.get_all_study_names(storage=open_storage(storage))}
+        where = redact_url(storage)
+    else:
+        available = _local_studies(results_dir)
+        where = str(results_dir)
+    chosen: dict[str, str] = {}
+    for pattern in patterns:
+        matches = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            raise StudyError(f"no study {pattern!r} in {where!r}; studies there: {sorted(available)}")
+        chosen.update((n, available[n]) for n in sorted(matches))
+    return list(chosen.items())

@@ -1,0 +1,167 @@
+"""Workers: any number of processes, on any number of machines, filling one study.
+
+There is no scheduler of our own: every worker runs the same loop against the shared Optuna
+storage (PostgreSQL across machines, Optuna's journal file on one machine, SQLite for one
+process).  The study holds the run config, so a worker needs only the study name and storage.
+
+A worker that dies mid-trial leaves its trial RUNNING.  Two mechanisms retry it:
+- on the same machine, any worker (or the re-run search command) sees that the process named in
+  the trial's ``worker`` attribute is gone, fails the trial and queues its params again;
+- across machines, RDB storages' heartbeats fail it after the grace period (Optuna's
+  ``RetryHeartbeatStaleTrialCallback`` queues it again).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from .study import counted_trials
+
+__all__ = ["worker_identity", "recover_dead_trials", "optimize_until", "SURPLUS_ATTR", "WORKER_ATTR"]
+
+WORKER_ATTR = "worker"  # "<host>:<pid>:<process start time>" of the process running the trial
+SURPLUS_ATTR = "surplus"  # a trial started by a worker after the budget was already taken
+MAX_RETRY = 3
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc``), to tell a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def worker_identity() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _alive(identity: str) -> bool:
+    host, pid_text, started = identity.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # another machine's worker: its heartbeat, not us, decides
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return started == "?" or _start_time(pid) == started
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead processes on this machine and queue their params again.
+
+    Returns the numbers of the trials recovered.  Safe to call from many workers at once: a trial
+    already finished by another worker is skipped."""
+    retry = _retry_callback()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        identity = trial.user_attrs.get(WORKER_ATTR)
+        if identity is None or _alive(identity):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except RuntimeError:  # finished meanwhile (optuna raises UpdateFinishedTrialError)
+            continue
+        study._storage.set_trial_system_attr(trial._trial_id, "interrupted", f"worker {identity} died")
+        retry(study, study._storage.get_trial(trial._trial_id))
+        recovered.append(trial.number)
+    return recovered
+
+
+def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again the params of trials stopped by Ctrl-C (``interrupted`` user attribute) that
+    have not been retried yet, so a resumed search picks up where it stopped."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retry = _retry_callback()
+    queued = []
+    for t in trials:
+        if t.state == TrialState.FAIL and "interrupted" in t.user_attrs and t.number not in retried:
+            retry(study, t)
+            queued.append(t.number)
+    return queued
+
+
+def _taken(study: optuna.Study, below: int | None = None, include_waiting: bool = True) -> int:
+    """Trials that use or may still use the budget: counted ones, running ones, and (by default)
+    queued ones."""
+    counted = {t.number for t in counted_trials(study)}
+    states = (TrialState.RUNNING, TrialState.WAITING) if include_waiting else (TrialState.RUNNING,)
+    pending = {
+        t.number
+        for t in study.get_trials(deepcopy=False, states=states)
+        if SURPLUS_ATTR not in t.user_attrs
+    }
+    numbers = counted | pending
+    if below is not None:
+        numbers = {n for n in numbers if n < below}
+    return len(numbers)
+
+
+class Surplus(Exception):
+    """This trial was created after other workers had already taken the whole budget."""
+
+
+def guard_budget(target: int) -> Callable[[optuna.Trial], None]:
+    """Called first in every trial: trial numbers are assigned atomically by the storage, so a
+    trial whose earlier trials already fill the budget is surplus and stops at once."""
+
+    def check(trial: optuna.Trial) -> None:
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        if _taken(trial.study, below=trial.number) >= target:
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise Surplus(f"trial {trial.number}: the study already has its {target} trials")
+
+    return check
+
+
+def optimize_until(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], object],
+    target: int,
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+    catch: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run trials until the study holds ``target`` counted trials (with other workers or alone).
+
+    Returns how many trials this process ran (surplus ones excluded)."""
+    guard = guard_budget(target)
+    ran = 0
+    surplus = False
+
+    def guarded(trial: optuna.Trial):
+        nonlocal surplus
+        try:
+            guard(trial)
+        except Surplus:
+            surplus = True
+            raise
+        return objective(trial)
+
+    while True:
+        recover_dead_trials(study)
+        # Queued (WAITING) trials are part of the budget and are run first by optimize().
+        if _taken(study, include_waiting=False) >= target:
+            return ran
+        study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
+        if surplus:
+            return ran
+        ran += 1

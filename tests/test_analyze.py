@@ -1,0 +1,136 @@
+"""Tables and plots of studies: exactly the study's trials, formats that parse back, honest
+empty tables, no tracebacks."""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+import pandas as pd
+import pytest
+
+from nas_meta import graph
+from nas_meta.analyze import compare_frame, parse, ranked_frame, render, study_summary, trials_frame
+from nas_meta.cli import main
+from nas_meta.config import make_config
+from nas_meta.plots import pareto_front, write_plots
+from nas_meta.search.study import create_study
+from nas_meta.spaces import load_space
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_study(tmp_path, name: str, n: int, fail_all: bool = False, seed: int = 0) -> optuna.Study:
+    """A study as a search leaves it, with made-up scores (no training: fast)."""
+    cfg = make_config("smoke", search={"space": "chain", "study": name}, results_dir=str(tmp_path))
+    (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    study = create_study(cfg, name, "classification")
+    space = load_space("chain")
+    rng = random.Random(seed)
+    for _ in range(n):
+        trial = study.ask()
+        arch = space.build(trial.suggest_categorical)
+        trial.set_user_attr("arch", graph.to_json(arch))
+        trial.set_user_attr("fingerprint", graph.fingerprint(arch))
+        trial.set_user_attr("params", rng.randint(1_000, 100_000))
+        trial.set_user_attr("flops", rng.randint(10_000, 10_000_000))
+        trial.set_user_attr("seconds", round(rng.uniform(1, 5), 3))
+        if fail_all:
+            trial.set_user_attr("failure", "diverged: loss is nan at step 3")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, rng.uniform(0.2, 0.9))
+    return study
+
+
+def test_tables_hold_exactly_the_study_trials(tmp_path):
+    study = fake_study(tmp_path, "a", 12)
+    frame = trials_frame(study, "classification")
+    assert list(frame["number"]) == list(range(12))
+    assert list(frame["val_acc"]) == [t.value for t in study.trials]
+    ranked = ranked_frame(study, "classification", sampler="tpe")
+    assert sorted(ranked["number"]) == list(range(12))
+    assert list(ranked["rank"]) == list(range(1, 13))
+    assert ranked["val_acc"].is_monotonic_decreasing
+    assert ranked.loc[0, "number"] == study.best_trial.number
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "latex"])
+def test_formats_parse_back_to_the_same_numbers(tmp_path, fmt):
+    study = fake_study(tmp_path, "a", 7)
+    frame = ranked_frame(study, "classification", sampler="tpe")
+    back = parse(render(frame, fmt), fmt)
+    assert list(back.columns) == list(frame.columns)
+    for col in ("rank", "number", "params", "flops"):
+        assert list(back[col]) == [int(v) for v in frame[col]]
+    assert list(back["val_acc"]) == list(frame["val_acc"])  # full precision, exactly
+    assert list(back["seconds"]) == list(frame["seconds"])
+    assert list(back["fingerprint"]) == list(frame["fingerprint"])
+
+
+def test_summary_counts_states_and_finds_the_best(tmp_path):
+    study = fake_study(tmp_path, "a", 6)
+    s = study_summary(study, "classification")
+    assert s["trials"] == 6 and s["n_complete"] == 6 and s["n_fail"] == 0
+    assert s["best_score"] == study.best_value
+    assert s["trials_to_best"] == study.best_trial.number + 1
+
+
+def test_plots_are_written_and_not_empty(tmp_path):
+    study = fake_study(tmp_path, "a", 20)
+    paths = write_plots([(study, "classification")], tmp_path / "plots")
+    assert {p.name for p in paths} == {"best_so_far.png", "score_vs_params.png", "ops_a.png"}
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000
+
+
+def test_pareto_front():
+    points = [(10, 0.5), (20, 0.6), (15, 0.4), (30, 0.6), (40, 0.9), (5, 0.1)]
+    assert pareto_front(points, maximize=True) == [(5, 0.1), (10, 0.5), (20, 0.6), (40, 0.9)]
+    assert pareto_front([(1, 3.0), (2, 1.0), (3, 2.0)], maximize=False) == [(1, 3.0), (2, 1.0)]
+
+
+def test_analyze_cli_tables_comparison_and_plots(tmp_path, capsys):
+    fake_study(tmp_path, "run-a", 5, seed=1)
+    fake_study(tmp_path, "run-b", 5, seed=2)
+    plots = tmp_path / "plots"
+    assert main(["analyze", "--study", "run-*", "--results-dir", str(tmp_path), "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    assert "## study run-a" in out and "## study run-b" in out and "## comparison" in out
+    assert (plots / "best_so_far.png").is_file() and (plots / "ops_run-b.png").is_file()
+    assert main(["analyze", "--study", "run-a", "--study", "run-b", "--results-dir", str(tmp_path),
+                 "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
+    comparison = pd.read_csv(tmp_path / "t.csv")  # several studies in CSV: their comparison table
+    assert list(comparison["study"]) == ["run-a", "run-b"]
+    assert list(comparison["trials"]) == [5, 5]
+
+
+def test_empty_and_failed_studies_give_honest_tables(tmp_path, capsys):
+    fake_study(tmp_path, "empty", 0)
+    fake_study(tmp_path, "failed", 3, fail_all=True)
+    assert main(["analyze", "--study", "empty", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "trials=0" in out and "best_score=nan" in out
+    assert main(["analyze", "--study", "failed", "--results-dir", str(tmp_path), "--plots",
+                 str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("FAIL") == 3 and "n_fail=3" in out
+    assert main(["export", "--study", "failed", "--results-dir", str(tmp_path)]) == 2
+    assert "has no completed trial to export" in capsys.readouterr().err
+
+
+def test_analyze_of_a_missing_study_is_one_line(tmp_path, capsys):
+    assert main(["analyze", "--study", "ghost", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no study 'ghost'" in err and "Traceback" not in err
+
+
+def test_compare_frame_one_row_per_study(tmp_path):
+    from nas_meta.search.study import stored_config
+
+    a, b = fake_study(tmp_path, "x", 4, seed=3), fake_study(tmp_path, "y", 4, seed=4)
+    frame = compare_frame([(a, stored_config(a)), (b, stored_config(b))])
+    assert list(frame["study"]) == ["x", "y"]
+    assert list(frame["best"]) == [a.best_value, b.best_value]
+    assert list(frame["space"]) == ["chain", "chain"]

@@ -1,0 +1,67 @@
+"""Config dataclasses, presets and the registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas_meta.config import PRESETS, RunConfig, make_config
+from nas_meta.errors import ConfigError
+from nas_meta.registry import Registry
+
+
+def test_json_round_trip_is_exact():
+    cfg = make_config("smoke", data={"ways": 3}, learner={"algo": "protonet"}, search={"space": "chain"})
+    doc = json.loads(json.dumps(cfg.to_dict()))
+    assert RunConfig.from_dict(doc) == cfg
+
+
+def test_preset_values_then_user_values():
+    cfg = make_config("smoke", search={"trials": 5})
+    assert cfg.learner.iterations == PRESETS["smoke"]["learner"]["iterations"]
+    assert cfg.search.trials == 5
+    assert cfg.preset == "smoke"
+
+
+def test_paper_preset_is_the_published_protocol():
+    maml = make_config("paper")
+    assert (maml.learner.meta_batch, maml.learner.inner_lr, maml.learner.iterations) == (32, 0.4, 60_000)
+    assert maml.learner.test_inner_steps == 10
+    assert make_config("paper", learner={"algo": "protonet"}).learner.train_ways == 60
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"data": {"ways": 0}}, "--ways must be a positive integer, got 0"),
+        ({"data": {"shots": -1}}, "--shots must be a positive integer, got -1"),
+        ({"data": {"ways": 1}}, "--ways must be at least 2"),
+        ({"learner": {"algo": "mamll"}}, "unknown algo 'mamll'; choose from ['fomaml', 'maml', 'protonet']"),
+        ({"search": {"sampler": "cmaes"}}, "unknown sampler 'cmaes'; choose from"),
+        ({"search": {"trials": 0}}, "--trials must be a positive integer, got 0"),
+        ({"data": {"wayz": 5}}, "unknown DataConfig field(s) ['wayz']"),
+        ({"device": "tpu"}, "unknown device 'tpu'; choose from ['auto', 'cpu', 'cuda']"),
+    ],
+)
+def test_bad_values_name_the_value_and_the_choices(sections, message):
+    with pytest.raises(ConfigError) as info:
+        make_config("smoke", **sections)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match=r"unknown preset 'fast'; choose from \['paper', 'quick', 'smoke'\]"):
+        make_config("fast")
+
+
+def test_registry_refuses_duplicates_and_lists_choices():
+    reg: Registry = Registry("learner")
+    reg.register("maml")(object)
+    reg.register("protonet")(object)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("maml")(object)
+    with pytest.raises(ConfigError, match=r"unknown learner 'mamll'; choose from \['maml', 'protonet'\]"):
+        reg.get("mamll")
+    assert reg.names() == ["maml", "protonet"] and "maml" in reg and len(reg) == 2

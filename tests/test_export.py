@@ -1,0 +1,112 @@
+"""Export, load and evaluate: from a finished search to a model a user can load."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+import nas_meta
+from nas_meta import graph
+from nas_meta.cli import main
+from nas_meta.config import make_config
+from nas_meta.errors import DataError
+from nas_meta.export import load_weights, retrain, save_weights, select_trials
+from nas_meta.search.runner import run_search
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(root / "cache")},
+        search={"space": "chain", "study": "e", "trials": 3},
+        results_dir=str(root / "results"),
+    )
+    outcome = run_search(cfg, stream=io.StringIO())
+    return root, cfg, outcome
+
+
+def test_export_top_k_writes_every_file_with_the_trial_numbers(searched, capsys):
+    root, cfg, outcome = searched
+    out = root / "top2"
+    assert main(["export", "--study", "e", "--results-dir", str(root / "results"), "--top", "2",
+                 "--out", str(out), "--cache-dir", str(root / "cache")]) == 0
+    best = select_trials(outcome.study, "classification", top=2)
+    for rank, trial in enumerate(best, start=1):
+        folder = out / f"rank{rank}"
+        card = json.loads((folder / "card.json").read_text())
+        assert card["trial"] == trial.number
+        assert card["params"] == trial.user_attrs["params"]
+        assert card["search_score"]["value"] == pytest.approx(trial.values[0])
+        assert card["input"]["shape"] == [1, 28, 28] and "ink high" in card["input"]["polarity"]
+        arch = graph.load_json(folder / "arch.json")
+        assert graph.fingerprint(arch) == trial.user_attrs["fingerprint"]
+        assert (folder / "arch.graphml").read_text().startswith("<?xml")
+        assert (folder / "arch.png").read_bytes()[:8] == PNG
+        assert f"trial #{trial.number}" in (folder / "README.md").read_text()
+        backbone = nas_meta.load(folder)  # no weights: a freshly initialised backbone
+        assert backbone(torch.rand(4, 1, 28, 28)).shape == (4, card["feature_dim"])
+    assert "rank 2: trial #" in capsys.readouterr().out
+
+
+def test_retrained_weights_round_trip_through_load(searched, tmp_path):
+    _, cfg, outcome = searched
+    arch = graph.from_json(select_trials(outcome.study, "classification")[0].user_attrs["arch"])
+    learner, result = retrain(cfg, arch)
+    test = result["test"]
+    assert 0.0 <= test["mean"] <= 1.0 and test["ci95"] >= 0.0 and test["episodes"] == cfg.learner.test_episodes
+    folder = tmp_path / "model"
+    graph.save_json(arch, folder / "arch.json")
+    (folder / "card.json").write_text(json.dumps({"input": {"shape": [1, 28, 28]}}))
+    save_weights(learner, folder / "weights.pt")
+    loaded = nas_meta.load(folder)
+    x = torch.rand(10, 1, 28, 28)
+    learner.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), learner.backbone(x))
+    state = load_weights(folder / "weights.pt")
+    assert set(state) == {"backbone", "head"}  # MAML's meta-learned head is kept for evaluate
+
+
+def test_export_retrain_and_evaluate_with_weights(searched, capsys):
+    root, cfg, _ = searched
+    out = root / "retrained"
+    args = ["export", "--study", "e", "--results-dir", str(root / "results"), "--retrain",
+            "--out", str(out), "--cache-dir", str(root / "cache")]
+    assert main(args) == 0
+    card = json.loads((out / "rank1" / "card.json").read_text())
+    test = card["retrain"]["test"]
+    assert test["episodes"] == cfg.learner.test_episodes
+    assert f"test accuracy {100 * test['mean']:.2f}%" in capsys.readouterr().out
+
+    # evaluate with the exported weights on the same test episodes gives the same number
+    assert main(["evaluate", str(out / "rank1"), "--weights", str(out / "rank1" / "weights.pt"),
+                 "--preset", "smoke", "--cache-dir", str(root / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {100 * test['mean']:.2f}% ± {100 * test['ci95']:.2f}" in printed
+
+
+def test_damaged_weights_are_a_clear_error(tmp_path, searched, capsys):
+    root, _, _ = searched
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="cannot read weights .*weights.pt"):
+        load_weights(bad)
+    export = root / "top2" / "rank1"
+    if export.exists():
+        assert main(["evaluate", str(export), "--weights", str(bad), "--preset", "smoke",
+                     "--cache-dir", str(root / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert "weights.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_of_a_missing_study_is_one_line(tmp_path, capsys):
+    assert main(["export", "--study", "nope", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"nas-meta: error: no study 'nope' in '{tmp_path}'; studies there: []"

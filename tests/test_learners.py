@@ -1,0 +1,337 @@
+"""Learners: exact maths (zero steps, meta-gradients against references, hand-derived gradients)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from nas_meta.config import LearnerConfig
+from nas_meta.data.sampler import Episodes
+from nas_meta.errors import ConfigError
+from nas_meta.learners import LEARNERS, MAML, ProtoNet, build_learner
+from nas_meta.learners.maml import to_channels_last
+
+WAYS, SHOTS, QUERIES, TASKS, SIZE, CHANNELS = 3, 2, 4, 3, 8, 4
+
+
+class MeanVarBatchNorm(nn.Module):
+    """BatchNorm from mean/var ops with batch statistics always, as the ops table writes it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return batch_norm(x, self.weight, self.bias)
+
+
+def batch_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) * torch.rsqrt(var + 1e-5) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+class TinyConv(nn.Module):
+    """Two conv-BN-ReLU-pool blocks: (B, 1, 8, 8) -> (B, CHANNELS * 2 * 2)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, CHANNELS, 3, padding=1)
+        self.bn1 = MeanVarBatchNorm(CHANNELS)
+        self.conv2 = nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1)
+        self.bn2 = MeanVarBatchNorm(CHANNELS)
+        self.feature_dim = CHANNELS * (SIZE // 4) ** 2
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 + (1.0 if p.dim() == 1 and p is self.bn1.weight else 0.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return x.flatten(1)
+
+
+def reference_forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """TinyConv + head written out by hand, independent of nn.Module and functional_call."""
+    x = F.conv2d(x, p["backbone.conv1.weight"], p["backbone.conv1.bias"], padding=1)
+    x = F.max_pool2d(F.relu(batch_norm(x, p["backbone.bn1.weight"], p["backbone.bn1.bias"])), 2)
+    x = F.conv2d(x, p["backbone.conv2.weight"], p["backbone.conv2.bias"], padding=1)
+    x = F.max_pool2d(F.relu(batch_norm(x, p["backbone.bn2.weight"], p["backbone.bn2.bias"])), 2)
+    return x.flatten(1) @ p["head.weight"].T + p["head.bias"]
+
+
+def make_batch(seed: int, *, tasks: int = TASKS, dtype: torch.dtype = torch.float32) -> Episodes:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(WAYS)
+    return Episodes(
+        support_x=torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=dtype),
+        support_y=labels.repeat_interleave(SHOTS).repeat(tasks, 1),
+        query_x=torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=dtype),
+        query_y=labels.repeat_interleave(QUERIES).repeat(tasks, 1),
+        ways=WAYS,
+    )
+
+
+def make_maml(*, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> MAML:
+    g = torch.Generator().manual_seed(seed)
+    backbone = TinyConv(g)
+    learner = MAML(backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification", **kwargs)
+    with torch.no_grad():  # a non-zero head, so that every parameter matters in the tests
+        learner.head.weight.copy_(torch.randn(learner.head.weight.shape, generator=g) * 0.3)
+        learner.head.bias.copy_(torch.randn(learner.head.bias.shape, generator=g) * 0.3)
+    return learner.to(dtype)
+
+
+def flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
+# -- MAML: exactness ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_with_zero_inner_steps_is_the_plain_network(execution: str, first_order: bool) -> None:
+    learner = make_maml(inner_steps=0, execution=execution, first_order=first_order, channels_last=False)
+    batch = make_batch(1)
+    outputs = learner.query_outputs(batch, 0, meta=True)
+    plain = torch.stack([learner(batch.query_x[t]) for t in range(TASKS)])
+    loss, accuracy = learner.loss(batch)
+    plain_loss = torch.stack([F.cross_entropy(plain[t], batch.query_y[t]) for t in range(TASKS)]).mean()
+    if execution == "loop":
+        assert torch.equal(outputs, plain)
+    torch.testing.assert_close(outputs, plain, rtol=1e-6, atol=1e-6)  # vmap batches the matmuls
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-6)
+    assert accuracy.item() == pytest.approx((plain.argmax(-1) == batch.query_y).float().mean().item())
+
+
+def reference_meta_gradient(learner: MAML, batch: Episodes, *, steps: int, second_order: bool) -> Tensor:
+    """Per-task loop with plain autograd.grad over the hand-written forward."""
+    names = [n for n, _ in learner.model.named_parameters()]
+    theta = dict(learner.model.named_parameters())
+    losses = []
+    for t in range(batch.support_x.shape[0]):
+        fast = dict(theta)
+        for _ in range(steps):
+            loss = F.cross_entropy(reference_forward(fast, batch.support_x[t]), batch.support_y[t])
+            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=second_order)
+            fast = {n: fast[n] - learner.inner_lr * g for n, g in zip(names, grads)}
+        losses.append(F.cross_entropy(reference_forward(fast, batch.query_x[t]), batch.query_y[t]))
+    return flat_grad(torch.stack(losses).mean(), [theta[n] for n in names])
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_equals_per_task_reference(execution: str, channels_last: bool, first_order: bool) -> None:
+    learner = make_maml(inner_steps=2, inner_lr=0.3, execution=execution, channels_last=channels_last, first_order=first_order)
+    batch = make_batch(2)
+    loss, _ = learner.loss(batch)
+    got = flat_grad(loss, list(learner.parameters()))
+    want = reference_meta_gradient(learner, batch, steps=2, second_order=not first_order)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_second_and_first_order_meta_gradients_differ() -> None:
+    batch = make_batch(3)
+    grads = {}
+    for first_order in (False, True):
+        learner = make_maml(inner_steps=1, inner_lr=0.5, first_order=first_order)
+        grads[first_order] = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
+    difference = (grads[False] - grads[True]).norm() / grads[False].norm()
+    assert difference > 0.01
+
+
+class Polynomial(nn.Module):
+    """Fixed features [x, x^2] (no parameters): the only parameters are MAML's linear head."""
+
+    feature_dim = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, x * x], dim=-1)
+
+
+def regression_batch() -> Episodes:
+    g = torch.Generator().manual_seed(4)
+    sx, qx = torch.rand(2, 5, 1, generator=g) * 2 - 1, torch.rand(2, 7, 1, generator=g) * 2 - 1
+    return Episodes(sx, 3 * sx - 1 + sx**2, qx, 3 * qx - 1 + qx**2, ways=1)
+
+
+def test_linear_head_meta_gradients_equal_the_hand_derived_ones() -> None:
+    """MSE with a linear head y = w.f + c: every derivative is in closed form.
+
+    Support gradient  g_s(theta) = 2/n A_s^T (A_s theta - y_s), A = [f, 1], theta = (w, c);
+    fast weights      phi = theta - a g_s(theta);  Hessian H_s = 2/n A_s^T A_s (constant);
+    first order       dL_q/dtheta ~ g_q(phi) = 2/m A_q^T (A_q phi - y_q);
+    second order      dL_q/dtheta = (I - a H_s) g_q(phi).
+    """
+    batch, lr = regression_batch(), 0.1
+    got = {}
+    for first_order in (False, True):
+        learner = MAML(Polynomial(), feature_dim=2, ways=1, task="regression", inner_lr=lr, first_order=first_order)
+        with torch.no_grad():
+            learner.head.weight.copy_(torch.tensor([[0.5, -0.2]]))
+            learner.head.bias.fill_(0.3)
+        got[first_order] = flat_grad(learner.loss(batch)[0], [learner.head.weight, learner.head.bias])
+    theta = torch.tensor([0.5, -0.2, 0.3], dtype=torch.float64)
+    first, second = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for t in range(2):
+        a_s = torch.cat([Polynomial()(batch.support_x[t]), torch.ones(5, 1)], 1).double()
+        a_q = torch.cat([Polynomial()(batch.query_x[t]), torch.ones(7, 1)], 1).double()
+        y_s, y_q = batch.support_y[t, :, 0].double(), batch.query_y[t, :, 0].double()
+        phi = theta - lr * 2 / 5 * a_s.T @ (a_s @ theta - y_s)
+        g_q = 2 / 7 * a_q.T @ (a_q @ phi - y_q)
+        first += g_q / 2
+        second += (torch.eye(3, dtype=torch.float64) - lr * 2 / 5 * a_s.T @ a_s) @ g_q / 2
+    torch.testing.assert_close(got[True].double(), first, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[False].double(), second, rtol=1e-5, atol=1e-6)
+    assert (first - second).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_vmap_and_loop_give_the_same_outputs_and_evaluation(execution: str) -> None:
+    batch = make_batch(5)
+    loop = make_maml(execution="loop", test_inner_steps=3)
+    other = make_maml(execution=execution, test_inner_steps=3)
+    torch.testing.assert_close(other.query_outputs(batch, 2, meta=True), loop.query_outputs(batch, 2, meta=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(other.evaluate(batch), loop.evaluate(batch))
+
+
+def test_support_loss_falls_after_adaptation() -> None:
+    learner = make_maml(inner_lr=0.4, channels_last=False)
+    batch = make_batch(6)
+    params = dict(learner.model.named_parameters())
+    for t in range(TASKS):
+        x, y = batch.support_x[t], batch.support_y[t]
+        losses = [
+            F.cross_entropy(functional_call(learner.model, learner.adapt(params, x, y, steps, create_graph=False), (x,)), y).item()
+            for steps in (0, 1, 5)
+        ]
+        assert losses[0] > losses[1] > losses[2]
+
+
+def test_evaluate_adapts_without_meta_gradient_even_under_no_grad() -> None:
+    learner = make_maml(test_inner_steps=3)
+    batch = make_batch(7)
+    with torch.no_grad():
+        accuracy = learner.evaluate(batch)
+    assert accuracy.shape == (TASKS,) and ((accuracy >= 0) & (accuracy <= 1)).all()
+    assert all(p.grad is None for p in learner.parameters())
+    # adaptation changes the answer: 0 test steps is the unadapted network
+    learner.test_inner_steps = 0
+    plain = torch.stack([(learner(batch.query_x[t]).argmax(-1) == batch.query_y[t]).float().mean() for t in range(TASKS)])
+    torch.testing.assert_close(learner.evaluate(batch), plain)
+
+
+def test_maml_head_starts_at_zero_and_has_ways_outputs() -> None:
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    learner = build_learner(LearnerConfig(algo="maml"), backbone, feature_dim=backbone.feature_dim, ways=5, task="classification")
+    assert learner.head.weight.shape == (5, backbone.feature_dim)
+    assert learner.head.weight.abs().sum() == 0 and learner.head.bias.abs().sum() == 0
+
+
+def test_maml_regression_head_outputs_one_value_and_mse_metric() -> None:
+    learner = build_learner(LearnerConfig(algo="maml", inner_lr=0.01), Polynomial(), feature_dim=2, ways=1, task="regression")
+    batch = regression_batch()
+    assert learner.head.out_features == 1
+    outputs = learner.query_outputs(batch, 1, meta=True)
+    loss, metric = learner.loss(batch)
+    torch.testing.assert_close(loss, F.mse_loss(outputs, batch.query_y))
+    torch.testing.assert_close(metric, loss.detach())
+    per_episode = learner.evaluate(batch)
+    assert per_episode.shape == (2,) and (per_episode > 0).all()
+
+
+def test_channels_last_changes_only_the_rounding() -> None:
+    batch = make_batch(8)
+    plain, fast = make_maml(channels_last=False), make_maml(channels_last=True)
+    torch.testing.assert_close(fast.query_outputs(batch, 1, meta=True), plain.query_outputs(batch, 1, meta=True), rtol=1e-5, atol=1e-5)
+    x = to_channels_last(batch.query_x)
+    assert torch.equal(x, batch.query_x) and x[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_wrong_ways_is_refused() -> None:
+    learner = make_maml()
+    batch = make_batch(9)
+    with pytest.raises(ValueError, match="3 outputs but the batch is 5-way"):
+        learner.loss(Episodes(batch.support_x, batch.support_y, batch.query_x, batch.query_y, ways=5))
+
+
+# -- ProtoNet ----------------------------------------------------------------------------------
+
+
+class Flat(nn.Module):
+    feature_dim = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+def test_protonet_logits_are_negative_squared_distances_2way_1shot() -> None:
+    protonet = ProtoNet(Flat())
+    support = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])  # (T=1, 2 classes x 1 shot, 2)
+    query = torch.tensor([[[1.0, 1.0], [3.0, 3.0]]])
+    logits = protonet.logits(support, torch.tensor([[0, 1]]), query, ways=2)
+    # by hand: |(1,1)-(0,0)|^2 = 2, |(1,1)-(3,4)|^2 = 13; |(3,3)|^2 = 18, |(3,3)-(3,4)|^2 = 1
+    torch.testing.assert_close(logits, torch.tensor([[[-2.0, -13.0], [-18.0, -1.0]]]))
+    batch = Episodes(support, torch.tensor([[0, 1]]), query, torch.tensor([[0, 1]]), ways=2)
+    loss, accuracy = protonet.loss(batch)
+    want = (math.log(1 + math.exp(-11)) + math.log(1 + math.exp(-17))) / 2
+    assert loss.item() == pytest.approx(want, abs=1e-7) and accuracy.item() == 1.0
+
+
+def test_protonet_prototypes_are_class_means_in_any_order() -> None:
+    protonet = ProtoNet(Flat())
+    support = torch.tensor([[[2.0, 0.0], [0.0, 0.0], [4.0, 0.0], [0.0, 2.0]]])
+    labels = torch.tensor([[1, 0, 1, 0]])  # shuffled, 2 shots each: means (0, 1) and (3, 0)
+    logits = protonet.logits(support, labels, torch.tensor([[[0.0, 1.0]]]), ways=2)
+    torch.testing.assert_close(logits, torch.tensor([[[0.0, -10.0]]]))
+
+
+def test_protonet_embeds_all_episodes_in_one_forward_pass() -> None:
+    calls = []
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    protonet = build_learner(LearnerConfig(algo="protonet"), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+    loss, accuracy = protonet.loss(make_batch(10))
+    assert calls == [TASKS * WAYS * (SHOTS + QUERIES)]
+    assert torch.isfinite(loss) and 0 <= accuracy <= 1
+    loss.backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+    assert protonet.evaluate(make_batch(11)).shape == (TASKS,)
+
+
+def test_protonet_refuses_regression_naming_the_valid_algos() -> None:
+    with pytest.raises(ConfigError, match=r"classification-only.*\['fomaml', 'maml'\]"):
+        build_learner(LearnerConfig(algo="protonet"), Polynomial(), feature_dim=2, ways=1, task="regression")
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+def test_registry_names_and_unknown_names() -> None:
+    assert LEARNERS.names() == ["fomaml", "maml", "protonet"]
+    with pytest.raises(ConfigError, match=r"unknown learner 'mamll'; choose from \['fomaml', 'maml', 'protonet'\]"):
+        LEARNERS.get("mamll")
+    with pytest.raises(ConfigError, match="unknown task 'ranking'"):
+        build_learner(LearnerConfig(), Flat(), feature_dim=2, ways=2, task="ranking")
+
+
+@pytest.mark.parametrize("algo", ["fomaml", "maml", "protonet"])
+def test_every_learner_trains_on_one_batch(algo: str) -> None:
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    learner = build_learner(LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+    assert learner.loss(make_batch(12))[0].isfinite()
+    before = [p.detach().clone() for p in learner.parameters()]
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    loss, metric = learner.loss(make_batch(12))
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
+    assert 0 <= metric <= 1

@@ -1,0 +1,209 @@
+"""The compiler: hand-computed parameter counts, merge semantics, shape errors, the op table."""
+
+from __future__ import annotations
+
+import random
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_meta import graph, network, spaces
+from nas_meta.errors import SpaceError
+from nas_meta.ops import OPS, BatchNorm
+
+
+def make_arch(nodes: dict[str, dict], edges: list[tuple]) -> nx.DiGraph:
+    arch = nx.DiGraph(space="hand", kind="chain", params={})
+    for node, attrs in nodes.items():
+        arch.add_node(node, **attrs)
+    for edge in edges:
+        arch.add_edge(edge[0], edge[1], **(edge[2] if len(edge) > 2 else {}))
+    return arch
+
+
+def test_conv4_has_the_published_parameter_count():
+    arch = spaces.load_space("conv4").sample(random.Random(0))
+    backbone = network.build(arch, (1, 28, 28), seed=0)
+    conv = lambda c_in, c_out: c_in * c_out * 3 * 3 + c_out  # weights + bias  # noqa: E731
+    bn = lambda c: 2 * c  # affine gamma and beta, no running stats  # noqa: E731
+    by_hand = conv(1, 64) + bn(64) + 3 * (conv(64, 64) + bn(64))
+    assert by_hand == 111_936
+    assert network.count_params(backbone) == by_hand
+    assert backbone.feature_dim == 64  # 28 -> 14 -> 7 -> 3 -> 1
+    assert list(backbone.buffers()) == []
+
+
+def test_conv4_flops_match_the_conv_formula():
+    backbone = network.build(spaces.load_space("conv4").sample(random.Random(0)), (1, 28, 28), seed=0)
+    # 2 FLOPs per multiply-add, one example: 2 * C_in * C_out * k^2 * H_out * W_out per conv.
+    by_hand = sum(2 * c_in * 64 * 9 * side * side for c_in, side in ((1, 28), (64, 14), (64, 7), (64, 3)))
+    assert network.count_flops(backbone, (1, 28, 28)) == by_hand == 19_630_080
+
+
+def tiny_concat_arch(slot_a: int = 0, slot_b: int = 1) -> nx.DiGraph:
+    return make_arch(
+        {
+            "input": {"op": "input"},
+            "a": {"op": "conv_3x3", "c_out": 4},
+            "b": {"op": "conv_1x1", "c_out": 3},
+            "cat": {"op": "identity", "merge": "concat"},
+            "bn": {"op": "batch_norm"},
+            "gap": {"op": "global_avg_pool"},
+        },
+        [("input", "a"), ("input", "b"), ("a", "cat", {"slot": slot_a}), ("b", "cat", {"slot": slot_b}), ("cat", "bn"), ("bn", "gap")],
+    )
+
+
+def test_tiny_hand_made_arch_has_hand_computed_params_and_output():
+    backbone = network.build(tiny_concat_arch(slot_a=1, slot_b=0), (2, 8, 8), seed=0)
+    # conv 3x3 2->4 with bias: 2*4*9 + 4 = 76; conv 1x1 2->3: 2*3 + 3 = 9; BN on 7 channels: 14.
+    assert network.count_params(backbone) == 76 + 9 + 14
+    assert backbone.feature_dim == 7
+    x = torch.randn(5, 2, 8, 8)
+    mods = {node: backbone.nodes[backbone.keys[node]] for node in backbone.order}
+    cat = torch.cat([mods["b"](x), mods["a"](x)], dim=1)  # slot 0 is b
+    expected = mods["bn"](cat).mean(dim=(2, 3))
+    torch.testing.assert_close(backbone(x), expected)
+
+
+def test_sum_merge_adds_inputs():
+    arch = make_arch(
+        {"input": {"op": "input"}, "p": {"op": "relu"}, "q": {"op": "tanh"}, "s": {"op": "identity"}},
+        [("input", "p"), ("input", "q"), ("p", "s"), ("q", "s")],
+    )
+    backbone = network.build(arch, (3,))
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(backbone(x), torch.relu(x) + torch.tanh(x))
+    assert network.count_params(backbone) == 0 and backbone.feature_dim == 3
+
+
+def test_same_seed_same_weights_and_json_round_trip_keeps_them():
+    arch = spaces.load_space("cell").sample(random.Random(3))
+    a = network.build(arch, (1, 16, 16), seed=7).state_dict()
+    b = network.build(graph.from_json(graph.to_json(arch)), (1, 16, 16), seed=7).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.get_rng_state()
+    network.build(arch, (1, 16, 16), seed=7)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
+
+
+def test_sum_of_different_shapes_is_a_space_error():
+    arch = make_arch(
+        {"input": {"op": "input"}, "a": {"op": "conv_3x3", "c_out": 4}, "b": {"op": "conv_3x3", "c_out": 5}, "s": {"op": "identity"}},
+        [("input", "a"), ("input", "b"), ("a", "s"), ("b", "s")],
+    )
+    with pytest.raises(SpaceError, match=r"node 's' sums inputs of different shapes"):
+        network.build(arch, (1, 8, 8))
+
+
+def test_op_that_does_not_fit_its_input_is_a_space_error():
+    arch = make_arch({"input": {"op": "input"}, "fc": {"op": "linear", "c_out": 4}}, [("input", "fc")])
+    with pytest.raises(SpaceError, match=r"node 'fc' \(op 'linear'\) does not fit its input of shape \(1, 28, 28\)"):
+        network.build(arch, (1, 28, 28))
+
+
+def test_op_that_cannot_change_channels_is_a_space_error():
+    arch = make_arch({"input": {"op": "input"}, "bn": {"op": "batch_norm", "c_out": 8}}, [("input", "bn")])
+    with pytest.raises(SpaceError, match=r"op 'batch_norm' cannot change shape"):
+        network.build(arch, (1, 8, 8))
+
+
+def test_bad_input_shape_is_a_space_error():
+    with pytest.raises(SpaceError, match="input_shape"):
+        network.build(tiny_concat_arch(), (0, 8, 8))
+
+
+def test_batch_norm_uses_batch_statistics_in_train_and_eval():
+    bn = BatchNorm(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    x = torch.randn(6, 3, 5, 5) * 3 + 1
+    reference = F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=1e-5)
+    torch.testing.assert_close(bn(x), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.eval()(x), reference, rtol=1e-5, atol=1e-5)
+
+
+# Op table: every op keeps or halves the map as its stride says, and DARTS ops have DARTS' sizes.
+SHAPE_KEEPING = ["input", "identity", "batch_norm", "instance_norm", "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"]
+CONV_LIKE = ["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+             "conv_1x1", "conv_3x3", "conv_5x5", "conv_7x7", "relu_conv_bn_1x1", "conv_bn_3x3", "proj_1x1"]
+
+
+@pytest.mark.parametrize("name", CONV_LIKE)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_like_ops_follow_stride_and_channels(name, stride):
+    module = OPS.get(name)(4, 6, stride)
+    out = module(torch.randn(2, 4, 7, 7))
+    side = 7 if stride == 1 else 4
+    assert out.shape == (2, 6, side, side)
+
+
+@pytest.mark.parametrize("name", SHAPE_KEEPING)
+def test_shape_keeping_ops(name):
+    assert OPS.get(name)(4, 4, 1)(torch.randn(2, 4, 5, 5)).shape == (2, 4, 5, 5)
+
+
+def test_darts_op_parameter_counts_by_hand():
+    c = 4
+    dil = c * 9 + c * c + 2 * c  # depthwise 3x3, pointwise 1x1, BN
+    assert network.count_params(OPS.get("dil_conv_3x3")(c, c, 1)) == dil
+    assert network.count_params(OPS.get("sep_conv_3x3")(c, c, 1)) == 2 * dil  # SepConv = DilConv twice
+    assert network.count_params(OPS.get("sep_conv_5x5")(c, c, 1)) == 2 * (c * 25 + c * c + 2 * c)
+    assert network.count_params(OPS.get("skip_connect")(c, c, 1)) == 0
+    assert network.count_params(OPS.get("skip_connect")(c, c, 2)) == 2 * (c * c // 2) + 2 * c  # FactorizedReduce
+    assert network.count_params(OPS.get("max_pool_3x3")(c, c, 2)) == 0
+
+
+def test_pool_2x2_passes_a_one_pixel_map_through():
+    x = torch.randn(2, 3, 1, 1)
+    assert torch.equal(OPS.get("max_pool_2x2")(3, 3, 1)(x), x)
+    assert OPS.get("avg_pool_2x2")(3, 3, 1)(torch.randn(2, 3, 7, 7)).shape == (2, 3, 3, 3)
+
+
+@OPS.register("test_double_conv_3x3")
+def build_test_double_conv(c_in: int, c_out: int, stride: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False))
+
+
+def test_a_registered_user_op_is_usable_in_a_space(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("kind: cell\nops: [test_double_conv_3x3, skip_connect]\nnodes: 2\nlayout: [reduce]\nchannels: 4\nstem_channels: 4\n")
+    space = spaces.load_space(path)
+    arch = space.from_params({"reduce_n2_inputs": "0-1", "reduce_n2_op0": "test_double_conv_3x3", "reduce_n2_op1": "skip_connect",
+                              "reduce_n3_inputs": "0-2", "reduce_n3_op0": "skip_connect", "reduce_n3_op1": "test_double_conv_3x3"})
+    backbone = network.build(arch, (1, 8, 8))
+    assert backbone(torch.randn(3, 1, 8, 8)).shape == (3, 16)  # 2 nodes x 8 channels after reduce
+    with pytest.raises(ValueError, match="already registered"):
+        OPS.register("test_double_conv_3x3")(build_test_double_conv)
+
+
+@pytest.mark.slow  # ~4 s on a quiet 2-core machine, >10 s when it is shared
+def test_second_order_meta_gradient_under_vmap_equals_a_per_task_loop():
+    # The trap of pytorch/functorch#534 (F.batch_norm under vmap): every op here must be exact.
+    from torch.func import functional_call, grad, vmap
+
+    from nas_meta.spaces import build_cells
+
+    genotype = [[(0, "sep_conv_3x3"), (1, "sep_conv_5x5")], [(0, "dil_conv_3x3"), (2, "dil_conv_5x5")],
+                [(1, "max_pool_3x3"), (3, "avg_pool_3x3")], [(2, "skip_connect"), (4, "sep_conv_3x3")]]
+    arch = build_cells({"normal": genotype, "reduce": genotype}, ["normal", "reduce"], channels=2, stem_channels=3)
+    net = network.build(arch, (1, 8, 8), seed=0).double()
+    params = dict(net.named_parameters())
+    tasks = torch.rand(2, 4, 1, 8, 8, dtype=torch.float64)
+
+    def loss(p, x):
+        return functional_call(net, p, (x,)).pow(2).mean()
+
+    def adapted_loss(p, x):
+        g = grad(loss)(p, x)
+        return loss({k: v - 0.1 * g[k] for k, v in p.items()}, x)
+
+    batched = grad(lambda p: vmap(adapted_loss, in_dims=(None, 0))(p, tasks).mean())(params)
+    looped = grad(lambda p: torch.stack([adapted_loss(p, x) for x in tasks]).mean())(params)
+    for key in params:
+        torch.testing.assert_close(batched[key], looped[key], rtol=1e-9, atol=1e-12)

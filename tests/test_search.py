@@ -1,0 +1,107 @@
+"""The search loop as a library: reproducibility, duplicates, failed candidates, the stored record."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import optuna
+import pytest
+
+from nas_meta import graph
+from nas_meta.config import RunConfig, make_config
+from nas_meta.learners import Diverged
+from nas_meta.search import objective as objective_module
+from nas_meta.search.runner import prepare, run_search
+from nas_meta.search.study import create_study, load_study, redact_url, stored_config
+
+
+def smoke(tmp_path, name="s", **search) -> RunConfig:
+    return make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path / "cache")},
+        search={"space": "chain", "study": name, **search},
+        results_dir=str(tmp_path / "results"),
+    )
+
+
+def test_same_seed_same_trials_different_seed_different_architectures(tmp_path):
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        cfg = smoke(tmp_path, name, trials=3).replace(seed=seed)
+        outcome = run_search(cfg, stream=io.StringIO())
+        runs.append([(t.params, t.user_attrs["fingerprint"], t.values[0]) for t in outcome.study.trials])
+    assert runs[0] == runs[1]  # params, architectures and scores (CPU is deterministic)
+    assert [r[1] for r in runs[0]] != [r[1] for r in runs[2]]
+
+
+def test_study_records_config_and_every_trial_attribute(tmp_path):
+    cfg = smoke(tmp_path, trials=2)
+    outcome = run_search(cfg, stream=io.StringIO())
+    study = load_study("s", outcome.storage)
+    assert stored_config(study) == cfg
+    for t in study.trials:
+        assert set(t.user_attrs) >= {"fingerprint", "arch", "params", "flops", "seconds", "curve"}
+        arch = graph.from_json(t.user_attrs["arch"])
+        assert graph.fingerprint(arch) == t.user_attrs["fingerprint"]
+        steps = [step for step, _ in t.user_attrs["curve"]]
+        assert steps[-1] == cfg.learner.iterations
+        assert t.user_attrs["curve"][-1][1] == pytest.approx(t.values[0])
+    assert list(outcome.table["number"]) == [0, 1]
+
+
+def test_a_known_architecture_is_not_trained_twice(tmp_path, monkeypatch):
+    cfg = smoke(tmp_path, trials=1)
+    first = run_search(cfg, stream=io.StringIO())
+    params = first.study.trials[0].params
+    calls = []
+    real = objective_module.meta_train
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "meta_train", counting)
+    first.study.enqueue_trial(params)
+    second = run_search(smoke(tmp_path, trials=2), stream=io.StringIO())
+    dup = second.study.trials[1]
+    assert calls == []
+    assert dup.user_attrs["duplicate_of"] == 0
+    assert dup.values == first.study.trials[0].values
+    assert dup.user_attrs["fingerprint"] == first.study.trials[0].user_attrs["fingerprint"]
+
+
+def test_a_diverging_candidate_fails_with_its_reason_and_the_search_goes_on(tmp_path, monkeypatch):
+    real = objective_module.meta_train
+    state = {"n": 0}
+
+    def diverge_first(*args, **kwargs):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise Diverged("loss is nan at step 4")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective_module, "meta_train", diverge_first)
+    outcome = run_search(smoke(tmp_path, trials=3), stream=io.StringIO())
+    states = [t.state for t in outcome.study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert outcome.study.trials[0].user_attrs["failure"] == "diverged: loss is nan at step 4"
+    assert math.isnan(outcome.table["val_acc"].iloc[0]) or outcome.table["val_acc"].iloc[0] is None
+
+
+def test_pruner_and_nsga2_together_are_refused(tmp_path):
+    from nas_meta.errors import ConfigError
+
+    cfg = smoke(tmp_path, sampler="nsga2", pruner="median")
+    with pytest.raises(ConfigError, match="Optuna cannot prune multi-objective studies"):
+        create_study(cfg, "s", "classification")
+
+
+def test_prepare_writes_nothing(tmp_path):
+    prepare(smoke(tmp_path))
+    assert not (tmp_path / "results").exists()
+
+
+def test_storage_password_is_redacted():
+    assert redact_url("postgresql://bob:s3cret@db:5432/nas") == "postgresql://bob:***@db:5432/nas"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"

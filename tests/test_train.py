@@ -1,0 +1,188 @@
+"""The trainer, meta_test and devices: seeds, checkpoints, divergence, confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from nas_meta.config import LearnerConfig
+from nas_meta.data.sampler import Episodes
+from nas_meta.errors import ConfigError
+from nas_meta.learners import Diverged, build_learner, confidence_interval, meta_test, meta_train, resolve_device
+from nas_meta.learners.train import amp_dtype, outer_step
+
+WAYS, SHOTS, QUERIES, SIZE = 2, 1, 3, 8
+
+
+class Backbone(nn.Module):
+    """Conv + mean/var BatchNorm + dropout (dropout draws from the RNG meta_train seeds)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.weight = nn.Parameter(torch.ones(3))
+        self.dropout = nn.Dropout(0.2)
+        self.feature_dim = 3 * 4 * 4
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.5)
+            self.conv.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        x = (x - x.mean((0, 2, 3), keepdim=True)) * torch.rsqrt(x.var((0, 2, 3), keepdim=True, unbiased=False) + 1e-5)
+        x = torch.relu(x * self.weight.view(1, -1, 1, 1))
+        return self.dropout(nn.functional.max_pool2d(x, 2).flatten(1))
+
+
+class RandomEpisodes:
+    """A stand-in sampler: seeded random images, class-major labels; ``poison_at`` gives NaNs."""
+
+    def __init__(self, seed: int, *, poison_at: int | None = None) -> None:
+        self.rng = torch.Generator().manual_seed(seed)
+        self.calls = 0
+        self.poison_at = poison_at
+
+    def sample(self, tasks: int) -> Episodes:
+        self.calls += 1
+        labels = torch.arange(WAYS)
+        sx = torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=self.rng)
+        if self.calls == self.poison_at:
+            sx = sx * math.nan
+        qx = torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=self.rng)
+        return Episodes(sx, labels.repeat_interleave(SHOTS).repeat(tasks, 1), qx, labels.repeat_interleave(QUERIES).repeat(tasks, 1), WAYS)
+
+
+CFG = LearnerConfig(meta_batch=2, iterations=5, eval_every=2, val_episodes=3, inner_lr=0.1, test_inner_steps=1)
+
+
+def make(algo: str = "maml") -> nn.Module:
+    backbone = Backbone()
+    return build_learner(LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet"])
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(algo: str) -> None:
+    cfg = LearnerConfig(**{**CFG.__dict__, "algo": algo})
+    weights = []
+    for seed in (0, 0, 1):
+        learner = make(algo)
+        meta_train(learner, RandomEpisodes(7), RandomEpisodes(8), cfg, seed=seed)
+        weights.append(torch.cat([p.detach().flatten() for p in learner.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])  # the dropout masks differ
+
+
+def test_checkpoints_report_and_progress() -> None:
+    reports, progress = [], []
+    result = meta_train(
+        make(), RandomEpisodes(1), RandomEpisodes(2), CFG, seed=0,
+        report=lambda step, value: reports.append((step, value)),
+        progress=lambda step, total, value: progress.append((step, total, value)),
+    )  # fmt: skip
+    assert [step for step, _ in reports] == [2, 4, 5]  # every eval_every steps and at the end
+    assert result.curve == reports and result.val_metric == reports[-1][1]
+    assert all(0 <= value <= 1 for _, value in reports)
+    assert [p[0] for p in progress] == [1, 2, 3, 4, 5] and all(p[1] == 5 for p in progress)
+    assert [p[2] is None for p in progress] == [True, False, True, False, False]
+    assert result.iterations == 5 and len(result.train_losses) == 5 and result.seconds > 0
+
+
+def test_report_exceptions_propagate() -> None:
+    class Pruned(Exception):
+        pass
+
+    def report(step: int, value: float) -> None:
+        raise Pruned(f"pruned at {step}")
+
+    train = RandomEpisodes(1)
+    with pytest.raises(Pruned, match="pruned at 2"):
+        meta_train(make(), train, RandomEpisodes(2), CFG, seed=0, report=report)
+    assert train.calls == 2  # training stopped at the first checkpoint
+
+
+@pytest.mark.parametrize("algo", ["maml", "protonet"])
+def test_nan_loss_raises_diverged_naming_the_step(algo: str) -> None:
+    with pytest.raises(Diverged, match="at step 3"):
+        meta_train(make(algo), RandomEpisodes(1, poison_at=3), RandomEpisodes(2), CFG, seed=0)
+    assert issubclass(Diverged, RuntimeError)
+
+
+def test_confidence_interval_is_the_formula() -> None:
+    values = [1.0, 0.0, 1.0, 1.0, 0.5]
+    mean = sum(values) / 5
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 5)
+    got_mean, ci = confidence_interval(values)
+    assert got_mean == pytest.approx(0.7) and ci == pytest.approx(1.96 * std / math.sqrt(5))
+    assert confidence_interval([0.25]) == (0.25, 0.0)
+    with pytest.raises(ValueError):
+        confidence_interval([])
+
+
+def test_meta_test_uses_every_episode_in_batches() -> None:
+    class Known(nn.Module):
+        """evaluate returns 0, 1, 2, ... over successive episodes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+            self.batches: list[int] = []
+
+        def evaluate(self, batch: Episodes) -> Tensor:
+            t = batch.support_x.shape[0]
+            self.batches.append(t)
+            self.seen += t
+            return torch.arange(self.seen - t, self.seen, dtype=torch.float32)
+
+    learner = Known()
+    mean, ci = meta_test(learner, RandomEpisodes(0), episodes=10, tasks_per_batch=4)
+    assert learner.batches == [4, 4, 2]
+    values = torch.arange(10, dtype=torch.float64)
+    assert mean == pytest.approx(4.5) and ci == pytest.approx(1.96 * values.std(correction=0).item() / math.sqrt(10))
+
+
+def test_meta_test_on_a_learner() -> None:
+    mean, ci = meta_test(make("maml"), RandomEpisodes(3), episodes=6, tasks_per_batch=4)
+    assert 0 <= mean <= 1 and ci >= 0
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu', 'cuda'\]"):
+        resolve_device("tpu")
+
+
+def test_amp_is_cuda_only() -> None:
+    assert amp_dtype(torch.device("cpu"), False) is None
+    with pytest.raises(ConfigError, match="--amp needs a CUDA device"):
+        amp_dtype(torch.device("cpu"), True)
+    with pytest.raises(ConfigError, match="--amp needs a CUDA device"):
+        meta_train(make(), RandomEpisodes(1), RandomEpisodes(2), LearnerConfig(amp=True, iterations=1), seed=0)
+
+
+@pytest.mark.parametrize("algo", ["maml", "protonet"])
+def test_autocast_path_runs_with_a_cpu_dtype(algo: str) -> None:
+    """The --amp code path (autocast + GradScaler) on the CPU with bf16, since CI has no GPU."""
+    learner = make(algo)
+    before = [p.detach().clone() for p in learner.parameters()]
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    loss = outer_step(learner, optimizer, RandomEpisodes(4).sample(2), grad_clip=1.0, step=1, autocast_dtype=torch.bfloat16, scaler=scaler)
+    assert math.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    learner = make("maml")
+    optimizer = torch.optim.SGD(learner.parameters(), lr=1.0)
+    before = torch.cat([p.detach().flatten() for p in learner.parameters()])
+    outer_step(learner, optimizer, RandomEpisodes(5).sample(2), grad_clip=1e-3, step=1)
+    after = torch.cat([p.detach().flatten() for p in learner.parameters()])
+    assert (after - before).norm() <= 1e-3 * (1 + 1e-4)

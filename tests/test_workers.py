@@ -1,0 +1,150 @@
+"""Many workers on one study: journal file on one machine, PostgreSQL across machines; a worker
+killed with SIGKILL leaves no trial RUNNING forever and its trial is retried."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas_meta.config import make_config
+from nas_meta.search.runner import run_search
+from nas_meta.search.study import counted_trials, load_study
+from nas_meta.search.workers import WORKER_ATTR, recover_dead_trials, worker_identity
+
+POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
+needs_postgres = pytest.mark.skipif(
+    not POSTGRES,
+    reason="no PostgreSQL: set NAS_META_TEST_POSTGRES=postgresql://user@host/db (.ci/run does when a server answers)",
+)
+
+
+def sinusoid_cfg(tmp_path, study: str, trials: int, **search):
+    return make_config(
+        "smoke",
+        data={"dataset": "sinusoid", "cache_dir": str(tmp_path / "cache")},
+        search={"space": "mlp", "study": study, "trials": trials, **search},
+        results_dir=str(tmp_path / "results"),
+    )
+
+
+def dead_identity() -> str:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host, _, _ = worker_identity().rsplit(":", 2)
+    return f"{host}:{proc.pid}:?"
+
+
+def test_a_dead_local_workers_trial_is_failed_and_queued_again(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
+    trial.set_user_attr(WORKER_ATTR, dead_identity())
+    alive = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
+    alive.set_user_attr(WORKER_ATTR, worker_identity())
+
+    assert recover_dead_trials(study) == [trial.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[trial.number] == TrialState.FAIL
+    assert states[alive.number] == TrialState.RUNNING  # a live worker's trial is left alone
+    retry = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(retry) == 1
+    assert retry[0].system_attrs["failed_trial"] == trial.number
+    assert retry[0].params == trial.params
+    assert recover_dead_trials(study) == []  # idempotent
+
+
+def test_two_local_workers_share_a_journal_study(tmp_path):
+    cfg = sinusoid_cfg(tmp_path, "j", trials=4)
+    outcome = run_search(cfg, stream=io.StringIO(), workers=2)
+    assert outcome.storage.startswith("journal:///")
+    study = outcome.study
+    assert len(counted_trials(study)) == 4
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    log = (tmp_path / "results" / "j" / "worker-1.log").read_text()
+    assert "worker 1 ran" in log
+
+
+def test_several_workers_need_a_concurrent_storage(tmp_path, capsys):
+    from nas_meta.cli import main
+
+    args = ["search", "--preset", "smoke", "--space", "mlp", "--dataset", "sinusoid", "--study", "q",
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--trials", "1"]
+    assert main(args) == 0  # a SQLite study
+    capsys.readouterr()
+    assert main([*args, "--trials", "2", "--n-workers", "2"]) == 2
+    assert "is in SQLite" in capsys.readouterr().err
+
+
+def _worker(storage: str, study: str, index: int, tmp_path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nas_meta", "worker", "--study", study, "--storage", storage,
+           "--worker-index", str(index), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _create(tmp_path, storage: str, trials: int, iterations: int = 6) -> str:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    cfg = sinusoid_cfg(tmp_path, name, trials=trials, storage=storage).replace(
+        learner={"iterations": iterations, "eval_every": iterations}
+    )
+    from nas_meta.search.study import create_study
+
+    create_study(cfg, name, "regression")
+    return name
+
+
+@needs_postgres
+def test_two_workers_against_postgres_finish_the_study(tmp_path):
+    name = _create(tmp_path, POSTGRES, trials=5)
+    workers = [_worker(POSTGRES, name, i, tmp_path) for i in (1, 2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = load_study(name, POSTGRES)
+    counted = counted_trials(study)
+    assert len(counted) == 5
+    assert all(t.state == TrialState.COMPLETE for t in counted)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    ran = [int(out.split(" ran ")[1].split()[0]) for out in outputs]
+    assert sum(ran) == 5 and all(r >= 1 for r in ran), outputs  # both did work
+
+
+@needs_postgres
+def test_a_worker_killed_mid_trial_is_retried_by_another(tmp_path):
+    name = _create(tmp_path, POSTGRES, trials=2, iterations=400)  # long enough to be killed mid-trial
+    victim = _worker(POSTGRES, name, 1, tmp_path)
+    study = load_study(name, POSTGRES)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        if running and WORKER_ATTR in running[0].user_attrs:
+            break
+        time.sleep(0.2)
+    else:
+        victim.kill()
+        pytest.fail("the worker never started a trial")
+    killed = running[0].number
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+
+    # The rescuer runs the same study (its stored config): 400 MAML steps on sinusoid take seconds.
+    rescuer = _worker(POSTGRES, name, 2, tmp_path)
+    out = rescuer.communicate(timeout=600)[0]
+    assert rescuer.returncode == 0, out
+    study = load_study(name, POSTGRES)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed].state == TrialState.FAIL
+    assert "died" in by_number[killed].system_attrs["interrupted"]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == by_number[killed].params
+    assert len(counted_trials(study)) == 2
