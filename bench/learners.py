@@ -52,7 +52,12 @@ class Conv4(nn.Sequential):
     def __init__(self, channels: int = 64) -> None:
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), BatchNorm(channels), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1),
+                BatchNorm(channels),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         super().__init__(*layers, nn.Flatten())
         self.feature_dim = channels  # 28 -> 14 -> 7 -> 3 -> 1
 
@@ -76,8 +81,18 @@ def make_model(seed: int, device: torch.device) -> nn.Sequential:
     return nn.Sequential(backbone, nn.Linear(backbone.feature_dim, WAYS)).to(device)
 
 
-def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float) -> MAML:
-    learner = MAML(copy.deepcopy(model[0]), feature_dim=64, ways=WAYS, task="classification", inner_lr=lr, first_order=first_order)
+def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float, compile: bool = False) -> MAML:
+    """nas_meta's MAML on a copy of ``model``; ``compile`` = torch.compile + channels-last layout."""
+    learner = MAML(
+        copy.deepcopy(model[0]),
+        feature_dim=64,
+        ways=WAYS,
+        task="classification",
+        inner_lr=lr,
+        first_order=first_order,
+        compile=compile,
+        channels_last=compile,
+    )
     learner.head.load_state_dict(model[1].state_dict())
     return learner
 
@@ -105,6 +120,49 @@ def meta_gradient(learner: nn.Module, batch: Episodes) -> Tensor:
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(learner.parameters()))])
 
 
+def _relative_error(a: Tensor, b: Tensor) -> float:
+    return ((a - b).abs() / (b.abs() + 1e-3 * b.abs().max())).max().item()
+
+
+def check_gradients(model: nn.Sequential, batch: Episodes, lr: float, *, compile: bool) -> None:
+    """Exit unless nas_meta's meta-gradients equal learn2learn's to rtol 1e-4 in float64.
+
+    float64, because in float32 BatchNorm's batch statistics amplify rounding to ~1e-3 relative
+    in some entries: another summation order (a fused kernel, 1 thread instead of 2) moves the
+    float32 meta-gradient that much, learn2learn's included.  The float32 deviations of both
+    from the float64 reference are printed for comparison.
+    """
+
+    def cast(dtype: torch.dtype) -> tuple[nn.Sequential, Episodes]:
+        b = Episodes(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y, batch.ways)
+        return copy.deepcopy(model).to(dtype), b
+
+    (m64, b64), (m32, b32) = cast(torch.float64), cast(torch.float32)
+    for first_order in (False, True):
+        name = "fomaml" if first_order else "maml"
+        ref = meta_gradient(L2LMaml(m64, first_order=first_order, lr=lr, steps=1), b64)
+        variants = [False, True] if compile else [False]
+        for compiled in variants:
+            start = time.perf_counter()
+            ours = meta_gradient(
+                nas_meta_maml(m64, first_order=first_order, lr=lr, compile=compiled).to(torch.float64), b64
+            )
+            ok = torch.allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+            label = name + ("+c" if compiled else "")
+            print(
+                f"meta-gradient {label} vs learn2learn, float64: max rel error {_relative_error(ours, ref):.1e} -> "
+                f"{'equal' if ok else 'DIFFERENT'} ({time.perf_counter() - start:.0f} s)"
+            )
+            if not ok:
+                raise SystemExit(f"{label}: meta-gradient differs from learn2learn's; refusing to time it")
+        ours32 = meta_gradient(nas_meta_maml(m32, first_order=first_order, lr=lr), b32).double()
+        theirs32 = meta_gradient(L2LMaml(m32, first_order=first_order, lr=lr, steps=1), b32).double()
+        print(
+            "  float32 rounding, max rel error from the float64 reference: "
+            f"nas_meta {_relative_error(ours32, ref):.1e}, learn2learn {_relative_error(theirs32, ref):.1e}"
+        )
+
+
 def train_step(learner: nn.Module, optimizer: torch.optim.Optimizer, batch: Episodes) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss, _ = learner.loss(batch)
@@ -117,9 +175,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def count_flops(fn: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
+def count_flops(fn: Callable[[], None], learner: nn.Module) -> int:
+    """FLOPs of ``fn``, run with the single-threaded loop: FlopCounterMode sees the calling thread only."""
+    execution, learner.execution = learner.execution, "loop"
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        learner.execution = execution
     return counter.get_total_flops()
 
 
@@ -143,37 +206,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2, help="outer steps per method per round")
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--matmul", type=int, default=2048, help="n of the n^3 fp32 reference matmul")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the torch.compile'd learners (+c); the last line then quotes them",
+    )
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a log
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     batch = make_batch(args.meta_batch, device)
     model = make_model(0, device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"learn2learn {l2l.__version__ if l2l else 'not importable (run in bench/.venv-l2l)'}")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"learn2learn {l2l.__version__ if l2l else 'not importable (run in bench/.venv-l2l)'}"
+    )
     print(f"shapes: {args.meta_batch} tasks x {WAYS}-way {SHOTS}-shot {QUERIES}-query, 1x{SIZE}x{SIZE}, Conv-4/64")
     if hasattr(os, "getloadavg"):
-        print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
     methods: dict[str, nn.Module] = {
         "maml": nas_meta_maml(model, first_order=False, lr=args.inner_lr),
         "fomaml": nas_meta_maml(model, first_order=True, lr=args.inner_lr),
         "protonet": ProtoNet(copy.deepcopy(model[0])),
     }
+    if device.type == "cpu" and args.threads > 1:  # the default runs tasks on threads: show the loop too
+        for name in ("maml", "fomaml"):
+            methods[name + "/loop"] = nas_meta_maml(model, first_order=name == "fomaml", lr=args.inner_lr)
+            methods[name + "/loop"].execution = "loop"
+        methods["protonet/loop"] = ProtoNet(copy.deepcopy(model[0]), execution="loop")
+    if args.compile:
+        methods["maml+c"] = nas_meta_maml(model, first_order=False, lr=args.inner_lr, compile=True)
+        methods["fomaml+c"] = nas_meta_maml(model, first_order=True, lr=args.inner_lr, compile=True)
+        methods["protonet+c"] = ProtoNet(copy.deepcopy(model[0]), compile=True, channels_last=True)
     if l2l is not None:
         methods["l2l_maml"] = L2LMaml(model, first_order=False, lr=args.inner_lr, steps=1)
         methods["l2l_fomaml"] = L2LMaml(model, first_order=True, lr=args.inner_lr, steps=1)
-        for ours, theirs in (("maml", "l2l_maml"), ("fomaml", "l2l_fomaml")):
-            a, b = meta_gradient(methods[ours], batch), meta_gradient(methods[theirs], batch)
-            error = ((a - b).abs() / (b.abs() + 1e-3 * b.abs().max())).max().item()
-            ok = torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
-            print(f"meta-gradient {ours} vs learn2learn: max rel error {error:.2e} -> {'equal' if ok else 'DIFFERENT'}")
-            if not ok:
-                raise SystemExit(f"{ours}: meta-gradient differs from learn2learn's; refusing to time it")
+        check_gradients(model, batch, args.inner_lr, compile=args.compile)
 
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in methods.items()}
-    flops = {name: count_flops(lambda m=m: train_step(m, optimizers[name], batch)) for name, m in methods.items()}
-    for name, m in methods.items():  # warm-up: oneDNN primitives, allocator, lazy inits
+    for name, m in methods.items():  # warm-up: compilation, oneDNN primitives, allocator, lazy inits
+        start = time.perf_counter()
         train_step(m, optimizers[name], batch)
+        print(f"warm-up {name}: {time.perf_counter() - start:.1f} s")
+    # The same computation has the same count, compiled or not, ours or learn2learn's.
+    counted = {
+        name: count_flops(lambda m=methods[name], o=optimizers[name]: train_step(m, o, batch), methods[name])
+        for name in ("maml", "fomaml", "protonet")
+    }
+    flops = {name: counted[name.removesuffix("+c").removesuffix("/loop").removeprefix("l2l_")] for name in methods}
     rates: dict[str, list[float]] = {name: [] for name in methods}
     matmul: list[float] = []
     for _ in range(args.rounds):
@@ -189,20 +270,30 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = statistics.median(matmul)
     print(f"fp32 matmul {args.matmul}^3: {peak:.1f} GFLOP/s (median of {len(matmul)})")
-    print(f"{'method':<12}{'tasks/s':>9}{'min':>8}{'max':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'util':>7}")
+    print(f"{'method':<14}{'tasks/s':>9}{'min':>8}{'max':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'util':>7}")
     median = {name: statistics.median(r) for name, r in rates.items()}
     util = {}
     for name in methods:
         gflops = flops[name] / 1e9 * median[name] / args.meta_batch
         util[name] = gflops / peak
-        print(f"{name:<12}{median[name]:>9.1f}{min(rates[name]):>8.1f}{max(rates[name]):>8.1f}"
-              f"{flops[name] / 1e9:>12.2f}{gflops:>9.1f}{util[name]:>7.0%}")
+        print(
+            f"{name:<14}{median[name]:>9.1f}{min(rates[name]):>8.1f}{max(rates[name]):>8.1f}"
+            f"{flops[name] / 1e9:>12.2f}{gflops:>9.1f}{util[name]:>7.0%}"
+        )
     if hasattr(os, "getloadavg"):
-        print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     nan = float("nan")
-    maml_ratio = median["maml"] / median["l2l_maml"] if l2l else nan
-    fomaml_ratio = median["fomaml"] / median["l2l_fomaml"] if l2l else nan
-    print(f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={util['protonet']:.2f}")
+    suffix = "+c" if args.compile else ""
+    maml_ratio = median["maml" + suffix] / median["l2l_maml"] if l2l else nan
+    fomaml_ratio = median["fomaml" + suffix] / median["l2l_fomaml"] if l2l else nan
+    if args.compile:
+        print(
+            f"eager: maml_vs_l2l={median['maml'] / median['l2l_maml'] if l2l else nan:.2f} "
+            f"fomaml_vs_l2l={median['fomaml'] / median['l2l_fomaml'] if l2l else nan:.2f} "
+            f"protonet_flops_util={util['protonet']:.2f}; the last line quotes the compiled learners (+c)"
+        )
+    protonet_util = util["protonet" + suffix]
+    print(f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={protonet_util:.2f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "parse",
     "metric_column",
     "best_trials",
+    "baseline_report",
     "format_score",
     "format_count",
     "FORMATS",
@@ -56,7 +57,7 @@ def metric_column(task: str) -> str:
 
 
 TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
-                 "duplicate_of", "pruned_at", "failure", "surplus"]
+                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline"]
 
 
 def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFrame:
@@ -82,6 +83,7 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
             "pruned_at": attrs.get("pruned_at"),
             "failure": attrs.get("failure"),
             "surplus": bool(attrs.get("surplus", False)),
+            "baseline": attrs.get("baseline"),
         }
         row.update({f"choice:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -122,6 +124,8 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
     frame = frame[~frame["surplus"].astype(bool)] if len(frame) else frame
 
     def note(row: pd.Series) -> str:
+        if isinstance(row["baseline"], str):
+            return f"baseline {row['baseline']}"
         if not pd.isna(row["duplicate_of"]):
             return f"duplicate of #{int(row['duplicate_of'])}"
         if not pd.isna(row["pruned_at"]):
@@ -140,6 +144,24 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
         "seconds": [f"{v:.1f}" if not pd.isna(v) else "-" for v in frame["seconds"]],
         "note": [note(row) for _, row in frame.iterrows()],
     })
+
+
+def baseline_report(study: optuna.Study, task: str) -> list[str]:
+    """One line per baseline: its score, and how far the best searched architecture beats it."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    searched = [t for t in done if "baseline" not in t.user_attrs]
+    sign = 1.0 if task == "classification" else -1.0
+    best = max(searched, key=lambda t: sign * t.values[0], default=None)
+    lines = []
+    for base in (t for t in done if "baseline" in t.user_attrs):
+        line = (f"baseline {base.user_attrs['baseline']} (trial #{base.number}): "
+                f"{format_score(base.values[0], task)}, params {format_count(base.user_attrs.get('params'))}")
+        if best is not None:
+            gap = best.values[0] - base.values[0]
+            unit = f"{100 * gap:+.1f} points" if task == "classification" else f"{gap:+.4f} MSE"
+            line += f"; best searched (trial #{best.number}) {format_score(best.values[0], task)} ({unit})"
+        lines.append(line)
+    return lines
 
 
 def best_trials(study: optuna.Study, task: str, k: int = 1) -> list[FrozenTrial]:

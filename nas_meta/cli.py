@@ -59,6 +59,10 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when present (default: auto)")
     p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a candidate whose meta-training takes longer (default: no limit)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="ARCH.json",
+                   help="train this architecture first (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], metavar="SPACE",
+                   help="train this one-architecture space first, e.g. conv4 (repeatable)")
     p.add_argument("--n-workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (default: 1)")
 
@@ -135,7 +139,8 @@ def _search_config(args: argparse.Namespace):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
     search: dict[str, Any] = {"space": args.space, "sampler": args.sampler, "pruner": args.pruner,
-                              "study": args.study, "storage": args.storage, "trial_timeout": args.trial_timeout}
+                              "study": args.study, "storage": args.storage, "trial_timeout": args.trial_timeout,
+                              "enqueue": tuple(args.baseline) + tuple(args.enqueue)}
     if args.trials is not None:
         search["trials"] = args.trials
     return make_config(args.preset, data=data, learner={"algo": args.algo}, search=search,
@@ -167,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_table(outcome) -> None:
-    from .analyze import best_trials, format_count, format_score, summary_frame
+    from .analyze import baseline_report, best_trials, format_count, format_score, summary_frame
 
     print(summary_frame(outcome.table, outcome.task).to_string(index=False))
     best = best_trials(outcome.study, outcome.task, k=1)
@@ -175,6 +180,8 @@ def _print_table(outcome) -> None:
         print(f"best: trial #{best[0].number}, validation score "
               f"{format_score(best[0].values[0], outcome.task)}, "
               f"params {format_count(best[0].user_attrs.get('params'))}")
+    for line in baseline_report(outcome.study, outcome.task):
+        print(line)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -231,6 +231,7 @@ def export_trials(
             "format": "nas_meta.card",
             "version": CARD_VERSION,
             "study": study.study_name,
+            "rank": rank,
             "trial": trial.number,
             "fingerprint": trial.user_attrs.get("fingerprint"),
             "space": cfg.search.space,
@@ -267,7 +268,7 @@ def render_card(card: dict[str, Any]) -> str:
     pct = score["metric"] == "accuracy"
     fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4f}")
     lines = [
-        f"# {card['study']} rank: trial #{card['trial']}",
+        f"# {card['study']}, rank {card['rank']}: trial #{card['trial']}",
         "",
         f"Found by searching `{card['space']}` with `{card['algo']}` on `{card['dataset']}` "
         f"({card['ways']}-way {card['shots']}-shot, preset `{card['preset']}`, seed {card['seed']}).",

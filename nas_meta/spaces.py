@@ -222,6 +222,8 @@ class CellSpace(Space):
         return [t for t in ("normal", "reduce") if t in self.layout]
 
     def size(self) -> int:
+        """Distinct choice assignments.  Input pairs are unordered, so swapped edges count once;
+        assignments that differ only where 'none' dropped an edge still count apart (an upper bound)."""
         return math.prod(len(options) for options in self._choices.values())
 
     def template(self) -> nx.DiGraph:
@@ -502,6 +504,6 @@ def load_space(name_or_path: str | Path) -> Space:
 
 def draw_space(space: Space, path: str | Path) -> None:
     """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
-    g = space.template()
-    panel = {"graph": g, "title": g.graph["title"], "height": 7.0 if space.kind == "cell" else 3.0, "unit": 1.0}
-    graph.draw_panels([panel], path, f"search space {space.name!r} ({space.kind}): {space.size():,} architectures", footer=g.graph["legend"])
+    from .draw import draw_space as draw
+
+    draw(space, path)

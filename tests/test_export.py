@@ -62,6 +62,7 @@ def test_retrained_weights_round_trip_through_load(searched, tmp_path):
     test = result["test"]
     assert 0.0 <= test["mean"] <= 1.0 and test["ci95"] >= 0.0 and test["episodes"] == cfg.learner.test_episodes
     folder = tmp_path / "model"
+    folder.mkdir()
     graph.save_json(arch, folder / "arch.json")
     (folder / "card.json").write_text(json.dumps({"input": {"shape": [1, 28, 28]}}))
     save_weights(learner, folder / "weights.pt")

@@ -10,7 +10,7 @@ import sys
 import networkx as nx
 import pytest
 
-from nas_meta import graph, spaces
+from nas_meta import draw, graph, spaces
 from nas_meta.errors import SpaceError
 from nas_meta.spaces import build_cells
 
@@ -198,6 +198,6 @@ def test_draw_writes_a_png(tmp_path, name):
 
 def test_draw_labels_cell_nodes_by_op():
     arch = cells()
-    assert graph.node_text(arch.nodes["cell0_n2_e0"]) == "sep_conv_3x3\n-> 4"
-    assert graph.node_text(arch.nodes["cell1_n2_e0"]) == "avg_pool_3x3\n-> 8 /2"
-    assert graph.node_text(arch.nodes["cell0_out"]) == "concat"
+    assert draw.node_text(arch.nodes["cell0_n2_e0"]) == "sep_conv_3x3\n-> 4"
+    assert draw.node_text(arch.nodes["cell1_n2_e0"]) == "avg_pool_3x3\n-> 8 /2"
+    assert draw.node_text(arch.nodes["cell0_out"]) == "concat"

@@ -49,7 +49,10 @@ class TinyConv(nn.Module):
         self.feature_dim = CHANNELS * (SIZE // 4) ** 2
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5 + (1.0 if p.dim() == 1 and p is self.bn1.weight else 0.0))
+                p.copy_(
+                    torch.randn(p.shape, generator=generator) * 0.5
+                    + (1.0 if p.dim() == 1 and p is self.bn1.weight else 0.0)
+                )
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
@@ -126,11 +129,10 @@ def reference_meta_gradient(learner: MAML, batch: Episodes, *, steps: int, secon
     return flat_grad(torch.stack(losses).mean(), [theta[n] for n in names])
 
 
-@pytest.mark.parametrize("execution", ["loop", "vmap"])
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("execution", ["loop", "threads", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_meta_gradient_equals_per_task_reference(execution: str, channels_last: bool, first_order: bool) -> None:
-    learner = make_maml(inner_steps=2, inner_lr=0.3, execution=execution, channels_last=channels_last, first_order=first_order)
+def test_meta_gradient_equals_per_task_reference(execution: str, first_order: bool) -> None:
+    learner = make_maml(inner_steps=2, inner_lr=0.3, execution=execution, first_order=first_order)
     batch = make_batch(2)
     loss, _ = learner.loss(batch)
     got = flat_grad(loss, list(learner.parameters()))
@@ -194,13 +196,27 @@ def test_linear_head_meta_gradients_equal_the_hand_derived_ones() -> None:
     assert (first - second).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("execution", ["loop", "vmap"])
-def test_vmap_and_loop_give_the_same_outputs_and_evaluation(execution: str) -> None:
+@pytest.mark.parametrize("execution", ["threads", "vmap"])
+def test_every_execution_gives_the_loops_outputs_loss_and_evaluation(execution: str) -> None:
     batch = make_batch(5)
     loop = make_maml(execution="loop", test_inner_steps=3)
     other = make_maml(execution=execution, test_inner_steps=3)
-    torch.testing.assert_close(other.query_outputs(batch, 2, meta=True), loop.query_outputs(batch, 2, meta=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        other.query_outputs(batch, 2, meta=True), loop.query_outputs(batch, 2, meta=True), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(other.loss(batch), loop.loss(batch), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(other.evaluate(batch), loop.evaluate(batch))
+
+
+def test_threads_are_chosen_on_a_multicore_cpu_only_when_safe() -> None:
+    learner, x = make_maml(), make_batch(0).support_x
+    torch.set_num_threads(2)
+    assert learner._use_threads(x, meta=True)
+    assert not learner._use_threads(x[:1], meta=True)  # one task: nothing to share out
+    with torch.no_grad():
+        assert not learner._use_threads(x, meta=True)
+    learner.model.backbone.add_module("dropout", nn.Dropout(0.1))  # RNG order would depend on scheduling
+    assert not learner._use_threads(x, meta=True)
 
 
 def test_support_loss_falls_after_adaptation() -> None:
@@ -210,7 +226,9 @@ def test_support_loss_falls_after_adaptation() -> None:
     for t in range(TASKS):
         x, y = batch.support_x[t], batch.support_y[t]
         losses = [
-            F.cross_entropy(functional_call(learner.model, learner.adapt(params, x, y, steps, create_graph=False), (x,)), y).item()
+            F.cross_entropy(
+                functional_call(learner.model, learner.adapt(params, x, y, steps, create_graph=False), (x,)), y
+            ).item()
             for steps in (0, 1, 5)
         ]
         assert losses[0] > losses[1] > losses[2]
@@ -225,20 +243,34 @@ def test_evaluate_adapts_without_meta_gradient_even_under_no_grad() -> None:
     assert all(p.grad is None for p in learner.parameters())
     # adaptation changes the answer: 0 test steps is the unadapted network
     learner.test_inner_steps = 0
-    plain = torch.stack([(learner(batch.query_x[t]).argmax(-1) == batch.query_y[t]).float().mean() for t in range(TASKS)])
+    plain = torch.stack(
+        [(learner(batch.query_x[t]).argmax(-1) == batch.query_y[t]).float().mean() for t in range(TASKS)]
+    )
     torch.testing.assert_close(learner.evaluate(batch), plain)
 
 
 def test_maml_head_starts_at_zero_and_has_ways_outputs() -> None:
     backbone = TinyConv(torch.Generator().manual_seed(0))
-    learner = build_learner(LearnerConfig(algo="maml"), backbone, feature_dim=backbone.feature_dim, ways=5, task="classification")
+    learner = build_learner(
+        LearnerConfig(algo="maml"), backbone, feature_dim=backbone.feature_dim, ways=5, task="classification"
+    )
     assert learner.head.weight.shape == (5, backbone.feature_dim)
     assert learner.head.weight.abs().sum() == 0 and learner.head.bias.abs().sum() == 0
 
 
 def test_maml_regression_head_outputs_one_value_and_mse_metric() -> None:
-    learner = build_learner(LearnerConfig(algo="maml", inner_lr=0.01), Polynomial(), feature_dim=2, ways=1, task="regression")
+    learner = build_learner(
+        LearnerConfig(algo="maml", inner_lr=0.01), Polynomial(), feature_dim=2, ways=1, task="regression"
+    )
+    with torch.no_grad():
+        learner.head.weight.fill_(0.5)
     batch = regression_batch()
+    for execution in ("threads", "vmap"):
+        other = MAML(Polynomial(), feature_dim=2, ways=1, task="regression", inner_lr=0.01, execution=execution)
+        other.load_state_dict(learner.state_dict())
+        learner.execution = "loop"
+        torch.testing.assert_close(other.loss(batch), learner.loss(batch))
+        torch.testing.assert_close(other.evaluate(batch), learner.evaluate(batch))
     assert learner.head.out_features == 1
     outputs = learner.query_outputs(batch, 1, meta=True)
     loss, metric = learner.loss(batch)
@@ -251,9 +283,35 @@ def test_maml_regression_head_outputs_one_value_and_mse_metric() -> None:
 def test_channels_last_changes_only_the_rounding() -> None:
     batch = make_batch(8)
     plain, fast = make_maml(channels_last=False), make_maml(channels_last=True)
-    torch.testing.assert_close(fast.query_outputs(batch, 1, meta=True), plain.query_outputs(batch, 1, meta=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        fast.query_outputs(batch, 1, meta=True), plain.query_outputs(batch, 1, meta=True), rtol=1e-5, atol=1e-5
+    )
     x = to_channels_last(batch.query_x)
     assert torch.equal(x, batch.query_x) and x[0].is_contiguous(memory_format=torch.channels_last)
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        ProtoNet(backbone, channels_last=True).loss(batch)[0], ProtoNet(backbone).loss(batch)[0], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_order", [False, True])
+def test_compiled_passes_give_the_reference_meta_gradient(first_order: bool) -> None:
+    """torch.compile covers the passes differentiated once; second order stays exact."""
+    learner = make_maml(inner_steps=1, inner_lr=0.3, first_order=first_order, compile=True)
+    batch = make_batch(13)
+    got = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
+    want = reference_meta_gradient(learner, batch, steps=1, second_order=not first_order)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(learner.evaluate(batch), make_maml(inner_steps=1, inner_lr=0.3).evaluate(batch))
+
+
+@pytest.mark.slow
+def test_compiled_protonet_equals_eager() -> None:
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    batch = make_batch(14)
+    eager, compiled = ProtoNet(backbone), ProtoNet(backbone, compile=True)
+    torch.testing.assert_close(compiled.loss(batch)[0], eager.loss(batch)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_wrong_ways_is_refused() -> None:
@@ -294,17 +352,37 @@ def test_protonet_prototypes_are_class_means_in_any_order() -> None:
     torch.testing.assert_close(logits, torch.tensor([[[0.0, -10.0]]]))
 
 
-def test_protonet_embeds_all_episodes_in_one_forward_pass() -> None:
+@pytest.mark.parametrize("execution", ["loop", "threads", "vmap"])
+def test_protonet_embeds_an_episode_in_one_pass_and_trains(execution: str) -> None:
     calls = []
     backbone = TinyConv(torch.Generator().manual_seed(0))
-    backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    protonet = build_learner(LearnerConfig(algo="protonet"), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+    backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    protonet = ProtoNet(backbone, execution=execution)
     loss, accuracy = protonet.loss(make_batch(10))
-    assert calls == [TASKS * WAYS * (SHOTS + QUERIES)]
+    episode = WAYS * (SHOTS + QUERIES)  # support and query of one episode together
+    assert [shape[0] for shape in calls] == ([episode] if execution == "vmap" else [episode] * TASKS)
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
     loss.backward()
     assert all(p.grad is not None for p in backbone.parameters())
-    assert protonet.evaluate(make_batch(11)).shape == (TASKS,)
+
+
+def test_protonet_vmap_equals_loop_and_episodes_do_not_see_each_other() -> None:
+    """BatchNorm statistics are per episode: an episode scores the same in any meta-batch."""
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    batch = make_batch(11)
+    loop, batched = ProtoNet(backbone, execution="loop"), ProtoNet(backbone, execution="vmap")
+    torch.testing.assert_close(
+        batched.logits(batch.support_x, batch.support_y, batch.query_x, WAYS),
+        loop.logits(batch.support_x, batch.support_y, batch.query_x, WAYS), rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    alone = loop.logits(batch.support_x[1:2], batch.support_y[1:2], batch.query_x[1:2], WAYS)
+    torch.testing.assert_close(loop.logits(batch.support_x, batch.support_y, batch.query_x, WAYS)[1:2], alone)
+    torch.testing.assert_close(loop.evaluate(batch), batched.evaluate(batch))
+    threaded = ProtoNet(backbone, execution="threads")
+    params = list(backbone.parameters())
+    want, got = loop.loss(batch), threaded.loss(batch)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(flat_grad(got[0], params), flat_grad(want[0], params), rtol=1e-5, atol=1e-6)
 
 
 def test_protonet_refuses_regression_naming_the_valid_algos() -> None:
@@ -326,7 +404,9 @@ def test_registry_names_and_unknown_names() -> None:
 @pytest.mark.parametrize("algo", ["fomaml", "maml", "protonet"])
 def test_every_learner_trains_on_one_batch(algo: str) -> None:
     backbone = TinyConv(torch.Generator().manual_seed(0))
-    learner = build_learner(LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+    learner = build_learner(
+        LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification"
+    )
     assert learner.loss(make_batch(12))[0].isfinite()
     before = [p.detach().clone() for p in learner.parameters()]
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
@@ -335,3 +415,41 @@ def test_every_learner_trains_on_one_batch(algo: str) -> None:
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
     assert 0 <= metric <= 1
+
+
+# -- backbones compiled from the search spaces --------------------------------------------------
+
+
+def space_backbone(space: str, input_shape: tuple[int, ...]) -> nn.Module:
+    import random
+
+    from nas_meta import network, spaces
+
+    return network.build(spaces.load_space(space).sample(random.Random(0)), input_shape, seed=0)
+
+
+@pytest.mark.parametrize("space", ["cell", "conv4"])
+def test_batched_meta_gradients_agree_on_compiled_backbones(space: str) -> None:
+    """vmap, threads and loop over the ops table's BatchNorm (the vmap trap of functorch#534)."""
+    backbone = space_backbone(space, (1, SIZE, SIZE)).double()
+    batch = make_batch(15, tasks=2, dtype=torch.float64)
+    grads = {}
+    for execution in ("loop", "threads", "vmap"):
+        learner = MAML(backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification", execution=execution)
+        with torch.no_grad():
+            learner.head.weight.copy_(torch.linspace(-1, 1, learner.head.weight.numel()).view_as(learner.head.weight))
+        learner.double()
+        grads[execution] = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
+    torch.testing.assert_close(grads["vmap"], grads["loop"], rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(grads["threads"], grads["loop"], rtol=1e-4, atol=1e-9)
+
+
+def test_maml_regression_on_an_mlp_space_backbone() -> None:
+    backbone = space_backbone("mlp", (1,))
+    learner = build_learner(
+        LearnerConfig(algo="maml", inner_lr=0.01), backbone, feature_dim=backbone.feature_dim, ways=1, task="regression"
+    )
+    batch = regression_batch()
+    loss, mse = learner.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and mse > 0 and learner.head.weight.grad is not None

@@ -20,11 +20,11 @@ WAYS, SHOTS, QUERIES, SIZE = 2, 1, 3, 8
 class Backbone(nn.Module):
     """Conv + mean/var BatchNorm + dropout (dropout draws from the RNG meta_train seeds)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, dropout: float = 0.2) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 3, 3, padding=1)
         self.weight = nn.Parameter(torch.ones(3))
-        self.dropout = nn.Dropout(0.2)
+        self.dropout = nn.Dropout(dropout)
         self.feature_dim = 3 * 4 * 4
         with torch.no_grad():
             g = torch.Generator().manual_seed(seed)
@@ -53,15 +53,23 @@ class RandomEpisodes:
         if self.calls == self.poison_at:
             sx = sx * math.nan
         qx = torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=self.rng)
-        return Episodes(sx, labels.repeat_interleave(SHOTS).repeat(tasks, 1), qx, labels.repeat_interleave(QUERIES).repeat(tasks, 1), WAYS)
+        return Episodes(
+            sx,
+            labels.repeat_interleave(SHOTS).repeat(tasks, 1),
+            qx,
+            labels.repeat_interleave(QUERIES).repeat(tasks, 1),
+            WAYS,
+        )
 
 
 CFG = LearnerConfig(meta_batch=2, iterations=5, eval_every=2, val_episodes=3, inner_lr=0.1, test_inner_steps=1)
 
 
-def make(algo: str = "maml") -> nn.Module:
-    backbone = Backbone()
-    return build_learner(LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification")
+def make(algo: str = "maml", dropout: float = 0.2) -> nn.Module:
+    backbone = Backbone(dropout=dropout)
+    return build_learner(
+        LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification"
+    )
 
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet"])
@@ -74,6 +82,20 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not(algo: str) -
         weights.append(torch.cat([p.detach().flatten() for p in learner.parameters()]))
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])  # the dropout masks differ
+
+
+@pytest.mark.parametrize("algo", ["maml", "protonet"])
+def test_same_seed_gives_the_same_weights_on_worker_threads(algo: str) -> None:
+    """Without dropout the CPU default runs tasks on worker threads; the result must not depend
+    on their scheduling."""
+    cfg = LearnerConfig(**{**CFG.__dict__, "algo": algo})
+    weights = []
+    for _ in range(3):
+        learner = make(algo, dropout=0.0)
+        assert learner._use_threads(torch.zeros(2, 1, 1, SIZE, SIZE), **({"meta": True} if algo == "maml" else {}))
+        meta_train(learner, RandomEpisodes(7), RandomEpisodes(8), cfg, seed=0)
+        weights.append(torch.cat([p.detach().flatten() for p in learner.parameters()]))
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
 
 
 def test_checkpoints_report_and_progress() -> None:
@@ -174,7 +196,15 @@ def test_autocast_path_runs_with_a_cpu_dtype(algo: str) -> None:
     before = [p.detach().clone() for p in learner.parameters()]
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
     scaler = torch.amp.GradScaler("cpu")
-    loss = outer_step(learner, optimizer, RandomEpisodes(4).sample(2), grad_clip=1.0, step=1, autocast_dtype=torch.bfloat16, scaler=scaler)
+    loss = outer_step(
+        learner,
+        optimizer,
+        RandomEpisodes(4).sample(2),
+        grad_clip=1.0,
+        step=1,
+        autocast_dtype=torch.bfloat16,
+        scaler=scaler,
+    )
     assert math.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
 

@@ -1,15 +1,15 @@
 """Meta-learners (MAML, first-order MAML, Prototypical Networks), one trainer, one meta-test.
 
-    >>> import torch
-    >>> from torch import nn
-    >>> from nas_meta.config import LearnerConfig
-    >>> backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU()); backbone.feature_dim = 8
-    >>> learner = build_learner(LearnerConfig(algo="fomaml"), backbone, feature_dim=8, ways=2,
-    ...                         task="classification")
-    >>> type(learner).__name__, learner.first_order
-    ('MAML', True)
-    >>> LEARNERS.names()
-    ['fomaml', 'maml', 'protonet']
+>>> import torch
+>>> from torch import nn
+>>> from nas_meta.config import LearnerConfig
+>>> backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU()); backbone.feature_dim = 8
+>>> learner = build_learner(LearnerConfig(algo="fomaml"), backbone, feature_dim=8, ways=2,
+...                         task="classification")
+>>> type(learner).__name__, learner.first_order
+('MAML', True)
+>>> LEARNERS.names()
+['fomaml', 'maml', 'protonet']
 """
 
 from __future__ import annotations
@@ -73,10 +73,12 @@ def build_protonet(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int,
     if task != "classification":
         valid = sorted(name for name in LEARNERS.names() if name != "protonet")
         raise ConfigError(f"algo 'protonet' is classification-only, the task is {task!r}; choose from {valid}")
-    return ProtoNet(backbone)
+    return ProtoNet(backbone, compile=_compile(cfg))
 
 
-def _maml(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str, first_order: bool) -> MAML:
+def _maml(
+    cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str, first_order: bool
+) -> MAML:
     return MAML(
         backbone,
         feature_dim=feature_dim,
@@ -86,7 +88,14 @@ def _maml(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: in
         inner_lr=cfg.inner_lr,
         test_inner_steps=cfg.test_inner_steps,
         first_order=first_order,
+        compile=_compile(cfg),
     )
+
+
+def _compile(cfg: LearnerConfig) -> bool:
+    # torch.compile pays over long runs only (tens of seconds per architecture and shape); read
+    # it from the config when the config offers it (a `compile` field), otherwise off.
+    return bool(getattr(cfg, "compile", False))
 
 
 def build_learner(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> nn.Module:

@@ -54,7 +54,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; "cpu"; "cuda" (ConfigError when CUDA is absent)."""
+    """ "auto" -> CUDA when present, else CPU; "cpu"; "cuda" (ConfigError when CUDA is absent)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -166,7 +166,9 @@ def meta_train(
             learner.train()
             batch = train_sampler.sample(cfg.meta_batch)
             losses.append(
-                outer_step(learner, optimizer, batch, grad_clip=cfg.grad_clip, step=step, autocast_dtype=dtype, scaler=scaler)
+                outer_step(
+                    learner, optimizer, batch, grad_clip=cfg.grad_clip, step=step, autocast_dtype=dtype, scaler=scaler
+                )
             )
             val: float | None = None
             if step in checkpoints:
@@ -201,14 +203,17 @@ def evaluate_episodes(learner: nn.Module, sampler: Sampler, episodes: int, *, ta
     """(episodes,) per-episode metric, drawn in batches of at most ``tasks_per_batch`` episodes."""
     if episodes < 1 or tasks_per_batch < 1:
         raise ConfigError(f"episodes and tasks_per_batch must be positive, got {episodes=}, {tasks_per_batch=}")
+    was_training = learner.training
     learner.eval()
     values: list[Tensor] = []
     done = 0
-    while done < episodes:
-        tasks = min(tasks_per_batch, episodes - done)
-        values.append(learner.evaluate(sampler.sample(tasks)).detach().float().cpu())
-        done += tasks
-    learner.train()
+    try:
+        while done < episodes:
+            tasks = min(tasks_per_batch, episodes - done)
+            values.append(learner.evaluate(sampler.sample(tasks)).detach().float().cpu())
+            done += tasks
+    finally:
+        learner.train(was_training)
     return torch.cat(values)
 
 

@@ -28,6 +28,8 @@ VAL_SEED_OFFSET = 7_919
 
 
 INTERRUPTED_ATTR = "interrupted"
+ENQUEUED_ATTR = "enqueued_arch"  # architecture JSON of a trial queued by --enqueue / --baseline
+BASELINE_ATTR = "baseline"  # the name it was queued under (file stem or space name)
 
 
 class _TrialTimeout(Exception):
@@ -82,7 +84,11 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if self.hooks.started:
             self.hooks.started(trial.number, len(counted_trials(trial.study)))
-        arch = self.space.build(trial.suggest_categorical)
+        if ENQUEUED_ATTR in trial.user_attrs:
+            # A known architecture (--enqueue / --baseline): trained as it is, no choices sampled.
+            arch = graph.from_json(trial.user_attrs[ENQUEUED_ATTR])
+        else:
+            arch = self.space.build(trial.suggest_categorical)
         fingerprint = graph.fingerprint(arch)
         trial.set_user_attr("fingerprint", fingerprint)
         trial.set_user_attr("arch", graph.to_json(arch))

@@ -32,7 +32,7 @@ from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
 from .study import create_study, default_study_name, load_study, storage_url, stored_config, study_dir
 from .study import redact_url
-from .workers import optimize_until, retry_interrupted
+from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
 __all__ = ["SearchOutcome", "SearchInterrupted", "prepare", "run_search", "run_worker", "write_outputs"]
 
@@ -63,7 +63,7 @@ class Prepared:
     directory: Path
     objective: Objective
     hooks: TrialHooks
-
+    enqueued: list[tuple[str, dict]]  # (name, arch JSON) of --enqueue / --baseline
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate everything a search needs before anything is written: the config, the space, the
@@ -75,8 +75,29 @@ def prepare(cfg: RunConfig) -> Prepared:
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
+    enqueued = [resolve_known_arch(entry, dataset.input_shape) for entry in cfg.search.enqueue]
     study_name = cfg.search.study or default_study_name(cfg)
-    return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks)
+    return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks, enqueued)
+
+
+def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
+    """``--enqueue path/arch.json`` or ``--baseline conv4`` (a space with one architecture) ->
+    (name, arch JSON), validated by compiling it for the dataset's input."""
+    from .. import network
+
+    path = Path(entry)
+    if path.suffix == ".json" or path.is_file():
+        arch, name = graph.load_json(path), path.stem if path.stem != "arch" else path.parent.name
+    else:
+        space = load_space(entry)
+        if space.size() != 1:
+            raise ConfigError(
+                f"--baseline {entry!r} is a space of {space.size():,} architectures; give a space "
+                "with exactly one (such as conv4) or an architecture JSON with --enqueue"
+            )
+        arch, name = space.build(lambda _name, options: options[0]), space.name
+    network.build(arch, input_shape)  # SpaceError now if it does not fit the data
+    return name, graph.to_json(arch)
 
 
 def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> int:
@@ -119,6 +140,7 @@ def run_search(cfg: RunConfig, *, stream: TextIO | None = None, workers: int = 1
         raise
     atomic_write_json(prepared.directory / "config.json", _public(cfg).to_dict())
     retry_interrupted(study)
+    enqueue_architectures(study, prepared.enqueued)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of dead remote workers

@@ -71,10 +71,10 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if identity is None or _alive(identity):
             continue
         try:
+            study._storage.set_trial_system_attr(trial._trial_id, "interrupted", f"worker {identity} died")
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # finished meanwhile (optuna raises UpdateFinishedTrialError)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker was quicker
             continue
-        study._storage.set_trial_system_attr(trial._trial_id, "interrupted", f"worker {identity} died")
         retry(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
     return recovered
@@ -165,3 +165,20 @@ def optimize_until(
         if surplus:
             return ran
         ran += 1
+
+
+def enqueue_architectures(study: optuna.Study, archs: list[tuple[str, dict]]) -> list[str]:
+    """Queue known architectures (name, arch JSON) once per study; returns the names queued now.
+
+    They run before any sampled candidate (Optuna pops WAITING trials first) and count towards
+    the budget like any trial."""
+    from .objective import BASELINE_ATTR, ENQUEUED_ATTR
+
+    present = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
+    queued = []
+    for name, doc in archs:
+        if name in present:
+            continue
+        study.enqueue_trial({}, user_attrs={ENQUEUED_ATTR: doc, BASELINE_ATTR: name})
+        queued.append(name)
+    return queued
