@@ -57,7 +57,7 @@ def metric_column(task: str) -> str:
 
 
 TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
-                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline"]
+                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline", "interrupted"]
 
 
 def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFrame:
@@ -84,6 +84,7 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
             "failure": attrs.get("failure"),
             "surplus": bool(attrs.get("surplus", False)),
             "baseline": attrs.get("baseline"),
+            "interrupted": attrs.get("interrupted") or t.system_attrs.get("interrupted"),
         }
         row.update({f"choice:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -132,7 +133,9 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
             return f"pruned at step {int(row['pruned_at'])}"
         if isinstance(row["failure"], str):
             return row["failure"]
-        return "interrupted" if row["state"] == "FAIL" else ""
+        if row["state"] == "FAIL":
+            return row["interrupted"] if isinstance(row["interrupted"], str) else "interrupted"
+        return ""
 
     return pd.DataFrame({
         "trial": frame["number"],

@@ -48,6 +48,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
     p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
     p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
+    p.add_argument("--iterations", type=int, default=None, help="meta-training steps per candidate (default: preset's)")
+    p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
     p.add_argument("--pruner", default="none", choices=PRUNERS, help="early stopping (default: none)")
@@ -143,7 +145,13 @@ def _search_config(args: argparse.Namespace):
                               "enqueue": tuple(args.baseline) + tuple(args.enqueue)}
     if args.trials is not None:
         search["trials"] = args.trials
-    return make_config(args.preset, data=data, learner={"algo": args.algo}, search=search,
+    learner: dict[str, Any] = {"algo": args.algo}
+    if args.iterations is not None:
+        learner["iterations"] = args.iterations
+        learner["eval_every"] = min(args.iterations, make_config(args.preset).learner.eval_every) or 1
+    if args.meta_batch is not None:
+        learner["meta_batch"] = args.meta_batch
+    return make_config(args.preset, data=data, learner=learner, search=search,
                        results_dir=args.results_dir, seed=args.seed, device=args.device)
 
 
@@ -372,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     import optuna
 
-    # Our progress lines say what Optuna's INFO log would, once per trial and readably.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our progress lines say what Optuna's log would, once per trial and readably; its warning for a
+    # failed trial (a traceback) is already a line of ours with the reason, and a bug in a trial
+    # is re-raised by optimize() with its traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except NasMetaError as exc:

@@ -49,6 +49,11 @@ __all__ = [
 
 JSON_VERSION = 1
 MERGES = ("sum", "concat")
+# Bounds that no few-shot backbone comes near; past them a file is a mistake, and building it
+# would exhaust memory instead of saying so.
+MAX_WIDTH = 4096
+MAX_STRIDE = 8
+MAX_NODES = 10_000
 
 
 def node_label(attrs: dict[str, Any]) -> str:
@@ -109,6 +114,8 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
         raise SpaceError(f"an architecture must be a networkx.DiGraph, got {type(arch).__name__}")
     if len(arch) == 0:
         raise SpaceError("an architecture needs at least an input node, got an empty graph")
+    if len(arch) > MAX_NODES:
+        raise SpaceError(f"an architecture may have at most {MAX_NODES} nodes, got {len(arch)}")
     if not nx.is_directed_acyclic_graph(arch):
         cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(arch))
         raise SpaceError(f"an architecture must be acyclic, found the cycle {cycle}")
@@ -133,10 +140,10 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
             raise SpaceError(f"node {node!r} has unknown op {op!r}; choose from {sorted(ops)}")
         if attrs.get("merge", "sum") not in MERGES:
             raise SpaceError(f"node {node!r} has merge {attrs.get('merge')!r}; choose from {list(MERGES)}")
-        for key in ("c_out", "stride"):
+        for key, limit in (("c_out", MAX_WIDTH), ("stride", MAX_STRIDE)):
             value = attrs.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpaceError(f"node {node!r} has {key}={value!r}; it must be a positive integer")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise SpaceError(f"node {node!r} has {key}={value!r}; it must be an integer from 1 to {limit}")
 
 
 # --- io -------------------------------------------------------------------------------------------
@@ -149,17 +156,28 @@ def to_json(arch: nx.DiGraph) -> dict[str, Any]:
 
 
 def from_json(doc: dict[str, Any]) -> nx.DiGraph:
-    """Inverse of :func:`to_json`; SpaceError for another format or an unknown version."""
+    """Inverse of :func:`to_json`; SpaceError for another format, an unknown version or a
+    malformed body.  The document is data: nothing named in it is imported or executed."""
     if not isinstance(doc, dict) or doc.get("format") != "nas_meta.arch":
         raise SpaceError("not a nas_meta architecture document (missing \"format\": \"nas_meta.arch\")")
-    if doc.get("version") != JSON_VERSION:
+    if doc.get("version") != JSON_VERSION or isinstance(doc.get("version"), bool):
         raise SpaceError(f"unsupported architecture document version {doc.get('version')!r}; this nas_meta reads version {JSON_VERSION}")
-    body = {k: v for k, v in doc.items() if k not in ("format", "version", "fingerprint")}
-    try:
-        arch = nx.node_link_graph(body, directed=True, multigraph=False, edges="edges")
-    except (KeyError, TypeError, nx.NetworkXError) as exc:
-        raise SpaceError(f"malformed architecture document: {exc}") from None
-    return nx.DiGraph(arch)
+    attrs, nodes, edges = doc.get("graph", {}), doc.get("nodes"), doc.get("edges")
+    if not isinstance(attrs, dict):
+        raise SpaceError(f"malformed architecture document: 'graph' must be an object, got {type(attrs).__name__}")
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("id"), str) for n in nodes):
+        raise SpaceError("malformed architecture document: 'nodes' must be a list of objects with a string 'id'")
+    if not isinstance(edges, list) or not all(isinstance(e, dict) for e in edges):
+        raise SpaceError("malformed architecture document: 'edges' must be a list of objects")
+    arch = nx.DiGraph(**attrs)
+    for node in nodes:
+        arch.add_node(node["id"], **{k: v for k, v in node.items() if k != "id"})
+    for edge in edges:
+        u, v = edge.get("source"), edge.get("target")
+        if u not in arch or v not in arch:
+            raise SpaceError(f"malformed architecture document: edge {u!r} -> {v!r} names a missing node")
+        arch.add_edge(u, v, **{k: x for k, x in edge.items() if k not in ("source", "target")})
+    return arch
 
 
 def save_json(arch: nx.DiGraph, path: str | Path) -> None:

@@ -82,6 +82,15 @@ class Objective:
         return train, val
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self._step = 0
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            # Not the candidate's fault: the trial fails, is not counted, and runs again on resume.
+            trial.set_user_attr(INTERRUPTED_ATTR, f"interrupted at step {self._step}")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if self.hooks.started:
             self.hooks.started(trial.number, len(counted_trials(trial.study)))
         if ENQUEUED_ATTR in trial.user_attrs:
@@ -131,10 +140,9 @@ class Objective:
 
         start = time.perf_counter()
         timeout = self.cfg.search.trial_timeout
-        last_step = [0]
 
         def progress(step: int, total: int, value: float | None) -> None:
-            last_step[0] = step
+            self._step = step
             if self.hooks.step:
                 self.hooks.step(step, total, value)
             if timeout is not None and time.perf_counter() - start > timeout:
@@ -149,10 +157,6 @@ class Objective:
             self._fail(trial, f"out of memory: {str(exc).splitlines()[0]}")
         except _TrialTimeout as exc:
             self._fail(trial, f"timeout: {exc}")
-        except KeyboardInterrupt:
-            # Not the candidate's fault: the trial fails, is not counted, and is run again on resume.
-            trial.set_user_attr(INTERRUPTED_ATTR, f"interrupted at step {last_step[0]}")
-            raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         if self.multi_objective:

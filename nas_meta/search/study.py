@@ -199,6 +199,8 @@ def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None
         "ways": (stored.data.ways, cfg.data.ways),
         "shots": (stored.data.shots, cfg.data.shots),
         "preset": (stored.preset, cfg.preset),
+        "iterations": (stored.learner.iterations, cfg.learner.iterations),
+        "meta_batch": (stored.learner.meta_batch, cfg.learner.meta_batch),
         "sampler": (stored.search.sampler, cfg.search.sampler),
     }
     for key, (old, new) in keys.items():
