@@ -14,7 +14,14 @@ learn2learn (0.2.0) lives in its own venv (it needs numpy<2 and gym); make it on
     PYTHONPATH=. bench/.venv-l2l/bin/python bench/learners.py          # with learn2learn
     .venv/bin/python bench/learners.py                                  # nas_meta only
 
-The last line is ``maml_vs_l2l=<ratio> fomaml_vs_l2l=<ratio> protonet_flops_util=<ratio>``.
+Rows: ``maml``/``fomaml``/``protonet`` are nas_meta's defaults (on a multi-core CPU the tasks run
+on worker threads, one core each); ``/loop`` the single-threaded-task loop with intra-op threads
+(what learn2learn does); ``+c`` (with ``--compile``) torch.compile + channels-last.  Meta-gradients
+are compared in float64 (see check_gradients for why not float32).  ``--device cuda`` runs the
+same benchmark on a GPU (nas_meta batches tasks with vmap there).
+
+The last line is ``maml_vs_l2l=<ratio> fomaml_vs_l2l=<ratio> protonet_flops_util=<ratio>``; with
+``--compile`` it quotes the compiled learners and the line before it the eager defaults.
 """
 
 from __future__ import annotations

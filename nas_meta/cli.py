@@ -11,9 +11,12 @@ again resumes it.  Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,6 +47,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="maml", choices=ALGOS, help="meta-learner (default: maml)")
     p.add_argument("--dataset", default="glyphs", help="dataset name (default: glyphs, built in, offline)")
     p.add_argument("--data-root", default=None, help="folder of a real dataset (omniglot, folder, cifar_fs)")
+    _add_data_options(p)
     p.add_argument("--ways", type=int, default=None, help="classes per episode (default: 5)")
     p.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
     p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
@@ -59,6 +63,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, episodes and weights (default: 0)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when present (default: auto)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the learner's passes (pays only for long trainings)")
     p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a candidate whose meta-training takes longer (default: no limit)")
     p.add_argument("--enqueue", action="append", default=[], metavar="ARCH.json",
@@ -67,6 +74,21 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="train this one-architecture space first, e.g. conv4 (repeatable)")
     p.add_argument("--n-workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (default: 1)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default=None, choices=("lake", "vinyals"),
+                   help="omniglot protocol: lake (alphabets held out) or vinyals (+rotations) (default: lake)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the dataset's)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (online only)")
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir(), "download": args.download}
+    for name in ("data_root", "split", "image_size"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    return data
 
 
 def _add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
@@ -113,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--algo", default=None, choices=ALGOS, help="meta-learner (default: the card's, else maml)")
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the card's, else glyphs)")
     evaluate.add_argument("--data-root", default=None)
+    _add_data_options(evaluate)
     evaluate.add_argument("--ways", type=int, default=None)
     evaluate.add_argument("--shots", type=int, default=None)
     evaluate.add_argument("--queries", type=int, default=None)
@@ -135,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _search_config(args: argparse.Namespace):
-    data: dict[str, Any] = {"dataset": args.dataset, "data_root": args.data_root,
-                            "cache_dir": args.cache_dir or default_cache_dir()}
+    data: dict[str, Any] = {"dataset": args.dataset, **_data_overrides(args)}
     for name in ("ways", "shots", "queries"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
@@ -145,10 +167,11 @@ def _search_config(args: argparse.Namespace):
                               "enqueue": tuple(args.baseline) + tuple(args.enqueue)}
     if args.trials is not None:
         search["trials"] = args.trials
-    learner: dict[str, Any] = {"algo": args.algo}
+    learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile}
     if args.iterations is not None:
         learner["iterations"] = args.iterations
-        learner["eval_every"] = min(args.iterations, make_config(args.preset).learner.eval_every) or 1
+        preset = make_config(args.preset).learner  # keep the preset's number of checkpoints
+        learner["eval_every"] = max(1, args.iterations * preset.eval_every // preset.iterations)
     if args.meta_batch is not None:
         learner["meta_batch"] = args.meta_batch
     return make_config(args.preset, data=data, learner=learner, search=search,
@@ -166,7 +189,8 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
           f"preset {cfg.preset}, {cfg.search.trials} trials")
     try:
-        outcome = run_search(cfg, workers=args.n_workers)
+        with _graceful_interrupt() as should_stop:
+            outcome = run_search(cfg, workers=args.n_workers, should_stop=should_stop)
     except SearchInterrupted as stop:
         _print_table(stop.outcome)
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
@@ -177,6 +201,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"study {outcome.study_name!r} in {redact_url(outcome.storage)}")
     print(f"results in {outcome.directory}/ (trials.csv, config.json, best/arch.json)")
     return 0
+
+
+@contextlib.contextmanager
+def _graceful_interrupt() -> Iterator[Callable[[], bool]]:
+    """First Ctrl-C: stop at the next training step (a safe point: a KeyboardInterrupt raised at
+    an arbitrary moment can land in a garbage-collector callback, where Python ignores it).
+    A second Ctrl-C interrupts at once."""
+    requested = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(f"\n{PROG}: stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_table(outcome) -> None:
@@ -207,7 +254,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         overrides["data"]["data_root"] = args.data_root
     if args.device:
         overrides["device"] = args.device
-    outcome = run_worker(args.study, args.storage, worker_index=args.worker_index, overrides=overrides)
+    with _graceful_interrupt() as should_stop:
+        outcome = run_worker(args.study, args.storage, worker_index=args.worker_index, overrides=overrides,
+                             should_stop=should_stop)
     print(f"worker {args.worker_index} ran {outcome.ran} trials of study {args.study!r} "
           f"in {redact_url(args.storage)}")
     _print_table(outcome)
@@ -295,8 +344,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     data: dict[str, Any] = {
         "dataset": args.dataset or card.get("dataset", "glyphs"),
-        "data_root": args.data_root,
-        "cache_dir": args.cache_dir or default_cache_dir(),
+        **_data_overrides(args),
         "ways": args.ways or card.get("ways", 5),
         "shots": args.shots or card.get("shots", 1),
     }

@@ -77,6 +77,7 @@ class LearnerConfig:
     val_episodes: int = 100  # episodes per validation checkpoint
     test_episodes: int = 600  # meta-test episodes (the papers' 600; CI = 1.96 std / sqrt(n))
     amp: bool = False  # autocast to bf16/fp16 on CUDA only
+    compile: bool = False  # torch.compile the once-differentiated passes: ~1.1x, tens of s per arch
 
     def validate(self) -> None:
         if self.algo not in ALGOS:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -61,18 +62,21 @@ def _cmd(tmp_path, iterations: int, trials: int) -> list[str]:
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
 
 
-def _wait_for_running(tmp_path, proc, number: int) -> optuna.Study:
+def _wait_for_running(tmp_path, proc, number: int) -> None:
+    """Until trial ``number`` is RUNNING with its architecture chosen.  Reads the SQLite file
+    read-only: opening it with optuna while the search creates its tables would race."""
     db = tmp_path / "results" / "k" / "study.db"
+    query = ("select 1 from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+             "where t.number = ? and t.state = 'RUNNING' and a.key = 'arch'")
     deadline = time.time() + 180
     while time.time() < deadline:
         if db.exists():
             try:
-                study = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
-                running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.number == number]
-                if running and "worker" in running[0].user_attrs:
-                    return study
-            except (KeyError, optuna.exceptions.StorageInternalError):
-                pass  # the study is being created
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                    if con.execute(query, (number,)).fetchone():
+                        return
+            except sqlite3.Error:
+                pass  # tables not there yet
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     proc.kill()

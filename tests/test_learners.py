@@ -210,8 +210,14 @@ def test_every_execution_gives_the_loops_outputs_loss_and_evaluation(execution: 
 
 def test_threads_are_chosen_on_a_multicore_cpu_only_when_safe() -> None:
     learner, x = make_maml(), make_batch(0).support_x
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    assert learner._use_threads(x, meta=True)
+    try:
+        assert learner._use_threads(x, meta=True)
+        torch.set_num_threads(1)
+        assert not learner._use_threads(x, meta=True)
+    finally:
+        torch.set_num_threads(threads)
     assert not learner._use_threads(x[:1], meta=True)  # one task: nothing to share out
     with torch.no_grad():
         assert not learner._use_threads(x, meta=True)
@@ -435,7 +441,9 @@ def test_batched_meta_gradients_agree_on_compiled_backbones(space: str) -> None:
     batch = make_batch(15, tasks=2, dtype=torch.float64)
     grads = {}
     for execution in ("loop", "threads", "vmap"):
-        learner = MAML(backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification", execution=execution)
+        learner = MAML(
+            backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification", execution=execution
+        )
         with torch.no_grad():
             learner.head.weight.copy_(torch.linspace(-1, 1, learner.head.weight.numel()).view_as(learner.head.weight))
         learner.double()

@@ -73,7 +73,7 @@ def build_protonet(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int,
     if task != "classification":
         valid = sorted(name for name in LEARNERS.names() if name != "protonet")
         raise ConfigError(f"algo 'protonet' is classification-only, the task is {task!r}; choose from {valid}")
-    return ProtoNet(backbone, compile=_compile(cfg))
+    return ProtoNet(backbone, compile=cfg.compile)
 
 
 def _maml(
@@ -88,14 +88,8 @@ def _maml(
         inner_lr=cfg.inner_lr,
         test_inner_steps=cfg.test_inner_steps,
         first_order=first_order,
-        compile=_compile(cfg),
+        compile=cfg.compile,
     )
-
-
-def _compile(cfg: LearnerConfig) -> bool:
-    # torch.compile pays over long runs only (tens of seconds per architecture and shape); read
-    # it from the config when the config offers it (a `compile` field), otherwise off.
-    return bool(getattr(cfg, "compile", False))
 
 
 def build_learner(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, ways: int, task: str) -> nn.Module:

@@ -52,6 +52,12 @@ class TrialHooks:
 
     started: Callable[[int, int], None] | None = None  # trial number, counted trials before it
     step: Callable[[int, int, float | None], None] | None = None  # step, total, last val score
+    should_stop: Callable[[], bool] | None = None  # True once the user asked to stop (Ctrl-C)
+
+    def check_stop(self) -> None:
+        """Raise KeyboardInterrupt at a safe point when a stop was requested."""
+        if self.should_stop is not None and self.should_stop():
+            raise KeyboardInterrupt
 
 
 class Objective:
@@ -91,6 +97,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self.hooks.check_stop()
         if self.hooks.started:
             self.hooks.started(trial.number, len(counted_trials(trial.study)))
         if ENQUEUED_ATTR in trial.user_attrs:
@@ -145,6 +152,7 @@ class Objective:
             self._step = step
             if self.hooks.step:
                 self.hooks.step(step, total, value)
+            self.hooks.check_stop()
             if timeout is not None and time.perf_counter() - start > timeout:
                 raise _TrialTimeout(f"exceeded --trial-timeout {timeout:g}s at step {step}/{total}")
 

@@ -15,6 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
 
 import optuna
@@ -72,6 +73,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     space = load_space(cfg.search.space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
+    if cfg.learner.amp and device.type != "cuda":
+        raise ConfigError(f"--amp needs a CUDA device, and the device is {device.type!r}; drop --amp")
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
@@ -114,15 +117,23 @@ def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) ->
     )
 
 
-def run_search(cfg: RunConfig, *, stream: TextIO | None = None, workers: int = 1) -> SearchOutcome:
+def run_search(
+    cfg: RunConfig,
+    *,
+    stream: TextIO | None = None,
+    workers: int = 1,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchOutcome:
     """Run the search until the study holds ``cfg.search.trials`` counted trials.
 
     Re-running the same command resumes: finished trials are kept and only the missing ones run;
     a trial left RUNNING by a killed process is failed and queued again.  With ``workers > 1``,
     ``workers - 1`` extra processes (``nas-meta worker``) join this one on the study, each with
     its share of the CPU threads; their logs are ``worker-<i>.log`` in the study folder.
+    ``should_stop()`` returning True stops the running trial at its next step (as Ctrl-C does).
     """
     prepared = prepare(cfg)
+    prepared.hooks.should_stop = should_stop
     task = prepared.objective.dataset.task
     url = storage_url(cfg, prepared.study_name, workers)
     if workers > 1 and url.startswith("sqlite:"):
@@ -203,12 +214,14 @@ def run_worker(
     worker_index: int = 1,
     stream: TextIO | None = None,
     overrides: dict[str, dict] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SearchOutcome:
     """Join an existing study: its stored config says what to search and how; ``overrides`` may
     change only where things are on this machine (``{"data": {"data_root": ...}, "device": ...}``)."""
     study = load_study(study_name, storage, worker_index=worker_index)
     cfg = stored_config(study).replace(**(overrides or {}))
     prepared = prepare(cfg.replace(search={"study": study_name, "storage": storage}))
+    prepared.hooks.should_stop = should_stop
     ran = _optimize(study, prepared, stream)
     task = prepared.objective.dataset.task
     return SearchOutcome(study, study_name, None, storage, task, trials_frame(study, task), ran)
