@@ -150,3 +150,31 @@ def test_password_never_reaches_files_or_messages(tmp_path, capsys):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".csv", ".md", ".log"):
             assert "hunter2" not in path.read_text()
+
+
+def test_a_write_killed_midway_leaves_the_old_file_and_no_debris(tmp_path):
+    from nas_meta.fileio import atomic_write, atomic_write_json
+
+    target = tmp_path / "card.json"
+    atomic_write_json(target, {"version": 1})
+
+    def dies_halfway(f):
+        f.write(b'{"version": 2, "trunc')
+        raise KeyboardInterrupt  # the process is stopped while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies_halfway)
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["card.json"]  # no temporary file left behind
+
+
+def test_a_truncated_dataset_cache_is_rebuilt_not_used(tmp_path):
+    from nas_meta.data import load_dataset
+
+    cfg = make_config("smoke", data={"cache_dir": str(tmp_path)}).data
+    first = load_dataset(cfg)
+    [cache] = list(tmp_path.glob("*.pt"))
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again = load_dataset(cfg)
+    assert torch.equal(again.images, first.images)
+    assert torch.load(cache, weights_only=True) is not None  # the rebuilt cache is whole again
