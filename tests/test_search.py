@@ -105,3 +105,43 @@ def test_prepare_writes_nothing(tmp_path):
 def test_storage_password_is_redacted():
     assert redact_url("postgresql://bob:s3cret@db:5432/nas") == "postgresql://bob:***@db:5432/nas"
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _sinusoid(tmp_path, **search) -> RunConfig:
+    return make_config(
+        "smoke",
+        data={"dataset": "sinusoid", "cache_dir": str(tmp_path / "cache")},
+        search={"space": "mlp", "study": "m", **search},
+        results_dir=str(tmp_path / "results"),
+    )
+
+
+def test_nsga2_scores_accuracy_and_size_and_keeps_a_pareto_front(tmp_path):
+    outcome = run_search(_sinusoid(tmp_path, sampler="nsga2", trials=4), stream=io.StringIO())
+    study = outcome.study
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]  # MSE down, parameters down
+    for t in study.trials:
+        assert t.values[1] == t.user_attrs["params"]
+    front = {t.number for t in study.best_trials}
+    for t in study.trials:
+        dominated = any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                        for o in study.trials)
+        assert (t.number in front) == (not dominated)
+
+
+def test_pruned_trials_keep_their_partial_curve(tmp_path):
+    from nas_meta.data import load_dataset
+    from nas_meta.learners import resolve_device
+    from nas_meta.search.objective import Objective
+    from nas_meta.spaces import load_space
+
+    cfg = smoke(tmp_path).replace(learner={"iterations": 6, "eval_every": 2})
+    objective = Objective(cfg, load_space("chain"), load_dataset(cfg.data), resolve_device("cpu"))
+    # Accuracy is never above 2.0: this pruner stops every trial at its first checkpoint.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.optimize(objective, n_trials=2)
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["pruned_at"] == 2
+        assert [step for step, _ in t.user_attrs["curve"]] == [2]
+        assert t.intermediate_values == {2: t.user_attrs["curve"][0][1]}
