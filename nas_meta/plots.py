@@ -22,7 +22,10 @@ from .fileio import atomic_write  # noqa: E402
 
 __all__ = ["write_plots", "plot_best_so_far", "plot_score_vs_params", "plot_op_frequency", "op_counts"]
 
-STRUCTURAL_OPS = {"input", "output", "identity", "concat", "sum", "flatten", "global_avg_pool"}
+# Ops every architecture of a space has (inputs, merges, stems, a cell's preprocessing): they
+# say nothing about which choices the best architectures made.
+STRUCTURAL_OPS = {"input", "output", "identity", "concat", "sum", "flatten", "global_avg_pool",
+                  "relu_conv_bn_1x1", "conv_bn_3x3", "factorized_reduce"}
 
 
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -136,7 +139,7 @@ def plot_op_frequency(study: optuna.Study, task: str, path: Path, top_fraction: 
     xs = range(len(ops))
     ax.bar([x - 0.2 for x in xs], [100 * every[o] / n_all for o in ops], width=0.4, label=f"all {len(trials)} trials")
     ax.bar([x + 0.2 for x in xs], [100 * best[o] / n_top for o in ops], width=0.4,
-           label=f"top {100 * top_fraction:.0f}% ({len(top)} trials)")
+           label=f"top {100 * top_fraction:.0f}% ({len(top)} trial{'s' if len(top) != 1 else ''})")
     ax.set_xticks(list(xs), ops, rotation=30, ha="right")
     ax.set_ylabel("share of ops (%)")
     ax.set_title(f"ops in the best architectures: {study.study_name}")
