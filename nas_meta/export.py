@@ -125,9 +125,7 @@ def retrain(
     ways = cfg.data.ways if dataset.task == "classification" else 1
     train_ways = (cfg.learner.train_ways or ways) if dataset.task == "classification" else 1
     d = cfg.data
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        backbone = network.build(arch, dataset.input_shape)
+    backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
                             task=dataset.task).to(device)
     train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=cfg.seed, device=device)

@@ -121,9 +121,8 @@ class Objective:
 
         seed = trial_seed(self.cfg.seed, trial.number)
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # initial weights depend on the trial, not on history
-                backbone = network.build(arch, self.dataset.input_shape)
+            # Initial weights depend on the trial's seed, not on what ran before in the process.
+            backbone = network.build(arch, self.dataset.input_shape, seed=seed)
         except SpaceError as exc:
             self._fail(trial, f"invalid architecture: {exc}")
         n_params = network.count_params(backbone)

@@ -13,9 +13,9 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TextIO
 
 import optuna
@@ -31,8 +31,15 @@ from ..learners import resolve_device
 from ..spaces import load_space
 from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
-from .study import create_study, default_study_name, load_study, storage_url, stored_config, study_dir
-from .study import redact_url
+from .study import (
+    create_study,
+    default_study_name,
+    load_study,
+    public_config,
+    storage_url,
+    stored_config,
+    study_dir,
+)
 from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
 __all__ = ["SearchOutcome", "SearchInterrupted", "prepare", "run_search", "run_worker", "write_outputs"]
@@ -149,7 +156,7 @@ def run_search(
         if created is not None:  # nothing half-written: a refused storage leaves no empty folders
             shutil.rmtree(created, ignore_errors=True)
         raise
-    atomic_write_json(prepared.directory / "config.json", _public(cfg).to_dict())
+    atomic_write_json(prepared.directory / "config.json", public_config(cfg).to_dict())
     retry_interrupted(study)
     enqueue_architectures(study, prepared.enqueued)
     with warnings.catch_warnings():
@@ -180,13 +187,6 @@ def _first_missing(path: Path) -> Path | None:
             break
         missing = folder
     return missing
-
-
-def _public(cfg: RunConfig) -> RunConfig:
-    """The config with the storage URL's password redacted, for files people read and share."""
-    if cfg.search.storage:
-        return cfg.replace(search={"storage": redact_url(cfg.search.storage)})
-    return cfg
 
 
 def _threads_per_worker(workers: int) -> int:

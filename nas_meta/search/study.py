@@ -120,6 +120,13 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def public_config(cfg: RunConfig) -> RunConfig:
+    """The config with the storage URL's password redacted, for records people read and share."""
+    if cfg.search.storage:
+        return cfg.replace(search={"storage": redact_url(cfg.search.storage)})
+    return cfg
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so a killed worker's trial is retried), or Optuna's own
     handling for other URL kinds.  A URL that cannot be opened is a user error."""
@@ -181,8 +188,7 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         # The stored record never holds a password: workers are given the storage URL anyway.
-        public = cfg.replace(search={"storage": redact_url(cfg.search.storage)}) if cfg.search.storage else cfg
-        study.set_user_attr(CONFIG_ATTR, public.to_dict())
+        study.set_user_attr(CONFIG_ATTR, public_config(cfg).to_dict())
         study.set_user_attr(TASK_ATTR, task)
         study.set_user_attr(FORMAT_ATTR, FORMAT_VERSION)
     else:
