@@ -332,16 +332,13 @@ def _step_printer():
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from .export import evaluate_arch
+    from .export import evaluate_arch, read_card
     from .graph import load_json
 
     for name in ("ways", "shots", "queries", "episodes"):
         _positive(name, getattr(args, name))
     path = Path(args.arch)
-    card_path = (path if path.is_dir() else path.parent) / "card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = read_card(path if path.is_dir() else path.parent) or {}
     data: dict[str, Any] = {
         "dataset": args.dataset or card.get("dataset", "glyphs"),
         **_data_overrides(args),

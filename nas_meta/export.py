@@ -30,6 +30,7 @@ from .data import load_dataset
 from .errors import ConfigError, DataError, StudyError
 from .fileio import atomic_write, atomic_write_json, atomic_write_text
 from .learners import build_learner, meta_test, meta_train, resolve_device
+from .search.objective import episode_samplers
 
 __all__ = ["load", "load_weights", "select_trials", "export_trials", "retrain", "evaluate_arch", "input_spec",
            "CARD_VERSION"]
@@ -123,13 +124,10 @@ def retrain(
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
     device = device or resolve_device(cfg.device)
     ways = cfg.data.ways if dataset.task == "classification" else 1
-    train_ways = (cfg.learner.train_ways or ways) if dataset.task == "classification" else 1
-    d = cfg.data
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
                             task=dataset.task).to(device)
-    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=cfg.seed, device=device)
-    val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=cfg.seed + 1, device=device)
+    train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device)
     start = time.perf_counter()
     result = meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
     seconds = time.perf_counter() - start
@@ -171,7 +169,7 @@ def load(path: str | Path, *, weights: bool = True) -> nn.Module:
     folder = path if path.is_dir() else path.parent
     arch_path = path / "arch.json" if path.is_dir() else path
     arch = graph.load_json(arch_path)
-    card = _read_card(folder)
+    card = read_card(folder)
     shape = tuple(card["input"]["shape"]) if card else tuple(arch.graph.get("input_shape", ()))
     if not shape:
         raise DataError(f"{str(folder)!r} has no card.json saying the input shape; pass it to network.build")
@@ -186,7 +184,7 @@ def load(path: str | Path, *, weights: bool = True) -> nn.Module:
     return backbone.eval()
 
 
-def _read_card(folder: Path) -> dict[str, Any] | None:
+def read_card(folder: Path) -> dict[str, Any] | None:
     import json
 
     card = folder / "card.json"

@@ -21,7 +21,7 @@ from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
 from .study import CANDIDATE_FAILURE_ATTR, counted_trials
 
-__all__ = ["Objective", "CandidateFailure", "trial_seed", "VAL_SEED_OFFSET"]
+__all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "VAL_SEED_OFFSET"]
 
 # Every candidate is validated on the same episodes, so their scores compare like with like.
 VAL_SEED_OFFSET = 7_919
@@ -39,6 +39,18 @@ class _TrialTimeout(Exception):
 class CandidateFailure(RuntimeError):
     """The candidate, not the search, failed (diverged, out of memory, invalid graph): the trial
     is recorded as FAIL with its reason and the search goes on."""
+
+
+def episode_samplers(cfg: RunConfig, dataset: Any, train_seed: int, val_seed: int, device: Any) -> tuple[Any, Any]:
+    """Train episodes (``train_ways`` for ProtoNet's wider training episodes) and validation
+    episodes (the evaluation ways) with the config's shots and queries."""
+    d = cfg.data
+    classification = dataset.task == "classification"
+    ways = d.ways if classification else 1
+    train_ways = (cfg.learner.train_ways or ways) if classification else 1
+    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed, device=device)
+    val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val_seed, device=device)
+    return train, val
 
 
 def trial_seed(run_seed: int, trial_number: int) -> int:
@@ -79,13 +91,7 @@ class Objective:
     def make_samplers(self, seed: int) -> tuple[Any, Any]:
         """Train and validation episode samplers; raises DataError before any training if the
         splits cannot supply the episodes asked for."""
-        d, lc = self.cfg.data, self.cfg.learner
-        train_ways = (lc.train_ways or d.ways) if self.dataset.task == "classification" else 1
-        train = self.dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries,
-                                     seed=seed, device=self.device)
-        val = self.dataset.sampler("val", ways=self.ways, shots=d.shots, queries=d.queries,
-                                   seed=self.cfg.seed + VAL_SEED_OFFSET, device=self.device)
-        return train, val
+        return episode_samplers(self.cfg, self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._step = 0

@@ -13,7 +13,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..analyze import format_count, format_score
+from ..analyze import best_trials, format_count, format_score
 from .study import counted_trials
 from .workers import SURPLUS_ATTR
 
@@ -36,7 +36,6 @@ class SearchProgress:
         self.index = 0  # counted trials in the study (all workers), as of the last finished trial
         self.task = task
         self.metric = "acc" if task == "classification" else "mse"
-        self.maximize = task == "classification"
         self.start = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._number: int | None = None
@@ -84,7 +83,7 @@ class SearchProgress:
         value = trial.values[0] if trial.values else None
         if trial.state == TrialState.PRUNED and trial.user_attrs.get("curve"):
             value = trial.user_attrs["curve"][-1][1]
-        best = self.best(study)
+        best = next(iter(best_trials(study, self.task, k=1)), None)
         best_text = (
             f"best {format_score(best.values[0], self.task)} (#{best.number})" if best else "best -"
         )
@@ -95,10 +94,3 @@ class SearchProgress:
             f"{trial.user_attrs.get('seconds', 0):.1f}s  "
             f"elapsed {format_seconds(time.perf_counter() - self.start)}{note}"
         )
-
-    def best(self, study: optuna.Study) -> FrozenTrial | None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not done:
-            return None
-        sign = 1.0 if self.maximize else -1.0
-        return max(done, key=lambda t: (sign * t.values[0], -t.number))
