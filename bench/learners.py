@@ -1,7 +1,9 @@
 """Learner throughput: nas_meta MAML / FOMAML / ProtoNet against learn2learn's MAML, side by side.
 
 Omniglot 5-way 1-shot shapes (1x28x28, 5 support + 75 query per task), meta-batch 8, Conv-4 with
-64 channels (BatchNorm from nas_meta.ops: batch statistics, mean/var ops), 2 CPU threads.  Every
+64 channels (BatchNorm with batch statistics, the native kernel outside vmap), 2 CPU threads:
+nas_meta trains the conv4 space as its compiler builds it, learn2learn the papers' nn.Sequential
+with the same weights.  Every
 method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
 meta-gradients of nas_meta and learn2learn are checked equal before any timing.  Methods run in
 interleaved rounds and the medians are quoted (the machines here are noisy: +-15% between runs).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import statistics
 import sys
 import time
@@ -41,9 +44,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nas_meta import network  # noqa: E402
 from nas_meta.data.sampler import Episodes  # noqa: E402
 from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
 from nas_meta.ops import BatchNorm  # noqa: E402
+from nas_meta.spaces import load_space  # noqa: E402
 
 try:
     import learn2learn as l2l
@@ -81,11 +86,22 @@ def make_batch(tasks: int, device: torch.device, seed: int = 0) -> Episodes:
     ).to(device)
 
 
-def make_model(seed: int, device: torch.device) -> nn.Sequential:
-    """Backbone + a random (non-zero) head, so every parameter carries a meta-gradient."""
+def make_models(seed: int, device: torch.device) -> tuple[nn.Sequential, nn.Sequential]:
+    """(nas_meta's, learn2learn's) backbone + the same random (non-zero) head, with equal weights.
+
+    nas_meta's backbone is what a search trains: the conv4 space compiled by network.build (its
+    compiler pools before ReLU, which computes the same numbers).  learn2learn's is the papers'
+    nn.Sequential (conv, BatchNorm, ReLU, max-pool), holding a copy of the same weights.
+    """
+    backbone = network.build(load_space("conv4").sample(random.Random(0)), (1, SIZE, SIZE), seed=seed)
+    paper = Conv4()
+    with torch.no_grad():
+        for theirs, ours in zip(paper.parameters(), backbone.parameters(), strict=True):
+            theirs.copy_(ours)
     torch.manual_seed(seed)
-    backbone = Conv4()
-    return nn.Sequential(backbone, nn.Linear(backbone.feature_dim, WAYS)).to(device)
+    head = nn.Linear(backbone.feature_dim, WAYS)
+    ours = nn.Sequential(backbone, head).to(device)
+    return ours, nn.Sequential(paper, copy.deepcopy(head)).to(device)
 
 
 def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float, compile: bool = False) -> MAML:
@@ -131,7 +147,9 @@ def _relative_error(a: Tensor, b: Tensor) -> float:
     return ((a - b).abs() / (b.abs() + 1e-3 * b.abs().max())).max().item()
 
 
-def check_gradients(model: nn.Sequential, batch: Episodes, lr: float, *, compile: bool) -> None:
+def check_gradients(
+    model: nn.Sequential, l2l_model: nn.Sequential, batch: Episodes, lr: float, *, compile: bool
+) -> None:
     """Exit unless nas_meta's meta-gradients equal learn2learn's to rtol 1e-4 in float64.
 
     float64, because in float32 BatchNorm's batch statistics amplify rounding to ~1e-3 relative
@@ -140,14 +158,14 @@ def check_gradients(model: nn.Sequential, batch: Episodes, lr: float, *, compile
     from the float64 reference are printed for comparison.
     """
 
-    def cast(dtype: torch.dtype) -> tuple[nn.Sequential, Episodes]:
+    def cast(dtype: torch.dtype) -> tuple[nn.Sequential, nn.Sequential, Episodes]:
         b = Episodes(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y, batch.ways)
-        return copy.deepcopy(model).to(dtype), b
+        return copy.deepcopy(model).to(dtype), copy.deepcopy(l2l_model).to(dtype), b
 
-    (m64, b64), (m32, b32) = cast(torch.float64), cast(torch.float32)
+    (m64, l64, b64), (m32, l32, b32) = cast(torch.float64), cast(torch.float32)
     for first_order in (False, True):
         name = "fomaml" if first_order else "maml"
-        ref = meta_gradient(L2LMaml(m64, first_order=first_order, lr=lr, steps=1), b64)
+        ref = meta_gradient(L2LMaml(l64, first_order=first_order, lr=lr, steps=1), b64)
         variants = [False, True] if compile else [False]
         for compiled in variants:
             start = time.perf_counter()
@@ -163,7 +181,7 @@ def check_gradients(model: nn.Sequential, batch: Episodes, lr: float, *, compile
             if not ok:
                 raise SystemExit(f"{label}: meta-gradient differs from learn2learn's; refusing to time it")
         ours32 = meta_gradient(nas_meta_maml(m32, first_order=first_order, lr=lr), b32).double()
-        theirs32 = meta_gradient(L2LMaml(m32, first_order=first_order, lr=lr, steps=1), b32).double()
+        theirs32 = meta_gradient(L2LMaml(l32, first_order=first_order, lr=lr, steps=1), b32).double()
         print(
             "  float32 rounding, max rel error from the float64 reference: "
             f"nas_meta {_relative_error(ours32, ref):.1e}, learn2learn {_relative_error(theirs32, ref):.1e}"
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     batch = make_batch(args.meta_batch, device)
-    model = make_model(0, device)
+    model, l2l_model = make_models(0, device)
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
         f"learn2learn {l2l.__version__ if l2l else 'not importable (run in bench/.venv-l2l)'}"
@@ -247,9 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         methods["fomaml+c"] = nas_meta_maml(model, first_order=True, lr=args.inner_lr, compile=True)
         methods["protonet+c"] = ProtoNet(copy.deepcopy(model[0]), compile=True, channels_last=True)
     if l2l is not None:
-        methods["l2l_maml"] = L2LMaml(model, first_order=False, lr=args.inner_lr, steps=1)
-        methods["l2l_fomaml"] = L2LMaml(model, first_order=True, lr=args.inner_lr, steps=1)
-        check_gradients(model, batch, args.inner_lr, compile=args.compile)
+        methods["l2l_maml"] = L2LMaml(l2l_model, first_order=False, lr=args.inner_lr, steps=1)
+        methods["l2l_fomaml"] = L2LMaml(l2l_model, first_order=True, lr=args.inner_lr, steps=1)
+        check_gradients(model, l2l_model, batch, args.inner_lr, compile=args.compile)
 
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in methods.items()}
     for name, m in methods.items():  # warm-up: compilation, oneDNN primitives, allocator, lazy inits

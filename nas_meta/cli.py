@@ -52,8 +52,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
     p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
     p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
-    p.add_argument("--iterations", type=int, default=None, help="meta-training steps per candidate (default: preset's)")
-    p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
+    _add_budget_options(p)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
     p.add_argument("--pruner", default="none", choices=PRUNERS, help="early stopping (default: none)")
@@ -125,13 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--pareto", action="store_true", help="export the Pareto front of score and size")
     export.add_argument("--retrain", action="store_true",
                         help="meta-train from scratch with the preset's budget, meta-test on the test classes")
+    _add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
     export.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
     export.add_argument("--data-root", default=None, help="where the study's dataset is on this machine")
 
     evaluate = sub.add_parser("evaluate", help="meta-test one architecture on the test classes")
-    evaluate.add_argument("arch", help="an arch.json file or an exported folder")
+    evaluate.add_argument("arch", help="an arch.json file, an exported folder or a one-architecture space (conv4)")
     evaluate.add_argument("--weights", default=None, help="trained weights (weights.pt); without: train first")
+    evaluate.add_argument("--save-weights", default=None, metavar="PATH",
+                          help="after training, keep the weights here (for --weights)")
+    evaluate.add_argument("--within-alphabet", action="store_true",
+                          help="test episodes draw their classes from one alphabet (Lake et al.)")
+    _add_budget_options(evaluate)
     evaluate.add_argument("--algo", default=None, choices=ALGOS, help="meta-learner (default: the card's, else maml)")
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the card's, else glyphs)")
     evaluate.add_argument("--data-root", default=None)
@@ -167,15 +172,27 @@ def _search_config(args: argparse.Namespace):
                               "enqueue": tuple(args.baseline) + tuple(args.enqueue)}
     if args.trials is not None:
         search["trials"] = args.trials
-    learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile}
-    if args.iterations is not None:
-        learner["iterations"] = args.iterations
-        preset = make_config(args.preset).learner  # keep the preset's number of checkpoints
-        learner["eval_every"] = max(1, args.iterations * preset.eval_every // preset.iterations)
-    if args.meta_batch is not None:
-        learner["meta_batch"] = args.meta_batch
+    learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile,
+                               **_budget_overrides(args, make_config(args.preset).learner)}
     return make_config(args.preset, data=data, learner=learner, search=search,
                        results_dir=args.results_dir, seed=args.seed, device=args.device)
+
+
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iterations", type=int, default=None, help="meta-training steps (default: preset's)")
+    p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
+
+
+def _budget_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    """--iterations / --meta-batch over ``base`` (a LearnerConfig), keeping its number of checkpoints."""
+    learner: dict[str, Any] = {}
+    if args.iterations is not None:
+        _positive("iterations", args.iterations)
+        learner["iterations"] = args.iterations
+        learner["eval_every"] = max(1, args.iterations * base.eval_every // base.iterations)
+    if args.meta_batch is not None:
+        learner["meta_batch"] = args.meta_batch
+    return learner
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -299,7 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir()}
     if args.data_root:
         data["data_root"] = args.data_root
-    cfg = cfg.replace(data=data)
+    cfg = cfg.replace(data=data, learner=_budget_overrides(args, cfg.learner)).validate()
     task = study_task(study)
     trials = select_trials(study, task, top=args.top, pareto=args.pareto)
     out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
@@ -338,7 +355,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("ways", "shots", "queries", "episodes"):
         _positive(name, getattr(args, name))
     path = Path(args.arch)
-    card = read_card(path if path.is_dir() else path.parent) or {}
+    card = (read_card(path if path.is_dir() else path.parent) or {}) if path.exists() else {}
     data: dict[str, Any] = {
         "dataset": args.dataset or card.get("dataset", "glyphs"),
         **_data_overrides(args),
@@ -350,15 +367,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     learner: dict[str, Any] = {"algo": args.algo or card.get("algo", "maml")}
     if args.episodes:
         learner["test_episodes"] = args.episodes
+    learner.update(_budget_overrides(args, make_config(args.preset).learner))
+    if args.within_alphabet:
+        data["within_alphabet"] = True
     cfg = make_config(args.preset, data=data, learner=learner, seed=args.seed, device=args.device)
-    arch = load_json(path / "arch.json" if path.is_dir() else path)
-    if args.weights is None:
-        print(f"no --weights: meta-training first ({cfg.preset} budget)", file=sys.stderr)
-    test = evaluate_arch(cfg, arch, weights=args.weights, progress=_step_printer())
+    if path.exists():
+        arch = load_json(path / "arch.json" if path.is_dir() else path)
+    else:  # a space with exactly one architecture, such as conv4
+        from .search.runner import load_known_arch
+
+        arch = load_known_arch(args.arch)[1]
+    if args.weights is not None and args.save_weights:
+        raise ConfigError("--save-weights keeps weights trained here; with --weights nothing is trained")
+    test = evaluate_arch(cfg, arch, weights=args.weights, progress=_step_printer(), save_to=args.save_weights,
+                         log=lambda text: print(text, file=sys.stderr))
     task = "classification" if test["metric"] == "accuracy" else "regression"
     d = cfg.data
     print(f"{cfg.learner.algo} on {d.dataset} test classes, {d.ways}-way {d.shots}-shot, "
-          f"{test['episodes']} episodes: {test['metric']} {_pm(test, task)} (95% CI)")
+          f"{test['episodes']} episodes{', within alphabets' if d.within_alphabet else ''}: "
+          f"{test['metric']} {_pm(test, task)} (95% CI)"
+          + (f", trained in {test['train_seconds']:.0f} s" if "train_seconds" in test else ""))
     return 0
 
 

@@ -50,6 +50,7 @@ class DataConfig:
     seed: int = 0  # the dataset's identity (glyph programs, seeded splits), not the run's seed
     glyph_classes: int = 600  # glyphs: characters in all (split 60/20/20 by alphabet)
     glyph_samples: int = 20  # glyphs: drawings per character, as in Omniglot
+    within_alphabet: bool = False  # test episodes draw all their classes from one alphabet (Lake et al.)
 
     def validate(self) -> None:
         for name in ("ways", "shots", "queries", "glyph_classes", "glyph_samples"):

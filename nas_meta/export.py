@@ -77,8 +77,15 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
 def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
     ways = cfg.data.ways if dataset.task == "classification" else 1
     d = cfg.data
+    _check_within_alphabet(cfg, dataset)
+    extra: dict[str, Any] = {"within_alphabet": True} if d.within_alphabet else {}
     return dataset.sampler("test", ways=ways, shots=d.shots, queries=d.queries,
-                           seed=cfg.seed + TEST_SEED_OFFSET, device=device)
+                           seed=cfg.seed + TEST_SEED_OFFSET, device=device, **extra)
+
+
+def _check_within_alphabet(cfg: RunConfig, dataset: Any) -> None:
+    if cfg.data.within_alphabet and dataset.task != "classification":
+        raise ConfigError(f"--within-alphabet needs a dataset of alphabets, not {cfg.data.dataset!r}")
 
 
 def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, device: torch.device) -> dict[str, Any]:
@@ -87,13 +94,28 @@ def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, device: torch
             "metric": "accuracy" if dataset.task == "classification" else "mse"}
 
 
-def evaluate_arch(cfg: RunConfig, arch: Any, *, weights: str | Path | None = None, progress: Any = None) -> dict[str, Any]:
+def evaluate_arch(
+    cfg: RunConfig,
+    arch: Any,
+    *,
+    weights: str | Path | None = None,
+    progress: Any = None,
+    save_to: str | Path | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
     """Meta-test ``arch`` on the test classes: with trained ``weights``, or after meta-training it
-    with the config's budget.  Returns ``{"mean", "ci95", "episodes", "metric"}``."""
+    with the config's budget (then ``save_to`` keeps the trained weights, loadable as ``weights``).
+    Returns ``{"mean", "ci95", "episodes", "metric"}``, plus ``train_seconds`` after training."""
     dataset = load_dataset(cfg.data)
+    _check_within_alphabet(cfg, dataset)  # before any training
     device = resolve_device(cfg.device)
     if weights is None:
-        return retrain(cfg, arch, dataset=dataset, device=device, progress=progress)[1]["test"]
+        if log is not None:
+            log(f"no weights: meta-training first ({cfg.preset} budget, {cfg.learner.iterations} steps)")
+        learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress)
+        if save_to is not None:
+            save_weights(learner, Path(save_to))
+        return {**result["test"], "train_seconds": result["train_seconds"]}
     ways = cfg.data.ways if dataset.task == "classification" else 1
     backbone = network.build(arch, dataset.input_shape)
     state = load_weights(weights)

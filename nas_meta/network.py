@@ -77,6 +77,9 @@ class Backbone(nn.Module):
                 dummy[node] = out
                 self.shapes[node] = tuple(out.shape[1:])
         self.feature_dim = math.prod(self.shapes[self.output])
+        self.pool_first = _pool_first_pairs(arch, self.output)  # {pool node: activation node}
+        self._activate_later = frozenset(self.pool_first.values())
+
 
     def _merge(self, node: str, values: list[Tensor]) -> Tensor:
         if len(values) == 1:
@@ -99,7 +102,13 @@ class Backbone(nn.Module):
         for node in self.order:
             inputs = self.inputs[node]
             merged = x if not inputs else self._merge_fast(node, [values[p] for p in inputs])
-            values[node] = self.nodes[self.keys[node]](merged)
+            if node in self._activate_later:  # run after its max-pool, on a quarter of the values
+                values[node] = merged
+            elif node in self.pool_first:
+                act = self.nodes[self.keys[self.pool_first[node]]]
+                values[node] = act(self.nodes[self.keys[node]](merged))
+            else:
+                values[node] = self.nodes[self.keys[node]](merged)
         return values[self.output].flatten(1)
 
     def _merge_fast(self, node: str, values: list[Tensor]) -> Tensor:
@@ -112,6 +121,27 @@ class Backbone(nn.Module):
         for value in values[1:]:
             total = total + value
         return total
+
+
+# Elementwise non-decreasing activations commute with max-pooling: act(max(x)) = max(act(x)).
+# Where such an activation feeds only a 2x2 max-pool, the compiled network pools first and
+# activates the pooled map (Conv-4's ReLU -> max-pool): identical outputs and gradients of every
+# order (max and these activations are exact, and the activation keeps the window's argmax, or
+# ReLU zeroes its gradient either way), at a quarter of the activation's cost, forward and
+# backward.  The graph, its fingerprint and the state_dict are unchanged.
+MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu"})
+
+
+def _pool_first_pairs(arch: nx.DiGraph, output: str) -> dict[str, str]:
+    """{max-pool node: the activation node right before it} for every pair that may be swapped."""
+    pairs = {}
+    for node, attrs in arch.nodes(data=True):
+        if attrs.get("op") not in MONOTONE_ACTIVATIONS or node == output or arch.out_degree(node) != 1:
+            continue
+        (pool,) = arch.successors(node)
+        if arch.nodes[pool].get("op") == "max_pool_2x2" and arch.in_degree(pool) == 1:
+            pairs[pool] = node
+    return pairs
 
 
 def build(arch: nx.DiGraph, input_shape: tuple[int, ...], *, seed: int | None = None) -> Backbone:

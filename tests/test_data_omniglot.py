@@ -139,3 +139,28 @@ def test_omniglot_cache_hit_stale_and_corrupt(tmp_path, monkeypatch):
         f.write_bytes(b"\0" * 64)
     fourth = load_dataset(cfg)
     assert calls == [1, 1] and torch.equal(third.images, fourth.images)
+
+
+
+def test_within_alphabet_episodes_keep_to_one_alphabet():
+    from nas_meta.data.base import ImageDataset
+
+    # 3 test alphabets of 4, 3 and 1 characters; every image's pixels hold its class id.
+    names = ["Tr/a", "Tr/b", "Va/a", "Va/b", "A/1", "A/2", "A/3", "A/4", "B/1", "B/2", "B/3", "C/1"]
+    labels = torch.arange(len(names)).repeat_interleave(3)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).to(torch.uint8).contiguous()
+    ds = ImageDataset("toy", images, labels, names, {"train": [0, 1], "val": [2, 3], "test": list(range(4, 12))})
+
+    def episode_classes(batch) -> list[set[int]]:
+        return [set((batch.support_x[t, :, 0, 0, 0] * 255).round().long().tolist()) for t in range(batch.tasks)]
+
+    within = episode_classes(ds.sampler("test", ways=3, shots=1, queries=1, seed=0, within_alphabet=True).sample(300))
+    alphabets = [{names[c].split("/")[0] for c in classes} for classes in within]
+    assert all(len(a) == 1 for a in alphabets)
+    counts = {a: sum(x == {a} for x in alphabets) for a in "ABC"}
+    assert counts["C"] == 0 and counts["A"] > 100 and counts["B"] > 100  # uniform over A and B only
+    assert all(len(c) == 3 for c in within)
+    mixed = episode_classes(ds.sampler("test", ways=3, shots=1, queries=1, seed=0).sample(300))
+    assert sum(len({names[c].split("/")[0] for c in classes}) > 1 for classes in mixed) > 100
+    with pytest.raises(DataError, match="no alphabet has 5 classes"):
+        ds.sampler("test", ways=5, shots=1, queries=1, seed=0, within_alphabet=True)

@@ -111,3 +111,48 @@ def test_export_of_a_missing_study_is_one_line(tmp_path, capsys):
     assert main(["export", "--study", "nope", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"nas-meta: error: no study 'nope' in '{tmp_path}'; studies there: []"
+
+
+def test_evaluate_a_space_by_name_with_a_budget_saves_weights_that_evaluate_again(tmp_path, capsys):
+    """`evaluate conv4 --iterations N --save-weights W`, then `--weights W`: the same test number."""
+    weights = tmp_path / "conv4.pt"
+    common = ["--preset", "smoke", "--algo", "protonet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["evaluate", "conv4", "--iterations", "4", "--save-weights", str(weights), *common]) == 0
+    captured = capsys.readouterr()
+    assert "smoke budget, 4 steps" in captured.err and "step 4/4" in captured.err
+    first = captured.out.strip().splitlines()[-1]
+    assert "trained in" in first and weights.is_file()
+    assert main(["evaluate", "conv4", "--weights", str(weights), *common]) == 0
+    again = capsys.readouterr().out.strip().splitlines()[-1]
+    assert again == first.split(", trained in")[0]
+    # within-alphabet test episodes (glyph classes are alphabetNN/characterNNNN) score differently
+    assert main(["evaluate", "conv4", "--weights", str(weights), "--within-alphabet", *common]) == 0
+    within = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "within alphabets" in within and within.split(": ")[-1] != again.split(": ")[-1]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["cell"], "'cell' is a space of"),
+        (["conv4", "--iterations", "0"], "--iterations must be a positive integer, got 0"),
+        (["conv4", "--weights", "w.pt", "--save-weights", "v.pt"], "with --weights nothing is trained"),
+        (["conv4", "--dataset", "sinusoid", "--within-alphabet"], "--within-alphabet needs a dataset of alphabets"),
+    ],
+)
+def test_evaluate_user_mistakes_are_one_line(tmp_path, capsys, extra, expected):
+    assert main(["evaluate", *extra, "--preset", "smoke", "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("nas-meta: error:")
+    assert expected in err
+    assert not any(p.suffix == ".pt" for p in tmp_path.rglob("*"))
+
+
+def test_export_retrain_with_its_own_budget(searched, tmp_path):
+    root, cfg, _ = searched
+    out = tmp_path / "longer"
+    args = ["export", "--study", "e", "--results-dir", str(root / "results"), "--retrain", "--iterations", "9",
+            "--out", str(out), "--cache-dir", str(root / "cache")]
+    assert main(args) == 0
+    card = json.loads((out / "rank1" / "card.json").read_text())
+    assert card["retrain"]["iterations"] == 9 != cfg.learner.iterations

@@ -128,6 +128,30 @@ def test_batch_norm_uses_batch_statistics_in_train_and_eval():
     torch.testing.assert_close(bn.eval()(x), reference, rtol=1e-5, atol=1e-5)
 
 
+
+def test_batch_norm_native_kernel_is_exact_to_second_order():
+    """Outside vmap BatchNorm runs the native kernel; its double backward equals mean/var ops'."""
+    torch.manual_seed(0)
+    bn = BatchNorm(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
+
+    def mean_var(x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+        return centred * (bn.weight.view(1, -1, 1, 1) * torch.rsqrt(var + bn.eps)) + bn.bias.view(1, -1, 1, 1)
+
+    def second_order(norm) -> list[torch.Tensor]:
+        first = torch.autograd.grad(norm(x).pow(3).sum(), [x, bn.weight], create_graph=True)
+        return list(torch.autograd.grad(sum(g.pow(2).sum() for g in first), [x, bn.weight, bn.bias]))
+
+    native, reference = second_order(bn), second_order(mean_var)
+    assert native[0].abs().max() > 1e-3  # not a vacuous comparison
+    for a, b in zip(native, reference):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
 # Op table: every op keeps or halves the map as its stride says, and DARTS ops have DARTS' sizes.
 SHAPE_KEEPING = ["input", "identity", "batch_norm", "instance_norm", "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"]
 CONV_LIKE = ["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
@@ -207,3 +231,34 @@ def test_second_order_meta_gradient_under_vmap_equals_a_per_task_loop():
     looped = grad(lambda p: torch.stack([adapted_loss(p, x) for x in tasks]).mean())(params)
     for key in params:
         torch.testing.assert_close(batched[key], looped[key], rtol=1e-9, atol=1e-12)
+
+
+def test_relu_then_max_pool_runs_pool_first_with_identical_numbers():
+    """The compiler pools before ReLU (a quarter of the ReLU work); outputs and 2nd-order grads are identical."""
+    import random
+
+    from nas_meta import spaces
+
+    arch = spaces.load_space("conv4").sample(random.Random(0))
+    net = network.build(arch, (1, 28, 28), seed=0).double()
+    assert len(net.pool_first) == 4 and set(net.pool_first.values()) == {f"b{i}_act" for i in range(1, 5)}
+    reference = nn.Sequential(*[m for node in net.order for m in [net.nodes[net.keys[node]]]], nn.Flatten())
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64) - 0.3
+    params = list(net.parameters())
+
+    def second_order(model: nn.Module) -> list[torch.Tensor]:
+        out = model(x)
+        first = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
+        return [out, *torch.autograd.grad(sum(g.pow(2).sum() for g in first), params)]
+
+    for a, b in zip(second_order(net), second_order(reference)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_activation_with_two_consumers_is_not_moved_after_the_pool():
+    arch = make_arch(
+        {"input": {"op": "input"}, "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"},
+         "out": {"op": "identity"}},
+        [("input", "act"), ("act", "pool"), ("act", "out"), ("pool", "out")],
+    )
+    assert network._pool_first_pairs(arch, "out") == {}

@@ -99,9 +99,17 @@ class ImageDataset(Dataset):
         queries: int,
         seed: int,
         device: torch.device | str = "cpu",
+        within_alphabet: bool = False,
     ) -> EpisodeSampler:
-        """N-way K-shot Q-query episodes from ``split``'s classes (DataError if too few)."""
+        """N-way K-shot Q-query episodes from ``split``'s classes (DataError if too few).
+
+        ``within_alphabet``: every episode's classes come from one alphabet, the first part of
+        the class names ``alphabet/character`` (Lake et al. 2015's harder within-alphabet task).
+        """
         self._check_split(split)
+        groups = None
+        if within_alphabet:
+            groups = [self.class_names[c].split("/")[0] for c in self.splits[split]]
         return EpisodeSampler(
             self.images,
             self.labels,
@@ -113,6 +121,7 @@ class ImageDataset(Dataset):
             device=device,
             class_names=self.class_names,
             split=split,
+            groups=groups,
         )
 
     def __repr__(self) -> str:

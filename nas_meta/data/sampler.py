@@ -86,6 +86,7 @@ class EpisodeSampler:
         device: torch.device | str = "cpu",
         class_names: Sequence[str] | None = None,
         split: str = "?",
+        groups: Sequence[str] | None = None,  # per class of ``classes``: episodes stay in one group
     ) -> None:
         check_episode_shape(ways, shots, queries)
         if ways < 2:
@@ -120,6 +121,17 @@ class EpisodeSampler:
         self._max_count = int(counts.max())
         self.images = images[index].to(self.device)  # (n, C, H, W) uint8, this split only
         self.n_classes = len(classes)
+        self._group_masks: Tensor | None = None  # (n_groups, n_classes) True where a class is out
+        if groups is not None:
+            ids = list(dict.fromkeys(groups))
+            sizes = {g: list(groups).count(g) for g in ids}
+            usable = [g for g in ids if sizes[g] >= ways]
+            if not usable:
+                raise DataError(
+                    f"split {split!r}: no alphabet has {ways} classes for within-alphabet episodes "
+                    f"(largest has {max(sizes.values())}); lower --ways"
+                )
+            self._group_masks = torch.tensor([[g != u for g in groups] for u in usable])
 
     def sample(self, tasks: int) -> Episodes:
         """``tasks`` episodes; labels are relabelled 0..ways-1 in the order classes were drawn."""
@@ -128,7 +140,11 @@ class EpisodeSampler:
         ways, shots, queries = self.ways, self.shots, self.queries
         need = shots + queries
         # ways distinct classes per episode: the first `ways` of a random permutation.
-        chosen = torch.rand(tasks, self.n_classes, generator=self.rng).argsort(1)[:, :ways]  # (T, ways)
+        keys = torch.rand(tasks, self.n_classes, generator=self.rng)
+        if self._group_masks is not None:  # one group per episode, uniformly among those with enough classes
+            group = torch.randint(len(self._group_masks), (tasks,), generator=self.rng)
+            keys = keys.masked_fill(self._group_masks[group], float("inf"))
+        chosen = keys.argsort(1)[:, :ways]  # (T, ways)
         counts = self._counts[chosen]  # (T, ways)
         # need distinct images per class: rank random keys, padding rows beyond a class's count
         # get +inf so they are never among the first `need`.

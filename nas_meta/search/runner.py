@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import networkx as nx
 import optuna
 import pandas as pd
 
@@ -90,22 +91,27 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks, enqueued)
 
 
-def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
-    """``--enqueue path/arch.json`` or ``--baseline conv4`` (a space with one architecture) ->
-    (name, arch JSON), validated by compiling it for the dataset's input."""
-    from .. import network
-
+def load_known_arch(entry: str) -> tuple[str, nx.DiGraph]:
+    """``path/arch.json`` or the name of a space with exactly one architecture (conv4) ->
+    (name, architecture)."""
     path = Path(entry)
     if path.suffix == ".json" or path.is_file():
-        arch, name = graph.load_json(path), path.stem if path.stem != "arch" else path.parent.name
-    else:
-        space = load_space(entry)
-        if space.size() != 1:
-            raise ConfigError(
-                f"--baseline {entry!r} is a space of {space.size():,} architectures; give a space "
-                "with exactly one (such as conv4) or an architecture JSON with --enqueue"
-            )
-        arch, name = space.build(lambda _name, options: options[0]), space.name
+        return (path.stem if path.stem != "arch" else path.parent.name), graph.load_json(path)
+    space = load_space(entry)
+    if space.size() != 1:
+        raise ConfigError(
+            f"{entry!r} is a space of {space.size():,} architectures; give a space "
+            "with exactly one (such as conv4) or an architecture JSON"
+        )
+    return space.name, space.build(lambda _name, options: options[0])
+
+
+def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
+    """``--enqueue path/arch.json`` or ``--baseline conv4`` -> (name, arch JSON), validated by
+    compiling it for the dataset's input."""
+    from .. import network
+
+    name, arch = load_known_arch(entry)
     network.build(arch, input_shape)  # SpaceError now if it does not fit the data
     return name, graph.to_json(arch)
 

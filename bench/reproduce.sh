@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Reproduce the rows of results/README.md (issue 9): Conv-4 baselines and searched backbones on
+# the minimal Omniglot sets, and the same pipeline on glyphs and sinusoid.
+#
+#   bash bench/reproduce.sh OMNIGLOT_ROOT [ROW ...]     # no ROW: every row, one after another
+#   bash bench/reproduce.sh --list                      # the row names
+#   .venv/bin/python bench/results_table.py > results/README.md   # the table from the logs
+#
+# OMNIGLOT_ROOT holds images_background_small1/ and images_background_small2/ (unzipped).
+# Each row runs on ONE CPU thread (OMP_NUM_THREADS=1), so two rows can share a 2-core machine:
+#   bash bench/reproduce.sh ROOT rowA rowB & bash bench/reproduce.sh ROOT rowC rowD & wait
+# Every row appends its command, seed, its last output lines and its CPU and wall time to
+# results/reproduce/<row>.log; studies, weights and exports go to results/reproduce/ (git-ignored).
+#
+# The protocol, the same for every Omniglot row: lake split of the minimal sets (seed 0: the test
+# alphabets are held out from training, validation and search), queries 5 per class, meta-batch 4,
+# 200 meta-training steps (searched candidates: the quick preset's 80), 600 test episodes, 95% CI.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+py="${PYTHON:-$root/.venv/bin/python}"
+out="$root/results/reproduce"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+ITER="${ITER:-200}"      # meta-training steps of baselines and retrains
+PRESET="${PRESET:-quick}"  # smoke: a seconds-long check of this script
+SEED=0
+
+rows=(
+  conv4-protonet-5w1s conv4-protonet-5w5s conv4-protonet-20w1s conv4-protonet-20w1s-within conv4-protonet-20w5s
+  conv4-maml-5w1s conv4-maml-5w5s conv4-maml-20w1s conv4-maml-20w1s-within conv4-maml-20w5s
+  search-protonet-chain search-protonet-cell search-maml-chain search-maml-cell
+  glyphs-conv4-protonet glyphs-search-protonet-chain
+  sinusoid-search-maml-5shot sinusoid-search-maml-10shot
+)
+
+if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${rows[@]}"; exit 0; fi
+if [[ $# -lt 1 || ! -d "$1" ]]; then
+  echo "usage: bash bench/reproduce.sh OMNIGLOT_ROOT [ROW ...]  (OMNIGLOT_ROOT: a folder, got '${1:-}')" >&2
+  exit 2
+fi
+omniglot="$(cd "$1" && pwd)"
+shift
+selected=("$@")
+[[ ${#selected[@]} -eq 0 ]] && selected=("${rows[@]}")
+mkdir -p "$out"
+
+
+omni=(--dataset omniglot --data-root "$omniglot" --results-dir "$out" --seed "$SEED")
+
+# run ROW COMMAND...: log the command, its output's last lines, and its time.
+run() {
+  local row="$1"; shift
+  local log="$out/$row.log" t0 t1
+  {
+    echo "row: $row"
+    echo "seed: $SEED"
+    echo "command: $*"
+  } > "$log.partial"
+  t0=$(date +%s)
+  # CPU seconds of the command (user + sys) from GNU time; the output's last lines hold the result.
+  /usr/bin/time -f "cpu_seconds: %U %S" -o "$log.time" "$@" > "$log.out" 2>&1
+  t1=$(date +%s)
+  tail -n 40 "$log.out" >> "$log.partial"
+  awk '{printf "cpu_seconds: %.0f\n", $2 + $3}' "$log.time" >> "$log.partial"
+  echo "wall_seconds: $((t1 - t0))" >> "$log.partial"
+  mv "$log.partial" "$log"
+  rm -f "$log.time"
+  echo "$row: done in $((t1 - t0)) s ($log)"
+}
+
+baseline() {  # baseline ROW ALGO WAYS SHOTS [extra evaluate options]
+  local row="$1" algo="$2" ways="$3" shots="$4"; shift 4
+  run "$row" "$py" "$root/cli.py" evaluate conv4 --algo "$algo" --ways "$ways" --shots "$shots" \
+    --iterations "$ITER" --preset "$PRESET" "${omni[@]:0:4}" --seed "$SEED" --cache-dir "$out/cache" "$@"
+}
+
+searched() {  # searched ROW ALGO SPACE TRIALS SEARCH-OPTIONS...: search, analyze, export --retrain
+  local row="$1" algo="$2" space="$3" trials="$4"; shift 4
+  local q_py q_cli q_out opts export_root=""
+  q_py=$(printf %q "$py"); q_cli=$(printf %q "$root/cli.py"); q_out=$(printf %q "$out")
+  opts=$(printf '%q ' "$@")
+  [[ " $* " == *" --data-root "* ]] && export_root="--data-root $(printf %q "$omniglot")"
+  run "$row" bash -c "set -e
+    $q_py $q_cli search --space $space --algo $algo --preset $PRESET --trials $trials --sampler tpe --cache-dir $q_out/cache $opts --study $row
+    $q_py $q_cli analyze --study $row --results-dir $q_out
+    $q_py $q_cli export --study $row --results-dir $q_out --retrain --iterations $ITER --cache-dir $q_out/cache $export_root"
+}
+
+for row in "${selected[@]}"; do
+  case "$row" in
+    conv4-protonet-5w1s)  baseline "$row" protonet 5 1 ;;
+    conv4-protonet-5w5s)  baseline "$row" protonet 5 5 ;;
+    conv4-protonet-20w1s) baseline "$row" protonet 20 1 --save-weights "$out/conv4-protonet-20w1s.pt" ;;
+    conv4-protonet-20w1s-within)
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo protonet --ways 20 --shots 1 "${omni[@]:0:4}" \
+        --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-protonet-20w1s.pt" ;;
+    conv4-protonet-20w5s) baseline "$row" protonet 20 5 ;;
+    conv4-maml-5w1s)      baseline "$row" maml 5 1 ;;
+    conv4-maml-5w5s)      baseline "$row" maml 5 5 ;;
+    conv4-maml-20w1s)     baseline "$row" maml 20 1 --save-weights "$out/conv4-maml-20w1s.pt" ;;
+    conv4-maml-20w1s-within)
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo maml --ways 20 --shots 1 "${omni[@]:0:4}" \
+        --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-maml-20w1s.pt" ;;
+    conv4-maml-20w5s)     baseline "$row" maml 20 5 ;;
+    search-protonet-chain) searched "$row" protonet chain 12 "${omni[@]}" ;;
+    search-protonet-cell)  searched "$row" protonet cell 12 "${omni[@]}" ;;
+    search-maml-chain)     searched "$row" maml chain 8 "${omni[@]}" ;;
+    search-maml-cell)      searched "$row" maml cell 8 "${omni[@]}" ;;
+    glyphs-conv4-protonet)
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo protonet --iterations "$ITER" --preset "$PRESET" --seed "$SEED" \
+        --cache-dir "$out/cache" ;;
+    glyphs-search-protonet-chain) searched "$row" protonet chain 12 --results-dir "$out" --seed "$SEED" ;;
+    sinusoid-search-maml-5shot)  searched "$row" maml mlp 8 --dataset sinusoid --shots 5 --results-dir "$out" --seed "$SEED" ;;
+    sinusoid-search-maml-10shot) searched "$row" maml mlp 8 --dataset sinusoid --shots 10 --results-dir "$out" --seed "$SEED" ;;
+    *) echo "unknown row '$row'; choose from: ${rows[*]}" >&2; exit 2 ;;
+  esac
+done
