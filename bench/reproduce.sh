@@ -10,7 +10,7 @@
 # Each row runs on ONE CPU thread (OMP_NUM_THREADS=1), so two rows can share a 2-core machine:
 #   bash bench/reproduce.sh ROOT rowA rowB & bash bench/reproduce.sh ROOT rowC rowD & wait
 # Every row appends its command, seed, its last output lines and its CPU and wall time to
-# results/reproduce/<row>.log; studies, weights and exports go to results/reproduce/ (git-ignored).
+# results/reproduce/<row>.log (OUT=DIR elsewhere); studies, weights and exports go there too (git-ignored).
 #
 # The protocol, the same for every Omniglot row: lake split of the minimal sets (seed 0: the test
 # alphabets are held out from training, validation and search), queries 5 per class, meta-batch 4,
@@ -20,9 +20,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 py="${PYTHON:-$root/.venv/bin/python}"
-out="$root/results/reproduce"
+out="${OUT:-$root/results/reproduce}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 ITER="${ITER:-200}"      # meta-training steps of baselines and retrains
+LONG="${LONG:-1000}"     # the *-long rows: is a gap at ITER steps still there after LONG?
 PRESET="${PRESET:-quick}"  # smoke: a seconds-long check of this script
 SEED=0
 
@@ -32,6 +33,7 @@ rows=(
   search-protonet-chain search-protonet-cell search-maml-chain search-maml-cell
   glyphs-conv4-protonet glyphs-search-protonet-chain
   sinusoid-search-maml-5shot sinusoid-search-maml-10shot
+  conv4-maml-5w1s-long search-maml-chain-long
 )
 
 if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${rows[@]}"; exit 0; fi
@@ -89,20 +91,16 @@ searched() {  # searched ROW ALGO SPACE TRIALS SEARCH-OPTIONS...: search, analyz
 
 for row in "${selected[@]}"; do
   case "$row" in
-    conv4-protonet-5w1s)  baseline "$row" protonet 5 1 ;;
-    conv4-protonet-5w5s)  baseline "$row" protonet 5 5 ;;
-    conv4-protonet-20w1s) baseline "$row" protonet 20 1 --save-weights "$out/conv4-protonet-20w1s.pt" ;;
-    conv4-protonet-20w1s-within)
-      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo protonet --ways 20 --shots 1 "${omni[@]:0:4}" \
-        --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-protonet-20w1s.pt" ;;
-    conv4-protonet-20w5s) baseline "$row" protonet 20 5 ;;
-    conv4-maml-5w1s)      baseline "$row" maml 5 1 ;;
-    conv4-maml-5w5s)      baseline "$row" maml 5 5 ;;
-    conv4-maml-20w1s)     baseline "$row" maml 20 1 --save-weights "$out/conv4-maml-20w1s.pt" ;;
-    conv4-maml-20w1s-within)
-      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo maml --ways 20 --shots 1 "${omni[@]:0:4}" \
-        --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-maml-20w1s.pt" ;;
-    conv4-maml-20w5s)     baseline "$row" maml 20 5 ;;
+    conv4-protonet-*w*s|conv4-maml-*w*s)  # conv4-ALGO-<ways>w<shots>s, trained here
+      [[ "$row" =~ ^conv4-([a-z]+)-([0-9]+)w([0-9]+)s$ ]] || { echo "bad row '$row'" >&2; exit 2; }
+      algo="${BASH_REMATCH[1]}" ways="${BASH_REMATCH[2]}" shots="${BASH_REMATCH[3]}"
+      save=()  # the 20-way 1-shot weights are tested again within alphabets
+      [[ "$ways$shots" == "201" ]] && save=(--save-weights "$out/conv4-$algo-20w1s.pt")
+      baseline "$row" "$algo" "$ways" "$shots" "${save[@]}" ;;
+    conv4-protonet-20w1s-within|conv4-maml-20w1s-within)
+      algo="${row#conv4-}"; algo="${algo%%-*}"
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo "$algo" --ways 20 --shots 1 "${omni[@]:0:4}" \
+        --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-$algo-20w1s.pt" ;;
     search-protonet-chain) searched "$row" protonet chain 12 "${omni[@]}" ;;
     search-protonet-cell)  searched "$row" protonet cell 12 "${omni[@]}" ;;
     search-maml-chain)     searched "$row" maml chain 8 "${omni[@]}" ;;
@@ -113,6 +111,12 @@ for row in "${selected[@]}"; do
     glyphs-search-protonet-chain) searched "$row" protonet chain 12 --results-dir "$out" --seed "$SEED" ;;
     sinusoid-search-maml-5shot)  searched "$row" maml mlp 8 --dataset sinusoid --shots 5 --results-dir "$out" --seed "$SEED" ;;
     sinusoid-search-maml-10shot) searched "$row" maml mlp 8 --dataset sinusoid --shots 10 --results-dir "$out" --seed "$SEED" ;;
+    conv4-maml-5w1s-long)
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo maml --ways 5 --shots 1 --iterations "$LONG" \
+        --preset "$PRESET" "${omni[@]:0:4}" --seed "$SEED" --cache-dir "$out/cache" ;;
+    search-maml-chain-long)  # the best of row search-maml-chain, retrained for LONG steps
+      run "$row" "$py" "$root/cli.py" export --study search-maml-chain --results-dir "$out" --retrain \
+        --iterations "$LONG" --out "$out/search-maml-chain/export-long" --cache-dir "$out/cache" --data-root "$omniglot" ;;
     *) echo "unknown row '$row'; choose from: ${rows[*]}" >&2; exit 2 ;;
   esac
 done

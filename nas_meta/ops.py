@@ -63,8 +63,8 @@ def _functorch_wrapped(x: Tensor) -> bool:
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
-class BatchNorm(nn.Module):
-    """Batch normalisation over every dim but 1, always with the batch's statistics (affine)."""
+class _AffineNorm(nn.Module):
+    """Normalise over ``_dims(x)`` with the input's own statistics, then scale and shift per channel."""
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -72,34 +72,36 @@ class BatchNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
+    def _dims(self, x: Tensor) -> list[int]:
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
-        if not _functorch_wrapped(x):
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        dims = [d for d in range(x.dim()) if d != 1]
+        dims = self._dims(x)
         shape = [1, -1] + [1] * (x.dim() - 2)
         # Two passes (mean, then mean of centred squares): stable, and on the CPU about twice as
         # fast forward+backward as torch.var_mean over dims (0, 2, 3) (measured, torch 2.14).
         centred = x - x.mean(dim=dims, keepdim=True)
         var = (centred * centred).mean(dim=dims, keepdim=True)
-        scale = self.weight.view(shape) * torch.rsqrt(var + self.eps)
-        return centred * scale + self.bias.view(shape)
+        return centred * (self.weight.view(shape) * torch.rsqrt(var + self.eps)) + self.bias.view(shape)
 
 
-class InstanceNorm(nn.Module):
-    """Normalisation over each example's spatial dims (affine); independent of the batch."""
+class BatchNorm(_AffineNorm):
+    """Batch normalisation over every dim but 1, always with the batch's statistics (affine)."""
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+    def _dims(self, x: Tensor) -> list[int]:
+        return [d for d in range(x.dim()) if d != 1]
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = list(range(2, x.dim())) or [1]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        centred = x - x.mean(dim=dims, keepdim=True)
-        var = (centred * centred).mean(dim=dims, keepdim=True)
-        return centred * (self.weight.view(shape) * torch.rsqrt(var + self.eps)) + self.bias.view(shape)
+        if not _functorch_wrapped(x):
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
+class InstanceNorm(_AffineNorm):
+    """Normalisation over each example's spatial dims (affine); independent of the batch."""
+
+    def _dims(self, x: Tensor) -> list[int]:
+        return list(range(2, x.dim())) or [1]
 
 
 # --- small modules --------------------------------------------------------------------------
