@@ -48,7 +48,7 @@ selected=("$@")
 mkdir -p "$out"
 
 
-omni=(--dataset omniglot --data-root "$omniglot" --results-dir "$out" --seed "$SEED")
+omni=(--dataset omniglot --data-root "$omniglot")
 
 # run ROW COMMAND...: log the command, its output's last lines, and its time.
 run() {
@@ -74,7 +74,7 @@ run() {
 baseline() {  # baseline ROW ALGO WAYS SHOTS [extra evaluate options]
   local row="$1" algo="$2" ways="$3" shots="$4"; shift 4
   run "$row" "$py" "$root/cli.py" evaluate conv4 --algo "$algo" --ways "$ways" --shots "$shots" \
-    --iterations "$ITER" --preset "$PRESET" "${omni[@]:0:4}" --seed "$SEED" --cache-dir "$out/cache" "$@"
+    --iterations "$ITER" --preset "$PRESET" "${omni[@]}" --seed "$SEED" --cache-dir "$out/cache" "$@"
 }
 
 searched() {  # searched ROW ALGO SPACE TRIALS SEARCH-OPTIONS...: search, analyze, export --retrain
@@ -84,7 +84,7 @@ searched() {  # searched ROW ALGO SPACE TRIALS SEARCH-OPTIONS...: search, analyz
   opts=$(printf '%q ' "$@")
   [[ " $* " == *" --data-root "* ]] && export_root="--data-root $(printf %q "$omniglot")"
   run "$row" bash -c "set -e
-    $q_py $q_cli search --space $space --algo $algo --preset $PRESET --trials $trials --sampler tpe --cache-dir $q_out/cache $opts --study $row
+    $q_py $q_cli search --space $space --algo $algo --preset $PRESET --trials $trials --sampler tpe --cache-dir $q_out/cache $opts --results-dir $q_out --seed $SEED --study $row
     $q_py $q_cli analyze --study $row --results-dir $q_out
     $q_py $q_cli export --study $row --results-dir $q_out --retrain --iterations $ITER --cache-dir $q_out/cache $export_root"
 }
@@ -99,7 +99,7 @@ for row in "${selected[@]}"; do
       baseline "$row" "$algo" "$ways" "$shots" "${save[@]}" ;;
     conv4-protonet-20w1s-within|conv4-maml-20w1s-within)
       algo="${row#conv4-}"; algo="${algo%%-*}"
-      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo "$algo" --ways 20 --shots 1 "${omni[@]:0:4}" \
+      run "$row" "$py" "$root/cli.py" evaluate conv4 --algo "$algo" --ways 20 --shots 1 "${omni[@]}" \
         --seed "$SEED" --cache-dir "$out/cache" --within-alphabet --preset "$PRESET" --weights "$out/conv4-$algo-20w1s.pt" ;;
     search-protonet-chain) searched "$row" protonet chain 12 "${omni[@]}" ;;
     search-protonet-cell)  searched "$row" protonet cell 12 "${omni[@]}" ;;
@@ -108,12 +108,12 @@ for row in "${selected[@]}"; do
     glyphs-conv4-protonet)
       run "$row" "$py" "$root/cli.py" evaluate conv4 --algo protonet --iterations "$ITER" --preset "$PRESET" --seed "$SEED" \
         --cache-dir "$out/cache" ;;
-    glyphs-search-protonet-chain) searched "$row" protonet chain 12 --results-dir "$out" --seed "$SEED" ;;
-    sinusoid-search-maml-5shot)  searched "$row" maml mlp 8 --dataset sinusoid --shots 5 --results-dir "$out" --seed "$SEED" ;;
-    sinusoid-search-maml-10shot) searched "$row" maml mlp 8 --dataset sinusoid --shots 10 --results-dir "$out" --seed "$SEED" ;;
+    glyphs-search-protonet-chain) searched "$row" protonet chain 12 ;;
+    sinusoid-search-maml-5shot)  searched "$row" maml mlp 8 --dataset sinusoid --shots 5 ;;
+    sinusoid-search-maml-10shot) searched "$row" maml mlp 8 --dataset sinusoid --shots 10 ;;
     conv4-maml-5w1s-long)
       run "$row" "$py" "$root/cli.py" evaluate conv4 --algo maml --ways 5 --shots 1 --iterations "$LONG" \
-        --preset "$PRESET" "${omni[@]:0:4}" --seed "$SEED" --cache-dir "$out/cache" ;;
+        --preset "$PRESET" "${omni[@]}" --seed "$SEED" --cache-dir "$out/cache" ;;
     search-maml-chain-long)  # the best of row search-maml-chain, retrained for LONG steps
       run "$row" "$py" "$root/cli.py" export --study search-maml-chain --results-dir "$out" --retrain \
         --iterations "$LONG" --out "$out/search-maml-chain/export-long" --cache-dir "$out/cache" --data-root "$omniglot" ;;

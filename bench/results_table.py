@@ -179,6 +179,7 @@ def longer(out: Path, iterations: int, long: int) -> list[str]:
     if c and "retrain" in c:
         t = c["retrain"]["test"]
         found = {"metric": "accuracy", "mean": t["mean"], "ci": t["ci95"]}
+    params = f"{c['params']:,}" if c else ""
     lines = [
         f"### Does the MAML gap survive a longer budget? {long} steps instead of {iterations}",
         "",
@@ -189,7 +190,7 @@ def longer(out: Path, iterations: int, long: int) -> list[str]:
         "| backbone | params | test accuracy % (95% CI) | CPU s | row |",
         "| --- | --- | --- | --- | --- |",
         f"| Conv-4 | 111,936 | {pm(base)} | {cpu(base)} | `conv4-maml-5w1s-long` |",
-        f"| searched (chain) | {c['params'] if c else 0:,} | {pm(found)} | {cpu(parse_log(out / 'search-maml-chain-long.log'))} "
+        f"| searched (chain) | {params} | {pm(found)} | {cpu(parse_log(out / 'search-maml-chain-long.log'))} "
         "| `search-maml-chain-long` |",
     ]
     if base and found and "mean" in base:

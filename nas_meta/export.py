@@ -77,15 +77,8 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
 def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
     ways = cfg.data.ways if dataset.task == "classification" else 1
     d = cfg.data
-    _check_within_alphabet(cfg, dataset)
-    extra: dict[str, Any] = {"within_alphabet": True} if d.within_alphabet else {}
     return dataset.sampler("test", ways=ways, shots=d.shots, queries=d.queries,
-                           seed=cfg.seed + TEST_SEED_OFFSET, device=device, **extra)
-
-
-def _check_within_alphabet(cfg: RunConfig, dataset: Any) -> None:
-    if cfg.data.within_alphabet and dataset.task != "classification":
-        raise ConfigError(f"--within-alphabet needs a dataset of alphabets, not {cfg.data.dataset!r}")
+                           seed=cfg.seed + TEST_SEED_OFFSET, device=device, within_alphabet=d.within_alphabet)
 
 
 def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, device: torch.device) -> dict[str, Any]:
@@ -107,9 +100,10 @@ def evaluate_arch(
     with the config's budget (then ``save_to`` keeps the trained weights, loadable as ``weights``).
     Returns ``{"mean", "ci95", "episodes", "metric"}``, plus ``train_seconds`` after training."""
     dataset = load_dataset(cfg.data)
-    _check_within_alphabet(cfg, dataset)  # before any training
     device = resolve_device(cfg.device)
     if weights is None:
+        if cfg.data.within_alphabet:  # test episodes that cannot be drawn: refused now, not after training
+            _test_sampler(cfg, dataset, torch.device("cpu"))
         if log is not None:
             log(f"no weights: meta-training first ({cfg.preset} budget, {cfg.learner.iterations} steps)")
         learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress)

@@ -80,7 +80,6 @@ class Backbone(nn.Module):
         self.pool_first = _pool_first_pairs(arch, self.output)  # {pool node: activation node}
         self._activate_later = frozenset(self.pool_first.values())
 
-
     def _merge(self, node: str, values: list[Tensor]) -> Tensor:
         if len(values) == 1:
             return values[0]

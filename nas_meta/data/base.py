@@ -44,8 +44,11 @@ class Dataset(ABC):
         queries: int,
         seed: int,
         device: torch.device | str = "cpu",
+        within_alphabet: bool = False,
     ):
-        """An episode sampler over ``split``; its ``sample(tasks)`` returns :class:`Episodes`."""
+        """An episode sampler over ``split``; its ``sample(tasks)`` returns :class:`Episodes`.
+        ``within_alphabet``: every episode's classes from one alphabet (ConfigError where the
+        dataset has none)."""
 
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:

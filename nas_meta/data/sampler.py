@@ -15,6 +15,7 @@ Python, so sampling costs microseconds next to a meta-training step.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -123,9 +124,8 @@ class EpisodeSampler:
         self.n_classes = len(classes)
         self._group_masks: Tensor | None = None  # (n_groups, n_classes) True where a class is out
         if groups is not None:
-            ids = list(dict.fromkeys(groups))
-            sizes = {g: list(groups).count(g) for g in ids}
-            usable = [g for g in ids if sizes[g] >= ways]
+            sizes = Counter(groups)  # insertion-ordered: groups in the order of the split's classes
+            usable = [g for g, n in sizes.items() if n >= ways]
             if not usable:
                 raise DataError(
                     f"split {split!r}: no alphabet has {ways} classes for within-alphabet episodes "

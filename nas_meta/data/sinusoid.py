@@ -15,6 +15,7 @@ import math
 import torch
 
 from ..config import DataConfig
+from ..errors import ConfigError
 from .base import DATASETS, SPLITS, Dataset
 from .sampler import Episodes, check_episode_shape
 
@@ -72,10 +73,13 @@ class SinusoidDataset(Dataset):
         queries: int,
         seed: int,
         device: torch.device | str = "cpu",
+        within_alphabet: bool = False,
     ) -> SinusoidSampler:
         """Episodes of ``split``'s task stream; ``ways`` is accepted for a uniform call and unused
         (a regression task has one output), the episodes report ``ways == 1``."""
         self._check_split(split)
+        if within_alphabet:
+            raise ConfigError("--within-alphabet needs a dataset of alphabets, not 'sinusoid'")
         return SinusoidSampler(shots=shots, queries=queries, seed=seed, split=split, device=device)
 
     def __repr__(self) -> str:
