@@ -1,10 +1,10 @@
 """Learner throughput: nas_meta MAML / FOMAML / ProtoNet against learn2learn's MAML, side by side.
 
 Omniglot 5-way 1-shot shapes (1x28x28, 5 support + 75 query per task), meta-batch 8, Conv-4 with
-64 channels (BatchNorm with batch statistics, the native kernel outside vmap), 2 CPU threads:
-nas_meta trains the conv4 space as its compiler builds it, learn2learn the papers' nn.Sequential
-with the same weights.  Every
-method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
+64 channels (BatchNorm with batch statistics), 2 CPU threads: nas_meta trains the conv4 space as
+its compiler builds it and its learners run it (NHWC images, BatchNorm + max-pool fused, pool
+before ReLU, tasks on threads: all exact up to float rounding), learn2learn the papers'
+nn.Sequential with the same weights, as its documentation runs it.  Every method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
 meta-gradients of nas_meta and learn2learn are checked equal before any timing.  Methods run in
 interleaved rounds and the medians are quoted (the machines here are noisy: +-15% between runs).
 Achieved GFLOP/s are torch.utils.flop_counter counts over measured time, against the measured
@@ -18,7 +18,8 @@ learn2learn (0.2.0) lives in its own venv (it needs numpy<2 and gym); make it on
 
 Rows: ``maml``/``fomaml``/``protonet`` are nas_meta's defaults (on a multi-core CPU the tasks run
 on worker threads, one core each); ``/loop`` the single-threaded-task loop with intra-op threads
-(what learn2learn does); ``+c`` (with ``--compile``) torch.compile + channels-last.  Meta-gradients
+(what learn2learn does); ``+c`` (with ``--compile``) torch.compile of the once-differentiated
+passes (slower than eager on the 2-core CPU, measured).  Meta-gradients
 are compared in float64 (see check_gradients for why not float32).  ``--device cuda`` runs the
 same benchmark on a GPU (nas_meta batches tasks with vmap there).
 
@@ -105,7 +106,7 @@ def make_models(seed: int, device: torch.device) -> tuple[nn.Sequential, nn.Sequ
 
 
 def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float, compile: bool = False) -> MAML:
-    """nas_meta's MAML on a copy of ``model``; ``compile`` = torch.compile + channels-last layout."""
+    """nas_meta's MAML on a copy of ``model``, with its defaults (NHWC on the CPU); ``compile``: torch.compile."""
     learner = MAML(
         copy.deepcopy(model[0]),
         feature_dim=64,
@@ -114,7 +115,6 @@ def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float, compile
         inner_lr=lr,
         first_order=first_order,
         compile=compile,
-        channels_last=compile,
     )
     learner.head.load_state_dict(model[1].state_dict())
     return learner
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         methods["maml+c"] = nas_meta_maml(model, first_order=False, lr=args.inner_lr, compile=True)
         methods["fomaml+c"] = nas_meta_maml(model, first_order=True, lr=args.inner_lr, compile=True)
-        methods["protonet+c"] = ProtoNet(copy.deepcopy(model[0]), compile=True, channels_last=True)
+        methods["protonet+c"] = ProtoNet(copy.deepcopy(model[0]), compile=True)
     if l2l is not None:
         methods["l2l_maml"] = L2LMaml(l2l_model, first_order=False, lr=args.inner_lr, steps=1)
         methods["l2l_fomaml"] = L2LMaml(l2l_model, first_order=True, lr=args.inner_lr, steps=1)

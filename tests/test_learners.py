@@ -292,12 +292,47 @@ def test_channels_last_changes_only_the_rounding() -> None:
     torch.testing.assert_close(
         fast.query_outputs(batch, 1, meta=True), plain.query_outputs(batch, 1, meta=True), rtol=1e-5, atol=1e-5
     )
-    x = to_channels_last(batch.query_x)
-    assert torch.equal(x, batch.query_x) and x[0].is_contiguous(memory_format=torch.channels_last)
     backbone = TinyConv(torch.Generator().manual_seed(0))
     torch.testing.assert_close(
-        ProtoNet(backbone, channels_last=True).loss(batch)[0], ProtoNet(backbone).loss(batch)[0], rtol=1e-5, atol=1e-6
+        ProtoNet(backbone, channels_last=True).loss(batch)[0],
+        ProtoNet(backbone, channels_last=False).loss(batch)[0],
+        rtol=1e-5,
+        atol=1e-6,
     )
+
+
+def test_one_channel_images_really_go_nhwc() -> None:
+    """.contiguous(channels_last) is a no-op on 1-channel images, and oneDNN then stays NCHW."""
+    x = make_batch(0).query_x  # (T, N, 1, H, W)
+    assert x[0].contiguous(memory_format=torch.channels_last).stride(1) != 1  # the trap
+    nhwc = to_channels_last(x)
+    assert torch.equal(nhwc, x) and nhwc[0].stride(1) == 1
+    out = F.conv2d(nhwc[0], torch.randn(CHANNELS, 1, 3, 3), padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert not F.conv2d(x[0], torch.randn(CHANNELS, 1, 3, 3), padding=1).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert to_channels_last(torch.ones(3, 4)).stride() == (4, 1)  # not images: unchanged
+
+
+def test_nhwc_is_the_cpu_default_and_second_order_support_stays_nchw() -> None:
+    batch = make_batch(2)
+    maml = make_maml()
+    assert maml._use_channels_last(batch.support_x) and not make_maml(channels_last=False)._use_channels_last(batch.support_x)
+    assert ProtoNet(TinyConv(torch.Generator().manual_seed(0)))._use_channels_last(batch.query_x)
+    sx, qx = maml._inputs(batch, create_graph=True)
+    assert sx is batch.support_x and qx[0].stride(1) == 1
+    sx, _ = maml._inputs(batch, create_graph=False)
+    assert sx[0].stride(1) == 1
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_default_layout_gives_the_reference_meta_gradient(first_order: bool) -> None:
+    learner = make_maml(inner_lr=0.3, first_order=first_order, dtype=torch.float64)
+    batch = make_batch(21, dtype=torch.float64)
+    got = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
+    want = reference_meta_gradient(learner, batch, steps=1, second_order=not first_order)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.slow

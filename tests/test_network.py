@@ -233,26 +233,43 @@ def test_second_order_meta_gradient_under_vmap_equals_a_per_task_loop():
         torch.testing.assert_close(batched[key], looped[key], rtol=1e-9, atol=1e-12)
 
 
-def test_relu_then_max_pool_runs_pool_first_with_identical_numbers():
-    """The compiler pools before ReLU (a quarter of the ReLU work); outputs and 2nd-order grads are identical."""
+def _conv4_and_op_by_op_reference() -> tuple[network.Backbone, nn.Module]:
     import random
 
     from nas_meta import spaces
 
-    arch = spaces.load_space("conv4").sample(random.Random(0))
-    net = network.build(arch, (1, 28, 28), seed=0).double()
+    net = network.build(spaces.load_space("conv4").sample(random.Random(0)), (1, 28, 28), seed=0).double()
+    reference = nn.Sequential(*[net.nodes[net.keys[node]] for node in net.order], nn.Flatten())
+    return net, reference
+
+
+def _output_and_second_order_grads(model: nn.Module, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.3
+    out = model(x)
+    first = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
+    return [out, *torch.autograd.grad(sum(g.pow(2).sum() for g in first), params)]
+
+
+def test_relu_then_max_pool_runs_pool_first_with_identical_numbers():
+    """The compiler pools before ReLU (a quarter of the ReLU work); outputs and 2nd-order grads are identical."""
+    net, reference = _conv4_and_op_by_op_reference()
+    net.fuse(False)
     assert len(net.pool_first) == 4 and set(net.pool_first.values()) == {f"b{i}_act" for i in range(1, 5)}
-    reference = nn.Sequential(*[m for node in net.order for m in [net.nodes[net.keys[node]]]], nn.Flatten())
-    x = torch.rand(6, 1, 28, 28, dtype=torch.float64) - 0.3
+    assert net.norm_pool == {}
     params = list(net.parameters())
-
-    def second_order(model: nn.Module) -> list[torch.Tensor]:
-        out = model(x)
-        first = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
-        return [out, *torch.autograd.grad(sum(g.pow(2).sum() for g in first), params)]
-
-    for a, b in zip(second_order(net), second_order(reference)):
+    for a, b in zip(_output_and_second_order_grads(net, params), _output_and_second_order_grads(reference, params)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_batch_norm_fused_with_its_max_pool_gives_the_same_numbers():
+    net, reference = _conv4_and_op_by_op_reference()
+    assert net.norm_pool == {f"b{i}_pool": f"b{i}_norm" for i in range(1, 5)}
+    params = list(net.parameters())
+    fused = _output_and_second_order_grads(net, params)
+    plain = _output_and_second_order_grads(reference, params)
+    for a, b in zip(fused, plain):
+        # conv biases before BatchNorm have zero gradient: compare at the scale of all gradients
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * max(t.abs().max().item() for t in plain))
 
 
 def test_activation_with_two_consumers_is_not_moved_after_the_pool():
@@ -262,3 +279,76 @@ def test_activation_with_two_consumers_is_not_moved_after_the_pool():
         [("input", "act"), ("act", "pool"), ("act", "out"), ("pool", "out")],
     )
     assert network._pool_first_pairs(arch, "out") == {}
+
+
+# -- BatchNorm + 2x2 max-pool as one op (ops.batch_norm_max_pool) --------------------------------
+
+
+def _norm_and_pool(channels: int, weight: torch.Tensor | None = None) -> tuple[nn.Module, nn.Module]:
+    from nas_meta.ops import BatchNorm, Pool2x2
+
+    norm = BatchNorm(channels).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, channels) if weight is None else weight)
+        norm.bias.copy_(torch.linspace(-1, 1, channels))
+    return norm, Pool2x2("max")
+
+
+@pytest.mark.parametrize("size", [8, 7])  # odd maps drop their last row and column
+def test_fused_norm_pool_has_exact_first_and_second_derivatives(size: int) -> None:
+    from nas_meta.ops import _BatchNormMaxPool2x2, batch_norm_max_pool
+
+    norm, pool = _norm_and_pool(3)
+    g = torch.Generator().manual_seed(size)
+    x = torch.randn(4, 3, size, size, dtype=torch.float64, generator=g).requires_grad_()
+    torch.testing.assert_close(batch_norm_max_pool(norm, pool, x), pool(norm(x)), rtol=1e-12, atol=1e-12)
+
+    def fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return _BatchNormMaxPool2x2.apply(x, weight, bias, norm.eps)
+
+    inputs = (x, norm.weight, norm.bias)
+    assert torch.autograd.gradcheck(fused, inputs)
+    assert torch.autograd.gradgradcheck(fused, inputs)
+    grad = torch.randn(4, 3, size // 2, size // 2, dtype=torch.float64, generator=g)
+    want = torch.autograd.grad(pool(norm(x)), inputs, grad)
+    got = torch.autograd.grad(fused(*inputs), inputs, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
+    """Flat image regions make ties; the gradient goes to the window's first maximum, as max_pool2d's."""
+    from nas_meta.ops import batch_norm_max_pool
+
+    norm, pool = _norm_and_pool(2)
+    x = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    x[:, :, :2, :2] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # a tie in the top-left window
+    x[0, 0, 3, 3] = 2.0
+    x.requires_grad_()
+    grad = torch.rand(3, 2, 2, 2, dtype=torch.float64)
+    (got,) = torch.autograd.grad(batch_norm_max_pool(norm, pool, x), x, grad)
+    (want,) = torch.autograd.grad(pool(norm(x)), x, grad)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_norm_pool_falls_back_where_it_would_not_be_exact() -> None:
+    from nas_meta.ops import batch_norm_max_pool, unfused
+
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    norm, pool = _norm_and_pool(3, weight=torch.tensor([1.0, -0.5, 2.0]))  # a negative scale: max -> min
+    torch.testing.assert_close(batch_norm_max_pool(norm, pool, x), pool(norm(x)), rtol=0, atol=0)
+    norm, pool = _norm_and_pool(3)
+    with unfused():
+        torch.testing.assert_close(batch_norm_max_pool(norm, pool, x), pool(norm(x)), rtol=0, atol=0)
+    assert not torch.equal(batch_norm_max_pool(norm, pool, x), pool(norm(x)))  # fused: other rounding
+    one_pixel_high = torch.randn(4, 3, 1, 6, dtype=torch.float64)
+    torch.testing.assert_close(batch_norm_max_pool(norm, pool, one_pixel_high), norm(one_pixel_high), rtol=0, atol=0)
+
+
+def test_norm_feeding_something_else_is_not_fused() -> None:
+    arch = make_arch(
+        {"input": {"op": "input"}, "conv": {"op": "conv_3x3", "c_out": 4}, "norm": {"op": "batch_norm"},
+         "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity", "merge": "concat"}},
+        [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("norm", "out"), ("pool", "out")],
+    )
+    assert network._norm_pool_pairs(arch, "out", network._pool_first_pairs(arch, "out")) == {}

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..ops import unfused
 from .threads import PrecomputedGradient, is_stochastic, make_replica, mean_in_order, run_tasks
 
-__all__ = ["MAML", "task_loss", "task_metric", "to_channels_last"]
+__all__ = ["MAML", "task_loss", "task_metric", "to_channels_last", "use_channels_last"]
 
 Params = dict[str, Tensor]
 EXECUTIONS = ("auto", "loop", "threads", "vmap")
@@ -62,13 +63,33 @@ def task_metric(out: Tensor, y: Tensor, task: str) -> Tensor:
 
 
 def to_channels_last(x: Tensor) -> Tensor:
-    """Images in NHWC memory (oneDNN convolutions ran 1.3-1.9x faster so); other shapes unchanged."""
-    if x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    if x.dim() == 5:
-        # (T, N, C, H, W) stored as (T, N, H, W, C): every x[t] is then an NHWC view.
-        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    return x
+    """Images in NHWC memory, (N, C, H, W) or (T, N, C, H, W); other shapes unchanged.
+
+    The strides are set explicitly: ``x.contiguous(memory_format=torch.channels_last)`` leaves a
+    one-channel image (Omniglot) as it is, since its NCHW strides already count as NHWC, and
+    oneDNN then keeps every later activation in NCHW.
+    """
+    if x.dim() not in (4, 5):
+        return x
+    *lead, c, h, w = x.shape
+    strides = [h * w * c, 1, w * c, c]
+    if lead[:-1]:
+        strides.insert(0, lead[-1] * h * w * c)
+    out = torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
+    return out.copy_(x)
+
+
+def use_channels_last(setting: bool | None, x: Tensor) -> bool:
+    """Whether a learner runs its (T, N, C, H, W) images NHWC: ``setting``, or on the CPU when None.
+
+    On the CPU oneDNN's NHWC kernels for max-pool, BatchNorm and the first convolution's weight
+    gradient are several times faster than their NCHW ones (a one-channel 28x28 Conv-4 layer:
+    max-pool 23 -> 2 ms, conv weight gradient 9 -> 2 ms for 75 images); the numbers are the same
+    up to float rounding.  On CUDA the layout is left to the user (``True``).
+    """
+    if x.dim() != 5:
+        return False
+    return x.device.type == "cpu" if setting is None else setting
 
 
 def _call_model(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -92,8 +113,9 @@ class MAML(nn.Module):
 
     ``execution``: "loop", "threads", "vmap" or "auto" (vmap on CUDA, threads on a multi-core
     CPU, else loop; see the module doc).
-    ``channels_last``: NHWC image layout (same numbers up to rounding; measured neutral on the
-    2-core CPU with Conv-4, and a backbone calling ``.view`` on conv outputs would fail, so off).
+    ``channels_last``: NHWC image layout, same numbers up to float rounding; None (default) = on
+    the CPU (see :func:`use_channels_last`).  A user's op that calls ``.view`` on an activation
+    needs ``.reshape`` instead, or ``channels_last=False``.
     ``compile``: torch.compile the passes that are differentiated at most once (with the loop);
     pays only over long runs (the first step compiles for tens of seconds).
     """
@@ -110,7 +132,7 @@ class MAML(nn.Module):
         test_inner_steps: int = 3,
         first_order: bool = False,
         execution: str = "auto",
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -181,7 +203,7 @@ class MAML(nn.Module):
         params = self._params(meta)
         # A second-order graph only when a meta-gradient is wanted through the adaptation.
         create_graph = meta and not self.first_order
-        sx, qx = self._inputs(batch)
+        sx, qx = self._inputs(batch, create_graph)
         if self._use_vmap(sx):
             return self._run_vmap(params, sx, batch.support_y, qx, steps, create_graph)
         outputs = []
@@ -215,17 +237,23 @@ class MAML(nn.Module):
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         return params
 
-    def _inputs(self, batch: Any) -> tuple[Tensor, Tensor]:
+    def _inputs(self, batch: Any, create_graph: bool) -> tuple[Tensor, Tensor]:
+        """Support and query images, NHWC where it pays (see ``channels_last``).
+
+        A support set that is differentiated twice (second order) stays NCHW: BatchNorm's double
+        backward is a chain of reductions over (N, H, W), which run 1.5-3x slower on NHWC
+        tensors (measured, CPU); its 5-25 images cost little either way.
+        """
         sx, qx = batch.support_x, batch.query_x
         if self._use_channels_last(sx):
-            sx, qx = to_channels_last(sx), to_channels_last(qx)
+            sx, qx = (sx if create_graph else to_channels_last(sx)), to_channels_last(qx)
         return sx, qx
 
     def _threaded_loss(self, batch: Any) -> tuple[Tensor, Tensor]:
         params = self._params(meta=True)
         leaves = list(params.values())
         create_graph = not self.first_order
-        sx, qx = self._inputs(batch)
+        sx, qx = self._inputs(batch, create_graph)
 
         def one_task(t: int, model: nn.Module) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
             fast = self.adapt(
@@ -245,7 +273,7 @@ class MAML(nn.Module):
 
     def _threaded_evaluate(self, batch: Any) -> Tensor:
         params = self._params(meta=False)
-        sx, qx = self._inputs(batch)
+        sx, qx = self._inputs(batch, create_graph=False)
 
         def one_task(t: int, model: nn.Module) -> Tensor:
             fast = self.adapt(params, sx[t], batch.support_y[t], self.test_inner_steps, create_graph=False, model=model)
@@ -285,7 +313,10 @@ class MAML(nn.Module):
         and every first-order pass can be compiled.  Tested equal to the eager path.
         """
         params = {**self._fixed_tensors(), **params}
-        if self.compile and not twice:
+        if twice:  # fused ops would recompute their parts in the double backward: run them apart
+            with unfused():
+                return functional_call(model, params, (x,))
+        if self.compile:
             if self._compiled is None:
                 self._compiled = torch.compile(_call_model, dynamic=False)
             return self._compiled(model, params, x)
@@ -316,7 +347,7 @@ class MAML(nn.Module):
         return not is_stochastic(self.model)
 
     def _use_channels_last(self, x: Tensor) -> bool:
-        return self.channels_last and x.dim() == 5
+        return use_channels_last(self.channels_last, x)
 
     def _check_batch(self, batch: Any) -> None:
         if self.task == "classification" and batch.ways != self.ways:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from .maml import EXECUTIONS, to_channels_last
+from .maml import EXECUTIONS, to_channels_last, use_channels_last
 from .threads import PrecomputedGradient, is_stochastic, mean_in_order, run_tasks
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances"]
@@ -64,7 +64,7 @@ class ProtoNet(nn.Module):
     """ProtoNet over any backbone; no head, no parameters of its own."""
 
     def __init__(
-        self, backbone: nn.Module, *, execution: str = "auto", channels_last: bool = False, compile: bool = False
+        self, backbone: nn.Module, *, execution: str = "auto", channels_last: bool | None = None, compile: bool = False
     ) -> None:
         super().__init__()
         if execution not in EXECUTIONS:
@@ -143,4 +143,4 @@ class ProtoNet(nn.Module):
         return not is_stochastic(self.backbone)
 
     def _use_channels_last(self, x: Tensor) -> bool:
-        return self.channels_last and x.dim() == 5
+        return use_channels_last(self.channels_last, x)
