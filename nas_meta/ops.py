@@ -150,7 +150,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         scale = weight * rstd
         ctx.save_for_backward(x, weight, bias, mean, rstd, pooled, indices)
         ctx.eps = eps
-        return pooled * _per_channel(scale) + _per_channel(bias - mean * scale)
+        return torch.addcmul(_per_channel(bias - mean * scale), pooled, _per_channel(scale))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -162,7 +162,8 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         n = x.numel() // x.shape[1]
         scale = weight * rstd
         d_bias = grad.sum((0, 2, 3))
-        d_weight = (grad * ((pooled - _per_channel(mean)) * _per_channel(rstd))).sum((0, 2, 3))
+        xhat = torch.addcmul(_per_channel(-mean * rstd), pooled, _per_channel(rstd))
+        d_weight = xhat.mul_(grad).sum((0, 2, 3))
         dx = torch.ops.aten.max_pool2d_with_indices_backward(
             grad * _per_channel(scale), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
         )

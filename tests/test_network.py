@@ -12,7 +12,7 @@ from torch import nn
 
 from nas_meta import graph, network, spaces
 from nas_meta.errors import SpaceError
-from nas_meta.ops import OPS, BatchNorm
+from nas_meta.ops import OPS, BatchNorm, Pool2x2
 
 
 def make_arch(nodes: dict[str, dict], edges: list[tuple]) -> nx.DiGraph:
@@ -285,8 +285,6 @@ def test_activation_with_two_consumers_is_not_moved_after_the_pool():
 
 
 def _norm_and_pool(channels: int, weight: torch.Tensor | None = None) -> tuple[nn.Module, nn.Module]:
-    from nas_meta.ops import BatchNorm, Pool2x2
-
     norm = BatchNorm(channels).double()
     with torch.no_grad():
         norm.weight.copy_(torch.linspace(0.5, 1.5, channels) if weight is None else weight)
@@ -334,15 +332,19 @@ def test_fused_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
 def test_fused_norm_pool_falls_back_where_it_would_not_be_exact() -> None:
     from nas_meta.ops import batch_norm_max_pool, unfused
 
-    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    norm, pool = _norm_and_pool(3, weight=torch.tensor([1.0, -0.5, 2.0]))  # a negative scale: max -> min
-    torch.testing.assert_close(batch_norm_max_pool(norm, pool, x), pool(norm(x)), rtol=0, atol=0)
+    def ran_fused(norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
+        out = batch_norm_max_pool(norm, pool, x)
+        torch.testing.assert_close(out, pool(norm(x)), rtol=1e-12, atol=1e-12)
+        return type(out.grad_fn).__name__.startswith("_BatchNormMaxPool2x2")
+
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
     norm, pool = _norm_and_pool(3)
+    assert ran_fused(norm, pool, x)
     with unfused():
-        torch.testing.assert_close(batch_norm_max_pool(norm, pool, x), pool(norm(x)), rtol=0, atol=0)
-    assert not torch.equal(batch_norm_max_pool(norm, pool, x), pool(norm(x)))  # fused: other rounding
-    one_pixel_high = torch.randn(4, 3, 1, 6, dtype=torch.float64)
-    torch.testing.assert_close(batch_norm_max_pool(norm, pool, one_pixel_high), norm(one_pixel_high), rtol=0, atol=0)
+        assert not ran_fused(norm, pool, x)
+    assert not ran_fused(*_norm_and_pool(3, weight=torch.tensor([1.0, -0.5, 2.0])), x)  # a negative scale: max -> min
+    assert not ran_fused(norm, pool, x[:, :, :1])  # a map 1 pixel high passes the pool unchanged
+    assert not ran_fused(norm, Pool2x2("avg"), x)
 
 
 def test_norm_feeding_something_else_is_not_fused() -> None:
