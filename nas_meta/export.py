@@ -81,8 +81,8 @@ def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
                            seed=cfg.seed + TEST_SEED_OFFSET, device=device, within_alphabet=d.within_alphabet)
 
 
-def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, device: torch.device) -> dict[str, Any]:
-    mean, ci95 = meta_test(learner, _test_sampler(cfg, dataset, device), cfg.learner.test_episodes)
+def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, test: Any) -> dict[str, Any]:
+    mean, ci95 = meta_test(learner, test, cfg.learner.test_episodes)
     return {"mean": mean, "ci95": ci95, "episodes": cfg.learner.test_episodes,
             "metric": "accuracy" if dataset.task == "classification" else "mse"}
 
@@ -101,12 +101,11 @@ def evaluate_arch(
     Returns ``{"mean", "ci95", "episodes", "metric"}``, plus ``train_seconds`` after training."""
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
+    test = _test_sampler(cfg, dataset, device)  # episodes that cannot be drawn: refused before anything
     if weights is None:
-        if cfg.data.within_alphabet:  # test episodes that cannot be drawn: refused now, not after training
-            _test_sampler(cfg, dataset, torch.device("cpu"))
         if log is not None:
             log(f"no weights: meta-training first ({cfg.preset} budget, {cfg.learner.iterations} steps)")
-        learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress)
+        learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress, test=test)
         if save_to is not None:
             save_weights(learner, Path(save_to))
         return {**result["test"], "train_seconds": result["train_seconds"]}
@@ -124,7 +123,7 @@ def evaluate_arch(
         if head.weight.shape != state["head"]["weight"].shape:
             raise ConfigError(f"the weights' MAML head has {outputs} outputs; evaluate them with --ways {outputs}")
         head.load_state_dict(state["head"])
-    return _test_result(cfg, learner.to(device), dataset, device)
+    return _test_result(cfg, learner.to(device), dataset, test)
 
 
 def retrain(
@@ -134,9 +133,11 @@ def retrain(
     dataset: Any = None,
     progress: Any = None,
     device: torch.device | None = None,
+    test: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Meta-train ``arch`` from scratch with the config's full budget (train classes, validation
-    checkpoints), then meta-test it on the *test* classes.  Returns the learner and its results."""
+    checkpoints), then meta-test it on the *test* classes (``test``: their sampler, made here by
+    default).  Returns the learner and its results."""
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
     device = device or resolve_device(cfg.device)
     ways = cfg.data.ways if dataset.task == "classification" else 1
@@ -144,11 +145,13 @@ def retrain(
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
                             task=dataset.task).to(device)
     train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device)
+    if test is None:  # made before training: episodes that cannot be drawn are refused first
+        test = _test_sampler(cfg, dataset, device)
     start = time.perf_counter()
     result = meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
     seconds = time.perf_counter() - start
     return learner, {
-        "test": _test_result(cfg, learner, dataset, device),
+        "test": _test_result(cfg, learner, dataset, test),
         "val": result.val_metric,
         "train_seconds": round(seconds, 1),
         "iterations": result.iterations,
