@@ -12,6 +12,7 @@ from torch import nn
 
 from nas_meta import graph, network, spaces
 from nas_meta.errors import SpaceError
+from nas_meta.learners.maml import to_channels_last
 from nas_meta.ops import OPS, BatchNorm, Pool2x2
 
 
@@ -264,6 +265,7 @@ def test_relu_then_max_pool_runs_pool_first_with_identical_numbers():
 def test_batch_norm_fused_with_its_max_pool_gives_the_same_numbers():
     net, reference = _conv4_and_op_by_op_reference()
     assert net.norm_pool == {f"b{i}_pool": f"b{i}_norm" for i in range(1, 5)}
+    assert net.conv_norm_pool == {"b1_pool": "b1_conv"}  # the 1-channel first conv (fan-in 9), not the 64-channel ones
     params = list(net.parameters())
     fused = _output_and_second_order_grads(net, params)
     plain = _output_and_second_order_grads(reference, params)
@@ -354,3 +356,109 @@ def test_norm_feeding_something_else_is_not_fused() -> None:
         [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("norm", "out"), ("pool", "out")],
     )
     assert network._norm_pool_pairs(arch, "out", network._pool_first_pairs(arch, "out")) == {}
+
+
+def _autograd_nodes(out: torch.Tensor) -> set[str]:
+    seen, stack = {}, [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = type(node).__name__
+            stack.extend(parent for parent, _ in node.next_functions)
+    return set(seen.values())
+
+
+def test_first_conv_fused_with_norm_and_pool_gives_the_same_first_order_numbers():
+    """The training path (no create_graph): the fused first layer's fast backward in the network."""
+    net, reference = _conv4_and_op_by_op_reference()
+    x = to_channels_last(torch.rand(6, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    out = net(x)
+    assert "_ConvBatchNormMaxPool2x2Backward" in _autograd_nodes(out)
+    want = reference(x)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    params = list(net.parameters())
+    got = torch.autograd.grad(out.pow(2).sum(), params)
+    plain = torch.autograd.grad(want.pow(2).sum(), params)
+    scale = max(g.abs().max().item() for g in plain)
+    for a, b in zip(got, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * scale)
+    assert got[1].abs().max().item() == 0.0  # the first conv's bias: BatchNorm removes any shift
+    net.fuse(False)
+    assert net.conv_norm_pool == {} and net.norm_pool == {}
+
+
+# -- a small-fan-in conv + BatchNorm + 2x2 max-pool as one op (ops.conv_batch_norm_max_pool) -----
+
+
+def _conv_norm_pool(c_in: int, c_out: int, k: int, **conv_options) -> tuple[nn.Module, nn.Module, nn.Module]:
+    torch.manual_seed(c_in * 100 + c_out * 10 + k)
+    conv = nn.Conv2d(c_in, c_out, k, padding=conv_options.pop("padding", k // 2), **conv_options).double()
+    norm, pool = _norm_and_pool(c_out)
+    return conv, norm, pool
+
+
+@pytest.mark.parametrize(("c_in", "k", "size"), [(1, 3, 8), (3, 3, 6), (1, 5, 10), (1, 3, 7)])
+def test_fused_conv_norm_pool_has_the_reference_derivatives(c_in: int, k: int, size: int) -> None:
+    from nas_meta.ops import _ConvBatchNormMaxPool2x2, conv_batch_norm_max_pool
+
+    conv, norm, pool = _conv_norm_pool(c_in, 4, k)
+    g = torch.Generator().manual_seed(size)
+    x = to_channels_last(torch.rand(5, c_in, size, size, dtype=torch.float64, generator=g))
+    out = conv_batch_norm_max_pool(conv, norm, pool, x)
+    assert type(out.grad_fn).__name__.startswith("_ConvBatchNormMaxPool2x2")
+    torch.testing.assert_close(out, pool(norm(conv(x))), rtol=1e-12, atol=1e-12)
+
+    def fused(weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return _ConvBatchNormMaxPool2x2.apply(x, weight, bias, gamma, beta, norm.eps)
+
+    inputs = (conv.weight, conv.bias, norm.weight, norm.bias)
+    assert torch.autograd.gradcheck(fused, inputs)
+    assert torch.autograd.gradgradcheck(fused, inputs)  # a differentiable backward recomputes the reference
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    want = torch.autograd.grad(pool(norm(conv(x))), inputs, grad)
+    got = torch.autograd.grad(fused(*inputs), inputs, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_conv_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
+    """Blank image regions give equal conv outputs in a window: the same winners as max_pool2d."""
+    from nas_meta.ops import conv_batch_norm_max_pool
+
+    conv, norm, pool = _conv_norm_pool(1, 3, 3)
+    x = torch.zeros(4, 1, 8, 8, dtype=torch.float64)
+    x[:, :, 2:5, 2:5] = 1.0  # a stroke on a blank page
+    x[0, 0, 7, 7] = 0.5
+    x = to_channels_last(x)
+    grad = torch.rand(4, 3, 4, 4, dtype=torch.float64)
+    params = list(conv.parameters()) + list(norm.parameters())
+    got = torch.autograd.grad(conv_batch_norm_max_pool(conv, norm, pool, x), params, grad)
+    want = torch.autograd.grad(pool(norm(conv(x))), params, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_conv_norm_pool_falls_back_where_it_does_not_apply() -> None:
+    from nas_meta.ops import conv_batch_norm_max_pool, fusable_conv, unfused
+
+    def ran(conv: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> str:
+        out = conv_batch_norm_max_pool(conv, norm, pool, x)
+        torch.testing.assert_close(out, pool(norm(conv(x))), rtol=1e-12, atol=1e-12)
+        return type(out.grad_fn).__name__.split("Backward")[0]
+
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    conv, norm, pool = _conv_norm_pool(1, 3, 3)
+    assert ran(conv, norm, pool, x) == "_BatchNormMaxPool2x2"  # NCHW: the user's layout is kept
+    x = to_channels_last(x)
+    assert ran(conv, norm, pool, x) == "_ConvBatchNormMaxPool2x2"
+    assert ran(conv, norm, pool, x.clone().requires_grad_()) == "_BatchNormMaxPool2x2"  # the input needs a gradient
+    with unfused():
+        assert ran(conv, norm, pool, x) == "MaxPool2DWithIndices"
+    negative = _norm_and_pool(3, weight=torch.tensor([1.0, -0.5, 2.0]))[0]
+    assert ran(conv, negative, pool, x) == "MaxPool2DWithIndices"  # a negative scale: max -> min
+    assert ran(conv, norm, Pool2x2("avg"), x) == "AvgPool2D"
+    for other in (_conv_norm_pool(4, 3, 3)[0], _conv_norm_pool(1, 3, 3, stride=2)[0], _conv_norm_pool(1, 3, 3, padding=0)[0],
+                  _conv_norm_pool(1, 3, 3, dilation=2, padding=2)[0]):
+        assert not fusable_conv(other)  # fan-in 36 > 32, a stride, a 'valid' conv, a dilation
+    wide = _conv_norm_pool(4, 3, 3)[0]
+    assert ran(wide, norm, pool, to_channels_last(torch.rand(3, 4, 6, 6, dtype=torch.float64))) == "_BatchNormMaxPool2x2"
