@@ -96,7 +96,7 @@ class Backbone(nn.Module):
         }
         self.conv_norm_pool = {  # {pool node: conv node} where a small-fan-in conv feeds only that norm
             pool: conv
-            for pool, conv in _conv_before(self.arch, self.output, self.norm_pool).items()
+            for pool, conv in _conv_before(self.arch, self.norm_pool).items()
             if fusable_conv(self.nodes[self.keys[conv]])
         }
         self._run_later = (
@@ -195,14 +195,14 @@ def _norm_pool_pairs(arch: nx.DiGraph, output: str, pool_first: dict[str, str]) 
     return pairs
 
 
-def _conv_before(arch: nx.DiGraph, output: str, norm_pool: dict[str, str]) -> dict[str, str]:
+def _conv_before(arch: nx.DiGraph, norm_pool: dict[str, str]) -> dict[str, str]:
     """{max-pool node: the node before its fused norm}, where that node feeds nothing else."""
     pairs = {}
     for pool, norm in norm_pool.items():
         if arch.in_degree(norm) != 1:
             continue
         (before,) = arch.predecessors(norm)
-        if arch.out_degree(before) == 1 and before != output and arch.in_degree(before) >= 1:
+        if arch.out_degree(before) == 1:  # its full-size output is never made
             pairs[pool] = before
     return pairs
 

@@ -327,6 +327,8 @@ def conv_batch_norm_max_pool(conv: nn.Conv2d, norm: BatchNorm, pool: Pool2x2, x:
         or pool.kind != "max"
         or x.dim() != 4
         or x.device.type != "cpu"
+        or _functorch_wrapped(x)  # first: layout queries are not allowed inside vmap
+        or _functorch_wrapped(conv.weight)
         or x.requires_grad
         or x.stride(1) != 1  # NHWC memory, as the learners lay images out on the CPU (a one-channel NCHW
         or not x.is_contiguous(memory_format=torch.channels_last)  # image counts as NHWC for torch)
@@ -334,8 +336,6 @@ def conv_batch_norm_max_pool(conv: nn.Conv2d, norm: BatchNorm, pool: Pool2x2, x:
         or x.dtype != conv.weight.dtype
         or not fusable_conv(conv)
         or torch.is_autocast_enabled("cpu")
-        or _functorch_wrapped(x)
-        or _functorch_wrapped(conv.weight)
         or not bool((norm.weight > 0).all())
     ):
         return batch_norm_max_pool(norm, pool, conv(x))

@@ -283,6 +283,25 @@ def test_activation_with_two_consumers_is_not_moved_after_the_pool():
     assert network._pool_first_pairs(arch, "out") == {}
 
 
+def test_conv_feeding_something_else_is_not_fused_with_its_norm() -> None:
+    arch = make_arch(
+        {"input": {"op": "input"}, "conv": {"op": "conv_3x3", "c_out": 4}, "norm": {"op": "batch_norm"},
+         "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity", "merge": "concat"},
+         "down": {"op": "max_pool_2x2"}},
+        [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("conv", "down"), ("down", "out"),
+         ("pool", "out")],
+    )
+    net = network.build(arch, (1, 8, 8), seed=0)
+    assert net.norm_pool == {"pool": "norm"} and net.conv_norm_pool == {}
+    arch.remove_edge("conv", "down")
+    arch.add_edge("input", "down")
+    net = network.build(arch, (1, 8, 8), seed=0)
+    assert net.conv_norm_pool == {"pool": "conv"}
+    x = to_channels_last(torch.rand(3, 1, 8, 8))
+    assert "_ConvBatchNormMaxPool2x2Backward" in _autograd_nodes(net(x))
+    torch.testing.assert_close(net(x), net.fuse(False)(x), rtol=1e-5, atol=1e-5)
+
+
 # -- BatchNorm + 2x2 max-pool as one op (ops.batch_norm_max_pool) --------------------------------
 
 
