@@ -202,17 +202,23 @@ def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
     vmap/grad, off the CPU, for maps the pool passes through, under :func:`unfused`, and when a
     scale is not positive (a negative scale turns the max into a min).  See _BatchNormMaxPool2x2.
     """
-    if (
+    if not _norm_pool_fusable(norm, pool, x):
+        return pool(norm(x))
+    return _BatchNormMaxPool2x2.apply(x, norm.weight, norm.bias, norm.eps)
+
+
+def _norm_pool_fusable(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> bool:
+    """What both fused ops need of the norm, the pool and the tensor reaching them (x: the norm's
+    input or the conv's, same batch and map size).  The functorch check precedes any layout query."""
+    return not (
         getattr(_UNFUSED, "on", False)
         or pool.kind != "max"
         or x.dim() != 4
         or x.device.type != "cpu"
-        or min(x.shape[-2:]) < 2
         or _functorch_wrapped(x)
+        or min(x.shape[-2:]) < 2
         or not bool((norm.weight > 0).all())
-    ):
-        return pool(norm(x))
-    return _BatchNormMaxPool2x2.apply(x, norm.weight, norm.bias, norm.eps)
+    )
 
 
 # --- an image's first conv + BatchNorm + 2x2 max-pool as one op ----------------------------------
@@ -324,20 +330,14 @@ def conv_batch_norm_max_pool(conv: nn.Conv2d, norm: BatchNorm, pool: Pool2x2, x:
     separate ops wherever batch_norm_max_pool would not fuse.  See _ConvBatchNormMaxPool2x2.
     """
     if (
-        getattr(_UNFUSED, "on", False)
-        or pool.kind != "max"
-        or x.dim() != 4
-        or x.device.type != "cpu"
-        or _functorch_wrapped(x)  # first: layout queries are not allowed inside vmap
+        not _norm_pool_fusable(norm, pool, x)  # first: it checks for vmap, where layouts may not be queried
         or _functorch_wrapped(conv.weight)
         or x.requires_grad
         or x.stride(1) != 1  # NHWC memory, as the learners lay images out on the CPU (a one-channel NCHW
         or not x.is_contiguous(memory_format=torch.channels_last)  # image counts as NHWC for torch)
-        or min(x.shape[-2:]) < 2
         or x.dtype != conv.weight.dtype
         or not fusable_conv(conv)
         or torch.is_autocast_enabled("cpu")
-        or not bool((norm.weight > 0).all())
     ):
         return batch_norm_max_pool(norm, pool, conv(x))
     return _ConvBatchNormMaxPool2x2.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
