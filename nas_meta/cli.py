@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import ALGOS, DEVICES, PRESETS, PRUNERS, SAMPLERS, make_config
+from .config import ALGOS, CHECKPOINTS, DEVICES, LR_SCHEDULES, PRESETS, PRUNERS, SAMPLERS, make_config
 from .errors import ConfigError, NasMetaError
 
 __all__ = ["main", "build_parser"]
@@ -53,6 +53,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
     p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
     _add_budget_options(p)
+    _add_recipe_options(p)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
     p.add_argument("--pruner", default="none", choices=PRUNERS, help="early stopping (default: none)")
@@ -84,10 +85,30 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir(), "download": args.download}
-    for name in ("data_root", "split", "image_size"):
-        if getattr(args, name) is not None:
+    for name in ("data_root", "split", "image_size", "rotations", "augment"):
+        if getattr(args, name, None) is not None:
             data[name] = getattr(args, name)
     return data
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    # The training recipe; None means "the preset's / dataset's default" (see config.py).
+    p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="training classes' 90/180/270-degree rotations as new training classes")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random affine jitter of training episodes (shift, rotation, scale, shear)")
+    p.add_argument("--train-ways", type=int, default=None,
+                   help="classes per training episode, e.g. 60 for ProtoNet (default: --ways)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0, plain Adam)")
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="outer learning rate (default: constant)")
+    p.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
+                   help="keep the best validation checkpoint's weights or the last step's (default: best)")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The learner's recipe options the user typed (the data ones go through _data_overrides)."""
+    return {name: getattr(args, name) for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint")
+            if getattr(args, name, None) is not None}
 
 
 def _add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
@@ -123,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--top", type=int, default=1, help="export the K best distinct architectures (default: 1)")
     pick.add_argument("--pareto", action="store_true", help="export the Pareto front of score and size")
     export.add_argument("--retrain", action="store_true",
-                        help="meta-train from scratch with the preset's budget, meta-test on the test classes")
+                        help="meta-train from scratch with the study's recipe, meta-test on the test classes")
+    export.add_argument("--refit", default="train", choices=("train", "train+val"),
+                        help="--retrain on the train classes, or on train+val for the steps validation chose "
+                             "(default: train)")
     _add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
     export.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
@@ -137,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--within-alphabet", action="store_true",
                           help="test episodes draw their classes from one alphabet (Lake et al.)")
     _add_budget_options(evaluate)
+    _add_recipe_options(evaluate)
     evaluate.add_argument("--algo", default=None, choices=ALGOS, help="meta-learner (default: the card's, else maml)")
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the card's, else glyphs)")
     evaluate.add_argument("--data-root", default=None)
@@ -173,7 +198,8 @@ def _search_config(args: argparse.Namespace):
     if args.trials is not None:
         search["trials"] = args.trials
     learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile,
-                               **_budget_overrides(args, make_config(args.preset).learner)}
+                               **_budget_overrides(args, make_config(args.preset).learner),
+                               **_recipe_overrides(args)}
     return make_config(args.preset, data=data, learner=learner, search=search,
                        results_dir=args.results_dir, seed=args.seed, device=args.device)
 
@@ -321,7 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     trials = select_trials(study, task, top=args.top, pareto=args.pareto)
     out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    for item in export_trials(study, cfg, trials, out, retrain_them=args.retrain, log=log,
+    for item in export_trials(study, cfg, trials, out, retrain_them=args.retrain, refit=args.refit, log=log,
                               progress=_step_printer() if args.retrain else None):
         line = f"rank {item.rank}: trial #{item.trial} -> {item.folder}"
         if "retrain" in item.card:
@@ -368,6 +394,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes:
         learner["test_episodes"] = args.episodes
     learner.update(_budget_overrides(args, make_config(args.preset).learner))
+    recipe = card.get("recipe", {})  # an exported folder retrains with its study's recipe by default
+    for name in ("rotations", "augment"):
+        if getattr(args, name) is None and name in recipe:
+            data[name] = recipe[name]
+    for name in ("weight_decay", "lr_schedule", "checkpoint"):
+        if name in recipe:
+            learner[name] = recipe[name]
+    if recipe.get("train_ways") not in (None, data["ways"]):
+        learner["train_ways"] = recipe["train_ways"]
+    learner.update(_recipe_overrides(args))
     if args.within_alphabet:
         data["within_alphabet"] = True
     cfg = make_config(args.preset, data=data, learner=learner, seed=args.seed, device=args.device)
@@ -386,7 +422,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{cfg.learner.algo} on {d.dataset} test classes, {d.ways}-way {d.shots}-shot, "
           f"{test['episodes']} episodes{', within alphabets' if d.within_alphabet else ''}: "
           f"{test['metric']} {_pm(test, task)} (95% CI)"
-          + (f", trained in {test['train_seconds']:.0f} s" if "train_seconds" in test else ""))
+          + (f", trained in {test['train_seconds']:.0f} s (weights of step {test['weights_step']})"
+             if "train_seconds" in test else ""))
     return 0
 
 

@@ -28,12 +28,16 @@ __all__ = [
     "SAMPLERS",
     "PRUNERS",
     "DEVICES",
+    "LR_SCHEDULES",
+    "CHECKPOINTS",
 ]
 
 ALGOS = ("fomaml", "maml", "protonet")
 SAMPLERS = ("evolution", "nsga2", "random", "tpe")
 PRUNERS = ("hyperband", "median", "none")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine")
+CHECKPOINTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,13 @@ class DataConfig:
     glyph_classes: int = 600  # glyphs: characters in all (split 60/20/20 by alphabet)
     glyph_samples: int = 20  # glyphs: drawings per character, as in Omniglot
     within_alphabet: bool = False  # test episodes draw all their classes from one alphabet (Lake et al.)
+    # Class augmentation: each training class's 90/180/270-degree rotations become new training
+    # classes (Vinyals et al. 2016; Santoro et al. 2016).  Training split only: validation and
+    # test classes stay the dataset's own, so scores compare across recipes.
+    rotations: bool = False
+    # Instance augmentation: a random affine jitter (shift, rotation, scale, shear) of every image of
+    # a *training* episode, on the device, seeded from the run; never on validation or test episodes.
+    augment: bool = False
 
     def validate(self) -> None:
         for name in ("ways", "shots", "queries", "glyph_classes", "glyph_samples"):
@@ -61,6 +72,9 @@ class DataConfig:
             raise ConfigError(f"--image-size must be an integer >= 4, got {self.image_size!r}")
         if self.ways < 2:
             raise ConfigError(f"--ways must be at least 2 for classification, got {self.ways}")
+        for name in ("rotations", "augment", "within_alphabet", "download"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,11 @@ class LearnerConfig:
     test_episodes: int = 600  # meta-test episodes (the papers' 600; CI = 1.96 std / sqrt(n))
     amp: bool = False  # autocast to bf16/fp16 on CUDA only
     compile: bool = False  # torch.compile the once-differentiated passes: ~1.1x, tens of s per arch
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the outer optimizer; 0 = plain Adam
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES; cosine decays outer_lr to 0 over `iterations`
+    # Which weights training ends with: the best validation checkpoint's, or the last step's.  The
+    # search's score, evaluate and export --retrain all use these weights.
+    checkpoint: str = "best"
 
     def validate(self) -> None:
         if self.algo not in ALGOS:
@@ -95,8 +114,17 @@ class LearnerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.train_ways is not None and self.train_ways < 2:
-            raise ConfigError(f"train_ways must be at least 2, got {self.train_ways!r}")
+        if self.train_ways is not None and (
+            not isinstance(self.train_ways, int) or isinstance(self.train_ways, bool) or self.train_ways < 2
+        ):
+            raise ConfigError(f"--train-ways must be an integer of at least 2, got {self.train_ways!r}")
+        wd = self.weight_decay
+        if not isinstance(wd, (int, float)) or isinstance(wd, bool) or not 0 <= wd < float("inf"):
+            raise ConfigError(f"--weight-decay must be a number >= 0, got {wd!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {list(LR_SCHEDULES)}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ConfigError(f"unknown checkpoint {self.checkpoint!r}; choose from {list(CHECKPOINTS)}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +178,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe(self) -> dict[str, Any]:
+        """The training recipe: what, beyond the budget, decides how a backbone is meta-trained."""
+        d, lr = self.data, self.learner
+        return {"rotations": d.rotations, "augment": d.augment, "train_ways": lr.train_ways or d.ways,
+                "weight_decay": lr.weight_decay, "lr_schedule": lr.lr_schedule, "checkpoint": lr.checkpoint}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RunConfig:

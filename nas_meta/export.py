@@ -108,7 +108,7 @@ def evaluate_arch(
         learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress, test=test)
         if save_to is not None:
             save_weights(learner, Path(save_to))
-        return {**result["test"], "train_seconds": result["train_seconds"]}
+        return {**result["test"], "train_seconds": result["train_seconds"], "weights_step": result["weights_step"]}
     ways = cfg.data.ways if dataset.task == "classification" else 1
     backbone = network.build(arch, dataset.input_shape)
     state = load_weights(weights)
@@ -126,6 +126,9 @@ def evaluate_arch(
     return _test_result(cfg, learner.to(device), dataset, test)
 
 
+REFITS = ("train", "train+val")
+
+
 def retrain(
     cfg: RunConfig,
     arch: Any,
@@ -134,28 +137,56 @@ def retrain(
     progress: Any = None,
     device: torch.device | None = None,
     test: Any = None,
+    refit: str = "train",
+    log: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Meta-train ``arch`` from scratch with the config's full budget (train classes, validation
-    checkpoints), then meta-test it on the *test* classes (``test``: their sampler, made here by
-    default).  Returns the learner and its results."""
+    """Meta-train ``arch`` from scratch with the config's budget and recipe (train classes,
+    validation checkpoints, the weights of ``cfg.learner.checkpoint``), then meta-test it on the
+    *test* classes (``test``: their sampler, made here by default).  Returns the learner and its
+    results.
+
+    ``refit="train+val"``: after that run, a second model is trained from scratch on the training
+    and validation classes together, for the number of steps the first run's validation curve
+    chose (its kept checkpoint), without validation; that model is the one returned and tested.
+    Test classes are never trained on either way.
+    """
+    if refit not in REFITS:
+        raise ConfigError(f"unknown refit {refit!r}; choose from {list(REFITS)}")
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
     device = device or resolve_device(cfg.device)
+    if test is None:  # made before training: episodes that cannot be drawn are refused first
+        test = _test_sampler(cfg, dataset, device)
+    merged = load_dataset(cfg.data, refit=True) if refit == "train+val" else None  # refused before training
+    learner, result = _train_arch(cfg, arch, dataset, device, progress)
+    out: dict[str, Any] = {
+        "val": result.val_metric,
+        "train_seconds": round(result.seconds, 1),
+        "iterations": result.iterations,
+        "checkpoint": cfg.learner.checkpoint,
+        "weights_step": result.best_step,  # the step whose weights are kept
+        "curve": [[step, value] for step, value in result.curve],
+    }
+    if merged is not None:
+        steps = result.best_step
+        if log is not None:
+            log(f"refit on train+val classes for {steps} steps (the validation curve's choice)")
+        refit_cfg = cfg.replace(learner={"iterations": steps, "checkpoint": "last"})
+        learner, again = _train_arch(refit_cfg, arch, merged, device, progress, validate=False)
+        out["refit"] = {"splits": "train+val", "steps": steps, "train_seconds": round(again.seconds, 1),
+                        "train_classes": len(merged.splits["train"])}
+        out["weights_step"] = steps
+    out["test"] = _test_result(cfg, learner, dataset, test)
+    return learner, out
+
+
+def _train_arch(cfg: RunConfig, arch: Any, dataset: Any, device: torch.device, progress: Any,
+                *, validate: bool = True) -> tuple[nn.Module, Any]:
     ways = cfg.data.ways if dataset.task == "classification" else 1
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
                             task=dataset.task).to(device)
-    train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device)
-    if test is None:  # made before training: episodes that cannot be drawn are refused first
-        test = _test_sampler(cfg, dataset, device)
-    start = time.perf_counter()
-    result = meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
-    seconds = time.perf_counter() - start
-    return learner, {
-        "test": _test_result(cfg, learner, dataset, test),
-        "val": result.val_metric,
-        "train_seconds": round(seconds, 1),
-        "iterations": result.iterations,
-    }
+    train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device, validate=validate)
+    return learner, meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
 
 
 def save_weights(learner: nn.Module, path: Path) -> None:
@@ -230,10 +261,14 @@ def export_trials(
     out: Path,
     *,
     retrain_them: bool = False,
+    refit: str = "train",
     progress: Any = None,
     log: Any = None,
 ) -> list[Exported]:
-    """Write each trial's architecture files (and weights and test scores with ``retrain_them``)."""
+    """Write each trial's architecture files (and weights and test scores with ``retrain_them``,
+    trained on the classes ``refit`` names: see :func:`retrain`)."""
+    if refit != "train" and not retrain_them:
+        raise ConfigError(f"--refit {refit} chooses what --retrain trains on; add --retrain")
     dataset = load_dataset(cfg.data)
     task = dataset.task
     exported = []
@@ -262,11 +297,12 @@ def export_trials(
             "search_score": {"metric": "accuracy" if task == "classification" else "mse",
                              "split": "val", "value": trial.values[0]},
             "input": input_spec(dataset),
+            "recipe": cfg.recipe(),
         }
         if retrain_them:
             if log:
                 log(f"retraining rank {rank} (trial #{trial.number}) with the {cfg.preset} budget")
-            learner, result = retrain(cfg, arch, dataset=dataset, progress=progress)
+            learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, refit=refit, log=log)
             save_weights(learner, folder / WEIGHTS)
             card["retrain"] = result
         graph.save_json(arch, folder / "arch.json")
@@ -300,6 +336,13 @@ def render_card(card: dict[str, Any]) -> str:
         test = card["retrain"]["test"]
         lines.append(f"| test {test['metric']} after retraining | {fmt(test['mean'])} ± {fmt(test['ci95'])} "
                      f"(95% CI, {test['episodes']} episodes) |")
+        retrained = card["retrain"]
+        if "refit" in retrained:
+            lines.append(f"| weights | refit on train+val classes for {retrained['refit']['steps']} steps "
+                         "(the validation curve's best checkpoint) |")
+        elif "weights_step" in retrained:
+            lines.append(f"| weights | step {retrained['weights_step']} of {retrained['iterations']} "
+                         f"({retrained.get('checkpoint', 'last')} validation checkpoint) |")
     spec = card["input"]
     lines += [
         "",

@@ -41,12 +41,15 @@ def test_study_records_config_and_every_trial_attribute(tmp_path):
     study = load_study("s", outcome.storage)
     assert stored_config(study) == cfg
     for t in study.trials:
-        assert set(t.user_attrs) >= {"fingerprint", "arch", "params", "flops", "seconds", "curve"}
+        assert set(t.user_attrs) >= {"fingerprint", "arch", "params", "flops", "seconds", "curve", "best_step"}
         arch = graph.from_json(t.user_attrs["arch"])
         assert graph.fingerprint(arch) == t.user_attrs["fingerprint"]
-        steps = [step for step, _ in t.user_attrs["curve"]]
-        assert steps[-1] == cfg.learner.iterations
-        assert t.user_attrs["curve"][-1][1] == pytest.approx(t.values[0])
+        curve = t.user_attrs["curve"]
+        assert [step for step, _ in curve][-1] == cfg.learner.iterations
+        # The score is the best checkpoint's (the first of equal ones), and best_step names it.
+        best = max(curve, key=lambda point: point[1])
+        assert t.values[0] == pytest.approx(best[1])
+        assert t.user_attrs["best_step"] == best[0]
     assert list(outcome.table["number"]) == [0, 1]
 
 

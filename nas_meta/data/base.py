@@ -19,7 +19,8 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .sampler import EpisodeSampler
 
-__all__ = ["Dataset", "ImageDataset", "DATASETS", "SPLITS", "load_dataset", "split_by_fraction"]
+__all__ = ["Dataset", "ImageDataset", "DATASETS", "SPLITS", "load_dataset", "split_by_fraction", "rotate_classes",
+           "merge_train_val"]
 
 SPLITS = ("train", "val", "test")
 
@@ -45,10 +46,12 @@ class Dataset(ABC):
         seed: int,
         device: torch.device | str = "cpu",
         within_alphabet: bool = False,
+        augment: bool = False,
     ):
         """An episode sampler over ``split``; its ``sample(tasks)`` returns :class:`Episodes`.
         ``within_alphabet``: every episode's classes from one alphabet (ConfigError where the
-        dataset has none)."""
+        dataset has none); ``augment``: random affine jitter of every image (ConfigError where
+        the inputs are not images)."""
 
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
@@ -71,6 +74,8 @@ class ImageDataset(Dataset):
         labels: Tensor,
         class_names: Sequence[str],
         splits: dict[str, list[int]],
+        *,
+        rotated_classes: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be (N, C, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
@@ -92,6 +97,8 @@ class ImageDataset(Dataset):
         self.class_names = list(class_names)
         self.splits = {s: [int(c) for c in splits[s]] for s in SPLITS}
         self.input_shape = tuple(int(d) for d in images.shape[1:])
+        # True when rotations are already classes (Omniglot's vinyals protocol, or --rotations).
+        self.rotated_classes = rotated_classes
 
     def sampler(
         self,
@@ -103,6 +110,7 @@ class ImageDataset(Dataset):
         seed: int,
         device: torch.device | str = "cpu",
         within_alphabet: bool = False,
+        augment: bool = False,
     ) -> EpisodeSampler:
         """N-way K-shot Q-query episodes from ``split``'s classes (DataError if too few).
 
@@ -125,6 +133,7 @@ class ImageDataset(Dataset):
             class_names=self.class_names,
             split=split,
             groups=groups,
+            augment=augment,
         )
 
     def __repr__(self) -> str:
@@ -157,8 +166,54 @@ def split_by_fraction(
     }
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def rotate_classes(dataset: ImageDataset, split: str = "train") -> ImageDataset:
+    """``dataset`` with every class of ``split`` also turned by 90, 180 and 270 degrees, each turn a
+    new class of the same split, named ``<name>/rot<degrees>`` (so it keeps its alphabet).
+
+    Class ids and images of the original classes are unchanged; the new classes come after them.
+    A dataset whose rotations are already classes is returned as it is.
+    """
+    if dataset.rotated_classes:
+        return dataset
+    _, _, h, w = dataset.images.shape
+    if h != w:
+        raise ConfigError(f"--rotations needs square images, dataset {dataset.name!r} has {h}x{w}; drop --rotations")
+    classes = dataset.splits[split]
+    n = len(dataset.class_names)
+    rows = torch.isin(dataset.labels, torch.tensor(classes, dtype=torch.int64)).nonzero().squeeze(1)
+    images, labels = dataset.images[rows], dataset.labels[rows]  # (R, C, H, W), (R,)
+    position = torch.full((n,), -1, dtype=torch.int64)
+    position[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes))
+    turned = [torch.rot90(images, k, dims=(2, 3)) for k in (1, 2, 3)]  # each (R, C, H, W)
+    new_labels = [n + 3 * position[labels] + (k - 1) for k in (1, 2, 3)]  # class c, turn k -> n + 3i + k - 1
+    names = list(dataset.class_names) + [f"{dataset.class_names[c]}/rot{90 * k}" for c in classes for k in (1, 2, 3)]
+    splits = {s: list(ids) for s, ids in dataset.splits.items()}
+    splits[split] = list(classes) + list(range(n, n + 3 * len(classes)))
+    return ImageDataset(
+        dataset.name,
+        torch.cat([dataset.images, *turned]),
+        torch.cat([dataset.labels, *new_labels]),
+        names,
+        splits,
+        rotated_classes=True,
+    )
+
+
+def merge_train_val(dataset: Dataset) -> Dataset:
+    """``dataset`` with its validation classes moved into training (for a refit); test untouched."""
+    if not isinstance(dataset, ImageDataset):
+        raise ConfigError(f"a refit on train+val needs a dataset of classes; {dataset.name!r} has none")
+    splits = {"train": dataset.splits["train"] + dataset.splits["val"], "val": [], "test": dataset.splits["test"]}
+    return ImageDataset(dataset.name, dataset.images, dataset.labels, dataset.class_names, splits,
+                        rotated_classes=dataset.rotated_classes)
+
+
+def load_dataset(cfg: DataConfig, *, refit: bool = False) -> Dataset:
     """The dataset ``cfg.dataset`` as CPU tensors; DataError for missing or bad data.
+
+    ``cfg.rotations`` adds the training classes' rotations as classes (:func:`rotate_classes`);
+    ``refit`` first moves the validation classes into training (:func:`merge_train_val`), so
+    their rotations are training classes too.
 
     >>> from nas_meta.config import DataConfig
     >>> ds = load_dataset(DataConfig(glyph_classes=30, glyph_samples=4))
@@ -169,7 +224,16 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         not isinstance(cfg.image_size, int) or isinstance(cfg.image_size, bool) or cfg.image_size < 4
     ):
         raise ConfigError(f"--image-size must be an integer >= 4, got {cfg.image_size!r}")
-    return DATASETS.get(cfg.dataset)(cfg)
+    dataset = DATASETS.get(cfg.dataset)(cfg)
+    if (cfg.rotations or cfg.augment) and not isinstance(dataset, ImageDataset):
+        option = "--rotations" if cfg.rotations else "--augment"
+        raise ConfigError(f"{option} is for image datasets; dataset {cfg.dataset!r} has none: drop {option}")
+    if refit:
+        dataset = merge_train_val(dataset)
+    if cfg.rotations:
+        assert isinstance(dataset, ImageDataset)
+        dataset = rotate_classes(dataset, "train")
+    return dataset
 
 
 def require_root(cfg: DataConfig, hint: str) -> str:

@@ -177,4 +177,4 @@ def build_omniglot(cfg: DataConfig) -> ImageDataset:
     images, labels = _rotate(images, labels)
     names = [f"{n}/rot{90 * k}" for n in names for k in range(4)]
     splits = {s: [4 * c + k for c in ids for k in range(4)] for s, ids in splits.items()}
-    return ImageDataset("omniglot", images, labels, names, splits)
+    return ImageDataset("omniglot", images, labels, names, splits, rotated_classes=True)

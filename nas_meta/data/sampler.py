@@ -23,8 +23,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from .augment import random_affine
 
 __all__ = ["Episodes", "EpisodeSampler", "check_episode_shape"]
+
+AUGMENT_SEED_OFFSET = 15_485_863
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class EpisodeSampler:
         class_names: Sequence[str] | None = None,
         split: str = "?",
         groups: Sequence[str] | None = None,  # per class of ``classes``: episodes stay in one group
+        augment: bool = False,  # random affine jitter per image (training episodes only)
     ) -> None:
         check_episode_shape(ways, shots, queries)
         if ways < 2:
@@ -100,6 +104,10 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(int(seed))
+        # Jitter draws from a generator of its own, so the classes and images drawn are the same
+        # with augmentation on or off: an ablation changes one thing.
+        self.augment = bool(augment)
+        self.augment_rng = torch.Generator().manual_seed(int(seed) + AUGMENT_SEED_OFFSET)
 
         labels = labels.cpu()
         wanted = torch.tensor(classes, dtype=torch.int64)  # (n_classes,)
@@ -162,4 +170,7 @@ class EpisodeSampler:
         scale = 1.0 / 255.0
         support_x = self.images[support_rows].float().mul_(scale)  # (T, ways*shots, C, H, W)
         query_x = self.images[query_rows].float().mul_(scale)  # (T, ways*queries, C, H, W)
+        if self.augment:
+            support_x = random_affine(support_x, self.augment_rng)
+            query_x = random_affine(query_x, self.augment_rng)
         return Episodes(support_x, support_y, query_x, query_y, ways)

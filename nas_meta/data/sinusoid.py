@@ -74,12 +74,15 @@ class SinusoidDataset(Dataset):
         seed: int,
         device: torch.device | str = "cpu",
         within_alphabet: bool = False,
+        augment: bool = False,
     ) -> SinusoidSampler:
         """Episodes of ``split``'s task stream; ``ways`` is accepted for a uniform call and unused
         (a regression task has one output), the episodes report ``ways == 1``."""
         self._check_split(split)
         if within_alphabet:
             raise ConfigError("--within-alphabet needs a dataset of alphabets, not 'sinusoid'")
+        if augment:
+            raise ConfigError("--augment is for image datasets, not 'sinusoid': drop --augment")
         return SinusoidSampler(shots=shots, queries=queries, seed=seed, split=split, device=device)
 
     def __repr__(self) -> str:

@@ -33,6 +33,8 @@ __all__ = [
     "resolve_device",
     "amp_dtype",
     "outer_step",
+    "make_optimizer",
+    "make_schedule",
 ]
 
 
@@ -46,11 +48,13 @@ class Sampler(Protocol):
 
 @dataclass(frozen=True)
 class TrainResult:
-    val_metric: float  # validation metric at the last checkpoint
+    val_metric: float  # validation metric of the weights training ended with (NaN without validation)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val_metric) per checkpoint
     seconds: float = 0.0  # wall time of meta_train, checkpoints included
     iterations: int = 0  # outer steps done
     train_losses: list[float] = field(default_factory=list)  # outer loss per step (a learning curve)
+    best_step: int = 0  # the checkpoint whose weights the learner holds ("best"), or the last step
+    best_metric: float = math.nan  # the curve's best validation metric (NaN without validation)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,7 +139,7 @@ def _checkpoints(iterations: int, every: int) -> list[int]:
 def meta_train(
     learner: nn.Module,
     train_sampler: Sampler,
-    val_sampler: Sampler,
+    val_sampler: Sampler | None,
     cfg: LearnerConfig,
     *,
     seed: int,
@@ -143,11 +147,15 @@ def meta_train(
     report: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int, float | None], None] | None = None,
 ) -> TrainResult:
-    """Meta-train ``learner`` in place with Adam for ``cfg.iterations`` outer steps.
+    """Meta-train ``learner`` in place with Adam (AdamW with ``cfg.weight_decay``) for
+    ``cfg.iterations`` outer steps, the learning rate constant or cosine-decayed (``cfg.lr_schedule``).
 
     At every checkpoint (each ``cfg.eval_every`` steps and the last step) the mean validation
     metric over ``cfg.val_episodes`` episodes is computed and passed to ``report(step, metric)``;
-    whatever ``report`` raises (``optuna.TrialPruned``) propagates.  ``progress(step, iterations,
+    whatever ``report`` raises (``optuna.TrialPruned``) propagates.  With ``cfg.checkpoint ==
+    "best"`` the learner ends with the weights of the best checkpoint (the first, on a tie: higher
+    accuracy, or lower MSE for regression), and ``val_metric`` is that checkpoint's score.
+    ``val_sampler=None`` trains without validation (a refit) and ends with the last step's weights.  ``progress(step, iterations,
     val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
     backbone may contain (e.g. dropout) inside a forked RNG, so the caller's global RNG state is
     untouched and the same seed gives the same weights on the CPU; episodes come from the
@@ -156,10 +164,14 @@ def meta_train(
     device = device or next(learner.parameters()).device
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
-    checkpoints = set(_checkpoints(cfg.iterations, cfg.eval_every))
+    optimizer = make_optimizer(learner, cfg)
+    schedule = make_schedule(optimizer, cfg)
+    checkpoints = set(_checkpoints(cfg.iterations, cfg.eval_every)) if val_sampler is not None else set()
+    higher_is_better = getattr(learner, "task", "classification") == "classification"
+    keep_best = cfg.checkpoint == "best"
     curve: list[tuple[int, float]] = []
     losses: list[float] = []
+    best: tuple[int, float, dict[str, Tensor] | None] = (cfg.iterations, math.nan, None)
     start = time.perf_counter()
     with _forked_rng(device, seed):
         for step in range(1, cfg.iterations + 1):
@@ -170,22 +182,61 @@ def meta_train(
                     learner, optimizer, batch, grad_clip=cfg.grad_clip, step=step, autocast_dtype=dtype, scaler=scaler
                 )
             )
+            if schedule is not None:
+                schedule.step()
             val: float | None = None
             if step in checkpoints:
+                assert val_sampler is not None
                 per_episode = evaluate_episodes(learner, val_sampler, cfg.val_episodes, tasks_per_batch=cfg.meta_batch)
                 val = float(per_episode.mean())
                 curve.append((step, val))
+                if _improves(val, best[1], higher_is_better):
+                    # A copy, not a reference: the optimizer updates the parameters in place.
+                    state = {k: v.detach().clone() for k, v in learner.state_dict().items()} if keep_best else None
+                    best = (step, val, state)
                 if report is not None:
                     report(step, val)
             if progress is not None:
                 progress(step, cfg.iterations, val)
+    best_step, best_metric, best_state = best
+    if keep_best and best_state is not None:
+        learner.load_state_dict(best_state)
+        val_metric, kept_step = best_metric, best_step
+    else:
+        val_metric, kept_step = (curve[-1][1] if curve else math.nan), cfg.iterations
     return TrainResult(
-        val_metric=curve[-1][1],
+        val_metric=val_metric,
         curve=curve,
         seconds=time.perf_counter() - start,
         iterations=cfg.iterations,
         train_losses=losses,
+        best_step=kept_step,
+        best_metric=best_metric,
     )
+
+
+def _improves(value: float, best: float, higher_is_better: bool) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def make_optimizer(learner: nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
+    """Adam (Finn et al.; Snell et al.), or AdamW when ``cfg.weight_decay`` > 0 (decoupled decay,
+    Loshchilov & Hutter 2019, so the decay does not pass through Adam's per-parameter scaling)."""
+    if cfg.weight_decay > 0:
+        return torch.optim.AdamW(learner.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: LearnerConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """None for a constant rate; cosine: ``outer_lr`` at step 1 down to 0 after ``cfg.iterations``
+    steps (Loshchilov & Hutter 2017, one cycle, no restart)."""
+    if cfg.lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.iterations)
 
 
 @contextlib.contextmanager

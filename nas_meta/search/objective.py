@@ -41,14 +41,20 @@ class CandidateFailure(RuntimeError):
     is recorded as FAIL with its reason and the search goes on."""
 
 
-def episode_samplers(cfg: RunConfig, dataset: Any, train_seed: int, val_seed: int, device: Any) -> tuple[Any, Any]:
-    """Train episodes (``train_ways`` for ProtoNet's wider training episodes) and validation
-    episodes (the evaluation ways) with the config's shots and queries."""
+def episode_samplers(
+    cfg: RunConfig, dataset: Any, train_seed: int, val_seed: int, device: Any, *, validate: bool = True
+) -> tuple[Any, Any]:
+    """Train episodes (``train_ways`` for ProtoNet's wider training episodes, jittered with
+    ``cfg.data.augment``) and validation episodes (the evaluation ways, never jittered) with the
+    config's shots and queries; no validation sampler with ``validate=False`` (a refit)."""
     d = cfg.data
     classification = dataset.task == "classification"
     ways = d.ways if classification else 1
     train_ways = (cfg.learner.train_ways or ways) if classification else 1
-    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed, device=device)
+    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed,
+                            device=device, augment=d.augment)
+    if not validate:
+        return train, None
     val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val_seed, device=device)
     return train, val
 
@@ -172,6 +178,7 @@ class Objective:
             self._fail(trial, f"timeout: {exc}")
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        trial.set_user_attr("best_step", result.best_step)  # the checkpoint the score comes from
         if self.multi_objective:
             return result.val_metric, float(n_params)
         return result.val_metric
