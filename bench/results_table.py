@@ -269,6 +269,24 @@ def commands(out: Path, omniglot_root: str | None) -> list[str]:
     return lines
 
 
+def recipe_section() -> list[str]:
+    """The training-recipe ablation of ``bench/recipe.py`` (its own JSON results), when it has run."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import recipe
+
+    results = recipe.load_results()
+    if not results:
+        return []
+    return [RECIPE_INTRO, recipe.render_table(results), RECIPE_FINDINGS, ""]
+
+
+RECIPE_INTRO = """## 0. The training recipe (`bench/recipe.py`)
+
+RECIPE_INTRO_TEXT
+"""
+RECIPE_FINDINGS = """RECIPE_FINDINGS_TEXT"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results/reproduce", help="reproduce.sh's output folder")
@@ -277,7 +295,7 @@ def main() -> None:
     parser.add_argument("--omniglot-root", default=None, help="the OMNIGLOT_ROOT the rows ran with")
     args = parser.parse_args()
     out = Path(args.results)
-    parts = [HEADER.format(iterations=args.iterations), *baselines(out), "", *searches(out), "",
+    parts = [HEADER.format(iterations=args.iterations), *recipe_section(), *baselines(out), "", *searches(out), "",
              *longer(out, args.iterations, args.long), "",
              *other_datasets(out), "", PUBLISHED, "", *commands(out, args.omniglot_root), ""]
     print("\n".join(parts), end="")

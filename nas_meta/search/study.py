@@ -212,6 +212,9 @@ def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None
         "meta_batch": (stored.learner.meta_batch, cfg.learner.meta_batch),
         "sampler": (stored.search.sampler, cfg.search.sampler),
     }
+    # The training recipe gives a score its meaning as much as the budget does.
+    old_recipe, new_recipe = stored.recipe(), cfg.recipe()
+    keys.update({name: (old_recipe[name], new_recipe[name]) for name in old_recipe})
     for key, (old, new) in keys.items():
         if old != new:
             raise StudyError(
