@@ -96,8 +96,9 @@ class LearnerConfig:
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the outer optimizer; 0 = plain Adam
     lr_schedule: str = "constant"  # one of LR_SCHEDULES; cosine decays outer_lr to 0 over `iterations`
     # Which weights training ends with: the best validation checkpoint's, or the last step's.  The
-    # search's score, evaluate and export --retrain all use these weights.
-    checkpoint: str = "best"
+    # search's score, evaluate and export --retrain all use these weights.  "last" by default: at
+    # the recipe ablation's budgets the validation curve still rises, and "best" won nothing there.
+    checkpoint: str = "last"
 
     def validate(self) -> None:
         if self.algo not in ALGOS:

@@ -147,7 +147,7 @@ def retrain(
 
     ``refit="train+val"``: after that run, a second model is trained from scratch on the training
     and validation classes together, for the number of steps the first run's validation curve
-    chose (its kept checkpoint), without validation; that model is the one returned and tested.
+    chose (its best checkpoint), without validation; that model is the one returned and tested.
     Test classes are never trained on either way.
     """
     if refit not in REFITS:
@@ -163,7 +163,8 @@ def retrain(
         "train_seconds": round(result.seconds, 1),
         "iterations": result.iterations,
         "checkpoint": cfg.learner.checkpoint,
-        "weights_step": result.best_step,  # the step whose weights are kept
+        "weights_step": result.weights_step,  # the step whose weights are kept
+        "best_step": result.best_step,  # the validation curve's best checkpoint
         "curve": [[step, value] for step, value in result.curve],
     }
     if merged is not None:

@@ -174,7 +174,7 @@ def test_best_checkpoint_weights_are_those_of_the_curves_best_point() -> None:
     result = meta_train(learner, RandomEpisodes(1), RandomEpisodes(2), cfg, seed=0, report=report)
     values = [v for _, v in result.curve]
     best = values.index(max(values))  # the first of equal maxima
-    assert result.best_step == result.curve[best][0] and result.val_metric == max(values)
+    assert result.best_step == result.weights_step == result.curve[best][0] and result.val_metric == max(values)
     for k, v in learner.state_dict().items():
         assert torch.equal(v, states[result.best_step][k])
     # The last step's weights otherwise.
@@ -183,7 +183,8 @@ def test_best_checkpoint_weights_are_those_of_the_curves_best_point() -> None:
     cfg_last = LearnerConfig(**{**cfg.__dict__, "checkpoint": "last"})
     states.clear()
     result = meta_train(last, RandomEpisodes(1), RandomEpisodes(2), cfg_last, seed=0, report=report)
-    assert result.best_step == 6 and result.val_metric == result.curve[-1][1]
+    assert result.weights_step == 6 and result.val_metric == result.curve[-1][1]
+    assert result.best_step == max(result.curve, key=lambda p: p[1])[0]  # still known, for a refit
     assert all(torch.equal(v, states[6][k]) for k, v in last.state_dict().items())
 
 
@@ -198,7 +199,7 @@ def test_the_best_checkpoint_is_chosen_even_when_it_is_not_last(monkeypatch) -> 
     seen = {}
     result = meta_train(learner, RandomEpisodes(1), RandomEpisodes(2), cfg, seed=0,
                         report=lambda s, v: seen.setdefault(s, {k: t.clone() for k, t in learner.state_dict().items()}))
-    assert result.best_step == 2 and result.val_metric == pytest.approx(0.9)
+    assert result.best_step == result.weights_step == 2 and result.val_metric == pytest.approx(0.9)
     assert all(torch.equal(v, seen[2][k]) for k, v in learner.state_dict().items())
     assert not all(torch.equal(v, seen[3][k]) for k, v in learner.state_dict().items())
 
@@ -210,7 +211,7 @@ def test_regression_keeps_the_lowest_mse(monkeypatch) -> None:
     monkeypatch.setattr(train_module, "evaluate_episodes", lambda *a, **k: torch.tensor([next(scores)]))
     learner = make("protonet", dropout=0.0)
     learner.task = "regression"  # only the direction of "best" is read
-    cfg = LearnerConfig(**{**CFG.__dict__, "iterations": 3, "eval_every": 1})
+    cfg = LearnerConfig(**{**CFG.__dict__, "iterations": 3, "eval_every": 1, "checkpoint": "best"})
     result = meta_train(learner, RandomEpisodes(1), RandomEpisodes(2), cfg, seed=0)
     assert result.best_step == 2 and result.val_metric == 1.0
 
@@ -252,7 +253,7 @@ def test_recipe_fields_are_validated(field: str, value: object, message: str) ->
 
 def test_refit_trains_on_train_and_val_classes_for_the_chosen_steps_and_never_on_test(tmp_path, monkeypatch) -> None:
     cfg = make_config("smoke", data={"cache_dir": str(tmp_path), "rotations": True},
-                      learner={"algo": "protonet", "iterations": 6, "eval_every": 2})
+                      learner={"algo": "protonet", "iterations": 6, "eval_every": 2, "checkpoint": "best"})
     dataset = load_dataset(cfg.data)
     trained_on: list[set[int]] = []
     steps: list[int] = []
@@ -305,7 +306,7 @@ def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) 
     cfg = stored_config(study)
     assert cfg.recipe() == {"rotations": True, "augment": True, "train_ways": 6, "weight_decay": 0.01,
                             "lr_schedule": "cosine", "checkpoint": "last"}
-    assert study.trials[0].user_attrs["best_step"] == cfg.learner.iterations  # the last step's weights
+    assert study.trials[0].user_attrs["weights_step"] == cfg.learner.iterations  # the last step's weights
     # Resuming under another recipe is refused: its scores would mean something else.
     assert main([*args[:-2], "--checkpoint", "best"]) == 2
     assert "was run with checkpoint='last', not 'best'" in capsys.readouterr().err
@@ -315,7 +316,9 @@ def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) 
     card = json.loads((out / "rank1" / "card.json").read_text())
     assert card["recipe"] == cfg.recipe()
     assert card["retrain"]["refit"]["splits"] == "train+val"
-    assert card["retrain"]["refit"]["steps"] == card["retrain"]["weights_step"] == cfg.learner.iterations
+    # The refit's length is the validation curve's best step, whichever weights the first run kept.
+    best = max(card["retrain"]["curve"], key=lambda p: p[1])[0]
+    assert card["retrain"]["refit"]["steps"] == card["retrain"]["weights_step"] == card["retrain"]["best_step"] == best
     assert "refit on train+val classes" in (out / "rank1" / "README.md").read_text()
 
 

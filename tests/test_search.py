@@ -41,15 +41,23 @@ def test_study_records_config_and_every_trial_attribute(tmp_path):
     study = load_study("s", outcome.storage)
     assert stored_config(study) == cfg
     for t in study.trials:
-        assert set(t.user_attrs) >= {"fingerprint", "arch", "params", "flops", "seconds", "curve", "best_step"}
+        assert set(t.user_attrs) >= {"fingerprint", "arch", "params", "flops", "seconds", "curve", "weights_step"}
         arch = graph.from_json(t.user_attrs["arch"])
         assert graph.fingerprint(arch) == t.user_attrs["fingerprint"]
         curve = t.user_attrs["curve"]
         assert [step for step, _ in curve][-1] == cfg.learner.iterations
-        # The score is the best checkpoint's (the first of equal ones), and best_step names it.
-        best = max(curve, key=lambda point: point[1])
-        assert t.values[0] == pytest.approx(best[1])
-        assert t.user_attrs["best_step"] == best[0]
+        # The score is that of the checkpoint whose weights training kept (the last by default).
+        assert t.user_attrs["weights_step"] == cfg.learner.iterations
+        assert t.values[0] == pytest.approx(dict(curve)[t.user_attrs["weights_step"]])
+
+
+def test_with_best_checkpoint_the_score_is_the_curves_best_point(tmp_path):
+    cfg = smoke(tmp_path, trials=2).replace(learner={"checkpoint": "best", "iterations": 6, "eval_every": 1})
+    outcome = run_search(cfg, stream=io.StringIO())
+    for t in load_study("s", outcome.storage).trials:
+        curve = t.user_attrs["curve"]
+        best = max(curve, key=lambda point: point[1])  # the first of equal maxima
+        assert t.values[0] == pytest.approx(best[1]) and t.user_attrs["weights_step"] == best[0]
     assert list(outcome.table["number"]) == [0, 1]
 
 

@@ -53,8 +53,9 @@ class TrainResult:
     seconds: float = 0.0  # wall time of meta_train, checkpoints included
     iterations: int = 0  # outer steps done
     train_losses: list[float] = field(default_factory=list)  # outer loss per step (a learning curve)
-    best_step: int = 0  # the checkpoint whose weights the learner holds ("best"), or the last step
+    best_step: int = 0  # the validation curve's best checkpoint (the first of equal ones; last step without one)
     best_metric: float = math.nan  # the curve's best validation metric (NaN without validation)
+    weights_step: int = 0  # the step whose weights the learner ends with: best_step or the last step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,8 +211,9 @@ def meta_train(
         seconds=time.perf_counter() - start,
         iterations=cfg.iterations,
         train_losses=losses,
-        best_step=kept_step,
+        best_step=best_step,
         best_metric=best_metric,
+        weights_step=kept_step,
     )
 
 

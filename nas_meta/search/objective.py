@@ -178,7 +178,7 @@ class Objective:
             self._fail(trial, f"timeout: {exc}")
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        trial.set_user_attr("best_step", result.best_step)  # the checkpoint the score comes from
+        trial.set_user_attr("weights_step", result.weights_step)  # the checkpoint the score comes from
         if self.multi_objective:
             return result.val_metric, float(n_params)
         return result.val_metric
