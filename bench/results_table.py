@@ -282,7 +282,22 @@ def recipe_section() -> list[str]:
 
 RECIPE_INTRO = """## 0. The training recipe (`bench/recipe.py`)
 
-RECIPE_INTRO_TEXT
+The same backbone, trained with one recipe element more per row.  Conv-4 ProtoNet trained on
+20-way 1-shot episodes (5 queries per class, meta-batch 4, Adam 1e-3, 900 steps: about ten CPU
+minutes on one thread of this machine), validated every 100 steps on 100 episodes of the
+validation alphabets; FOMAML on 5-way 1-shot episodes with the same budget.  Same data and split
+as the tables below (minimal sets, `lake`, alphabets held out).  Each trained model is
+meta-tested on 600 episodes of each kind drawn from the held-out test alphabets: 20-way 1-shot
+within one alphabet (Lake et al.'s task), 20-way 1-shot over both test alphabets, and 5-way 1-shot
+(ProtoNet's embedding does not depend on the number of ways).  Within a seed every row meets the
+*same* test episodes, so each difference to the previous row is given with its **paired** 95% CI
+(1.96 x std of the per-episode differences / sqrt(600)), not the CI of two independent means.
+Rows are cumulative in the order listed; `ways60`, `wd0.1` and `long` replace one element of the
+row they name.  Rotations and jitter apply to training episodes only; validation and test classes
+and images are the dataset's own.  Train CPU s: user+system of the training (validation
+checkpoints, and the refit's second run, included), one thread, two rows running at a time, so
+they move by about 10% with the load of the other row.  Rerun a row with
+`python bench/recipe.py run OMNIGLOT_ROOT ROW --seed S` (rows: `python bench/recipe.py --list`).
 """
 RECIPE_FINDINGS = """RECIPE_FINDINGS_TEXT"""
 

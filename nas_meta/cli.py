@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import ALGOS, CHECKPOINTS, DEVICES, LR_SCHEDULES, PRESETS, PRUNERS, SAMPLERS, make_config
+from .config import ALGOS, CHECKPOINTS, DEVICES, LR_SCHEDULES, PRESETS, PRUNERS, REFITS, SAMPLERS, make_config
 from .errors import ConfigError, NasMetaError
 
 __all__ = ["main", "build_parser"]
@@ -102,12 +102,20 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0, plain Adam)")
     p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="outer learning rate (default: constant)")
     p.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
-                   help="keep the best validation checkpoint's weights or the last step's (default: best)")
+                   help="keep the best validation checkpoint's weights or the last step's (default: last)")
+    _add_refit_option(p)
+
+
+def _add_refit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refit", default=None, choices=REFITS,
+                   help="final models train on the train classes, or on train+val for the steps validation "
+                        "chose (default: train; export: the study's)")
 
 
 def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The learner's recipe options the user typed (the data ones go through _data_overrides)."""
-    return {name: getattr(args, name) for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint")
+    return {name: getattr(args, name)
+            for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint", "refit")
             if getattr(args, name, None) is not None}
 
 
@@ -145,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--pareto", action="store_true", help="export the Pareto front of score and size")
     export.add_argument("--retrain", action="store_true",
                         help="meta-train from scratch with the study's recipe, meta-test on the test classes")
-    export.add_argument("--refit", default="train", choices=("train", "train+val"),
-                        help="--retrain on the train classes, or on train+val for the steps validation chose "
-                             "(default: train)")
+    _add_refit_option(export)
     _add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
     export.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
@@ -342,12 +348,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir()}
     if args.data_root:
         data["data_root"] = args.data_root
-    cfg = cfg.replace(data=data, learner=_budget_overrides(args, cfg.learner)).validate()
+    if args.refit is not None and not args.retrain:
+        raise ConfigError(f"--refit {args.refit} chooses what --retrain trains on; add --retrain")
+    learner = _budget_overrides(args, cfg.learner)
+    if args.refit is not None:
+        learner["refit"] = args.refit
+    cfg = cfg.replace(data=data, learner=learner).validate()
     task = study_task(study)
     trials = select_trials(study, task, top=args.top, pareto=args.pareto)
     out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    for item in export_trials(study, cfg, trials, out, retrain_them=args.retrain, refit=args.refit, log=log,
+    for item in export_trials(study, cfg, trials, out, retrain_them=args.retrain, log=log,
                               progress=_step_printer() if args.retrain else None):
         line = f"rank {item.rank}: trial #{item.trial} -> {item.folder}"
         if "retrain" in item.card:
@@ -398,7 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("rotations", "augment"):
         if getattr(args, name) is None and name in recipe:
             data[name] = recipe[name]
-    for name in ("weight_decay", "lr_schedule", "checkpoint"):
+    for name in ("weight_decay", "lr_schedule", "checkpoint", "refit"):
         if name in recipe:
             learner[name] = recipe[name]
     if recipe.get("train_ways") not in (None, data["ways"]):

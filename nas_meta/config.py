@@ -30,6 +30,7 @@ __all__ = [
     "DEVICES",
     "LR_SCHEDULES",
     "CHECKPOINTS",
+    "REFITS",
 ]
 
 ALGOS = ("fomaml", "maml", "protonet")
@@ -38,6 +39,7 @@ PRUNERS = ("hyperband", "median", "none")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
+REFITS = ("train", "train+val")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class LearnerConfig:
     # search's score, evaluate and export --retrain all use these weights.  "last" by default: at
     # the recipe ablation's budgets the validation curve still rises, and "best" won nothing there.
     checkpoint: str = "last"
+    # What a final model (export --retrain, evaluate) trains on: the training classes, or training
+    # and validation classes for the step the validation curve chose.  Search candidates always
+    # train on the training classes: their score is the validation classes'.
+    refit: str = "train"
 
     def validate(self) -> None:
         if self.algo not in ALGOS:
@@ -126,6 +132,8 @@ class LearnerConfig:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose from {list(LR_SCHEDULES)}")
         if self.checkpoint not in CHECKPOINTS:
             raise ConfigError(f"unknown checkpoint {self.checkpoint!r}; choose from {list(CHECKPOINTS)}")
+        if self.refit not in REFITS:
+            raise ConfigError(f"unknown refit {self.refit!r}; choose from {list(REFITS)}")
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,8 @@ class RunConfig:
         """The training recipe: what, beyond the budget, decides how a backbone is meta-trained."""
         d, lr = self.data, self.learner
         return {"rotations": d.rotations, "augment": d.augment, "train_ways": lr.train_ways or d.ways,
-                "weight_decay": lr.weight_decay, "lr_schedule": lr.lr_schedule, "checkpoint": lr.checkpoint}
+                "weight_decay": lr.weight_decay, "lr_schedule": lr.lr_schedule, "checkpoint": lr.checkpoint,
+                "refit": lr.refit}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RunConfig:

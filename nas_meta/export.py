@@ -25,7 +25,7 @@ from torch import nn
 
 from . import graph, network
 from .analyze import best_trials
-from .config import RunConfig
+from .config import REFITS, RunConfig
 from .data import load_dataset
 from .errors import ConfigError, DataError, StudyError
 from .fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -126,9 +126,6 @@ def evaluate_arch(
     return _test_result(cfg, learner.to(device), dataset, test)
 
 
-REFITS = ("train", "train+val")
-
-
 def retrain(
     cfg: RunConfig,
     arch: Any,
@@ -137,7 +134,7 @@ def retrain(
     progress: Any = None,
     device: torch.device | None = None,
     test: Any = None,
-    refit: str = "train",
+    refit: str | None = None,
     log: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Meta-train ``arch`` from scratch with the config's budget and recipe (train classes,
@@ -145,11 +142,12 @@ def retrain(
     *test* classes (``test``: their sampler, made here by default).  Returns the learner and its
     results.
 
-    ``refit="train+val"``: after that run, a second model is trained from scratch on the training
+    ``refit`` (``cfg.learner.refit`` by default) ``"train+val"``: after that run, a second model is trained from scratch on the training
     and validation classes together, for the number of steps the first run's validation curve
     chose (its best checkpoint), without validation; that model is the one returned and tested.
     Test classes are never trained on either way.
     """
+    refit = cfg.learner.refit if refit is None else refit
     if refit not in REFITS:
         raise ConfigError(f"unknown refit {refit!r}; choose from {list(REFITS)}")
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
@@ -262,14 +260,11 @@ def export_trials(
     out: Path,
     *,
     retrain_them: bool = False,
-    refit: str = "train",
     progress: Any = None,
     log: Any = None,
 ) -> list[Exported]:
     """Write each trial's architecture files (and weights and test scores with ``retrain_them``,
-    trained on the classes ``refit`` names: see :func:`retrain`)."""
-    if refit != "train" and not retrain_them:
-        raise ConfigError(f"--refit {refit} chooses what --retrain trains on; add --retrain")
+    trained on the classes ``cfg.learner.refit`` names: see :func:`retrain`)."""
     dataset = load_dataset(cfg.data)
     task = dataset.task
     exported = []
@@ -303,7 +298,7 @@ def export_trials(
         if retrain_them:
             if log:
                 log(f"retraining rank {rank} (trial #{trial.number}) with the {cfg.preset} budget")
-            learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, refit=refit, log=log)
+            learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, log=log)
             save_weights(learner, folder / WEIGHTS)
             card["retrain"] = result
         graph.save_json(arch, folder / "arch.json")

@@ -300,18 +300,23 @@ def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) 
     results = tmp_path / "results"
     args = ["search", "--preset", "smoke", "--space", "chain", "--algo", "protonet", "--study", "r", "--trials", "1",
             "--results-dir", str(results), "--cache-dir", str(tmp_path / "cache"), "--rotations", "--augment",
-            "--train-ways", "6", "--weight-decay", "0.01", "--lr-schedule", "cosine", "--checkpoint", "last"]
+            "--train-ways", "6", "--weight-decay", "0.01", "--lr-schedule", "cosine", "--refit", "train+val",
+            "--checkpoint", "last"]
     assert main(args) == 0
     study = load_study("r", f"sqlite:///{results / 'r' / 'study.db'}")
     cfg = stored_config(study)
     assert cfg.recipe() == {"rotations": True, "augment": True, "train_ways": 6, "weight_decay": 0.01,
-                            "lr_schedule": "cosine", "checkpoint": "last"}
+                            "lr_schedule": "cosine", "checkpoint": "last", "refit": "train+val"}
     assert study.trials[0].user_attrs["weights_step"] == cfg.learner.iterations  # the last step's weights
     # Resuming under another recipe is refused: its scores would mean something else.
     assert main([*args[:-2], "--checkpoint", "best"]) == 2
     assert "was run with checkpoint='last', not 'best'" in capsys.readouterr().err
+    capsys.readouterr()
+    # The refit is the final model's business: a resume may change it.
+    assert main([*args[:-4], "--refit", "train", "--checkpoint", "last", "--trials", "1"]) == 0
     out = tmp_path / "export"
-    assert main(["export", "--study", "r", "--results-dir", str(results), "--retrain", "--refit", "train+val",
+    # export --retrain refits because the study's recipe says so (no --refit here).
+    assert main(["export", "--study", "r", "--results-dir", str(results), "--retrain",
                  "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     card = json.loads((out / "rank1" / "card.json").read_text())
     assert card["recipe"] == cfg.recipe()

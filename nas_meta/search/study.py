@@ -214,7 +214,8 @@ def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None
     }
     # The training recipe gives a score its meaning as much as the budget does.
     old_recipe, new_recipe = stored.recipe(), cfg.recipe()
-    keys.update({name: (old_recipe[name], new_recipe[name]) for name in old_recipe})
+    # (Except the refit, which only final models use.)
+    keys.update({name: (old_recipe[name], new_recipe[name]) for name in old_recipe if name != "refit"})
     for key, (old, new) in keys.items():
         if old != new:
             raise StudyError(
