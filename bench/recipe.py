@@ -135,7 +135,8 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
         per_episode = evaluate_episodes(model, sampler, TEST_EPISODES)
         scores[key] = [round(float(v), 6) for v in per_episode]
     return {
-        "row": name, "seed": seed, "label": spec["label"], "spec": {k: spec[k] for k in ("arch", "data", "learner", "refit")},
+        "row": name, "seed": seed, "label": spec["label"],
+        "spec": {k: spec[k] for k in ("arch", "data", "learner", "refit")},
         "train_cpu_s": round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
         "threads": torch.get_num_threads(), "curve": result["curve"], "weights_step": result["weights_step"],
         "refit": result.get("refit"), "test": scores,
@@ -183,8 +184,8 @@ def render_table(results: dict[tuple[str, int], dict[str, Any]]) -> str:
                     continue
                 prev = results.get((specs[name]["previous"], seed)) if specs[name]["previous"] else None
                 cells = [_pm(*mean_ci([100 * v for v in doc["test"][k]])) for k in keys]
-                deltas = [(_pm(*paired([100 * v for v in prev["test"][k]], [100 * v for v in doc["test"][k]]), sign=True)
-                           if prev else "-") for k in keys]
+                deltas = [_pm(*paired([100 * v for v in prev["test"][k]], [100 * v for v in doc["test"][k]]),
+                              sign=True) if prev else "-" for k in keys]
                 step = doc["refit"]["steps"] if doc.get("refit") else doc["weights_step"]
                 lines.append(f"| `{name}` | {seed} | {doc['label']} | " + " | ".join(cells + deltas)
                              + f" | {step} | {doc['train_cpu_s']:.0f} |")

@@ -319,6 +319,10 @@ RECIPE_FINDINGS = """**What the rows say** (CPU: a 2-core AMD EPYC, AVX2, no AVX
   1.1 points and costs a second training: the validation curve chose step 700 / 600, so the
   refit model trains 200-300 steps less than the model it replaces, on a curve that still rises.
   Default stays `train`.
+- **60-way training episodes** at equal CPU time (265 steps instead of 900, each 3.4x dearer):
+  -2.1 points within, both seeds (-1.8 / -2.3 on 20-way).  Snell et al.'s wider episodes pay at
+  their 60,000-step budget, not at this one: `--train-ways` stays `--ways` by default.
+FOMAML_FINDING
 
 **The target of 88% (20-way 1-shot within one held-out alphabet, at most 10 CPU-minutes) is not
 reached**: the best recipe gives 76.2-77.0%.  Where it stops, and why: (1) the budget: at 900

@@ -13,7 +13,6 @@ of state dicts, read with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +141,10 @@ def retrain(
     *test* classes (``test``: their sampler, made here by default).  Returns the learner and its
     results.
 
-    ``refit`` (``cfg.learner.refit`` by default) ``"train+val"``: after that run, a second model is trained from scratch on the training
-    and validation classes together, for the number of steps the first run's validation curve
-    chose (its best checkpoint), without validation; that model is the one returned and tested.
+    ``refit`` (``cfg.learner.refit`` by default) ``"train+val"``: after that run, a second model is
+    trained from scratch on the training and validation classes together, for the number of steps
+    the first run's validation curve chose (its best checkpoint), without validation; that model
+    is the one returned and tested.
     Test classes are never trained on either way.
     """
     refit = cfg.learner.refit if refit is None else refit

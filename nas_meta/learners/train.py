@@ -156,8 +156,8 @@ def meta_train(
     whatever ``report`` raises (``optuna.TrialPruned``) propagates.  With ``cfg.checkpoint ==
     "best"`` the learner ends with the weights of the best checkpoint (the first, on a tie: higher
     accuracy, or lower MSE for regression), and ``val_metric`` is that checkpoint's score.
-    ``val_sampler=None`` trains without validation (a refit) and ends with the last step's weights.  ``progress(step, iterations,
-    val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
+    ``val_sampler=None`` trains without validation (a refit) and ends with the last step's weights.
+    ``progress(step, iterations, val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
     backbone may contain (e.g. dropout) inside a forked RNG, so the caller's global RNG state is
     untouched and the same seed gives the same weights on the CPU; episodes come from the
     samplers, which the caller seeded.
