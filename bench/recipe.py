@@ -37,9 +37,11 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "recipe"
 # meta-batch 4, Adam 1e-3, validation every 100 steps on 100 episodes of the validation alphabets.
 BASE: dict[str, Any] = {
     "arch": "conv4",
-    "data": {"ways": 20, "shots": 1, "queries": 5},
+    # Every recipe field is pinned: a dataset default (omniglot's rotations and jitter) must not
+    # leak into a row that is meant to go without it.
+    "data": {"ways": 20, "shots": 1, "queries": 5, "rotations": False, "augment": False},
     "learner": {"algo": "protonet", "meta_batch": 4, "iterations": 900, "eval_every": 100, "val_episodes": 100,
-                "checkpoint": "last"},
+                "checkpoint": "last", "lr_schedule": "constant", "weight_decay": 0.0},
     "refit": "train",
 }
 
@@ -65,9 +67,9 @@ ALTERNATIVES: list[tuple[str, str, str, dict[str, Any]]] = [
 # First-order MAML, 5-way 1-shot (its head has 5 outputs, so it trains and tests 5-way).
 FOMAML_BASE: dict[str, Any] = {
     "arch": "conv4",
-    "data": {"ways": 5, "shots": 1, "queries": 5},
+    "data": {"ways": 5, "shots": 1, "queries": 5, "rotations": False, "augment": False},
     "learner": {"algo": "fomaml", "meta_batch": 4, "iterations": 900, "eval_every": 100, "val_episodes": 100,
-                "checkpoint": "last"},
+                "checkpoint": "last", "lr_schedule": "constant", "weight_decay": 0.0},
     "refit": "train",
 }
 FOMAML_ROWS: list[tuple[str, str, dict[str, Any]]] = [
@@ -182,10 +184,15 @@ def render_table(results: dict[tuple[str, int], dict[str, Any]]) -> str:
                 doc = results.get((name, seed))
                 if doc is None:
                     continue
-                prev = results.get((specs[name]["previous"], seed)) if specs[name]["previous"] else None
+                # The previous row of the chain that was run (a skipped row is named in the cell).
+                prev_name = specs[name]["previous"]
+                while prev_name and (prev_name, seed) not in results:
+                    prev_name = specs[prev_name]["previous"]
+                prev = results.get((prev_name, seed)) if prev_name else None
+                note = f" (vs `{prev_name}`)" if prev_name and prev_name != specs[name]["previous"] else ""
                 cells = [_pm(*mean_ci([100 * v for v in doc["test"][k]])) for k in keys]
                 deltas = [_pm(*paired([100 * v for v in prev["test"][k]], [100 * v for v in doc["test"][k]]),
-                              sign=True) if prev else "-" for k in keys]
+                              sign=True) + note if prev else "-" for k in keys]
                 step = doc["refit"]["steps"] if doc.get("refit") else doc["weights_step"]
                 lines.append(f"| `{name}` | {seed} | {doc['label']} | " + " | ".join(cells + deltas)
                              + f" | {step} | {doc['train_cpu_s']:.0f} |")

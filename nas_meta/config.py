@@ -287,8 +287,9 @@ PAPER_PROTONET_TRAIN_WAYS = 60
 # Per-dataset protocol values, applied after the preset and before the user's own values.
 # Sinusoid: Finn et al. (2017, section 5.1) used an inner step size of 0.01; Omniglot's 0.4
 # makes the regression diverge.
-# Omniglot: rotated training classes and affine jitter won at equal CPU time in every setting of
-# the recipe ablation (bench/recipe.py; results/README.md); neither costs a training step.
+# Omniglot: rotated training classes and affine jitter won at equal CPU time in every ProtoNet
+# row of the recipe ablation, both seeds (bench/recipe.py; results/README.md); neither costs a
+# training step.  (Its FOMAML rows disagreed between seeds.)
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sinusoid": {"learner": {"inner_lr": 0.01}},
     "omniglot": {"data": {"rotations": True, "augment": True}},
