@@ -64,21 +64,11 @@ ALTERNATIVES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("long", "cosine", "`cosine` for 2000 steps (over the 10 CPU-minute budget)",
      {"learner": {"iterations": 2000, "eval_every": 200}}),
 ]
-# First-order MAML, 5-way 1-shot (its head has 5 outputs, so it trains and tests 5-way).
-FOMAML_BASE: dict[str, Any] = {
-    "arch": "conv4",
-    "data": {"ways": 5, "shots": 1, "queries": 5, "rotations": False, "augment": False},
-    "learner": {"algo": "fomaml", "meta_batch": 4, "iterations": 900, "eval_every": 100, "val_episodes": 100,
-                "checkpoint": "last", "lr_schedule": "constant", "weight_decay": 0.0},
-    "refit": "train",
-}
-FOMAML_ROWS: list[tuple[str, str, dict[str, Any]]] = [
-    ("fomaml-shipped", "FOMAML as shipped", {}),
-    ("fomaml-rotations", "+ rotated training classes", {"data": {"rotations": True}}),
-    ("fomaml-augment", "+ affine jitter", {"data": {"augment": True}}),
-    ("fomaml-best", "+ best checkpoint", {"learner": {"checkpoint": "best"}}),
-    ("fomaml-cosine", "+ cosine schedule", {"learner": {"lr_schedule": "cosine"}}),
-]
+# First-order MAML, 5-way 1-shot (its head has 5 outputs, so it trains and tests 5-way): the same
+# protocol and the first five ProtoNet rows.
+FOMAML_CHANGES: dict[str, Any] = {"data": {"ways": 5}, "learner": {"algo": "fomaml"}}
+FOMAML_ROWS: list[tuple[str, str, dict[str, Any]]] = [(f"fomaml-{name}", label, changes)
+                                                      for name, label, changes in PROTONET_ROWS[:5]]
 
 TEST_EPISODES = 600
 # Test episode kinds: (key, ways, within one alphabet).  ProtoNet rows are scored on all three;
@@ -99,7 +89,7 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def row_specs() -> dict[str, dict[str, Any]]:
     """Every row's full spec: what it adds, its config sections, the row it is compared with."""
     specs: dict[str, dict[str, Any]] = {}
-    for base, rows in ((BASE, PROTONET_ROWS), (FOMAML_BASE, FOMAML_ROWS)):
+    for base, rows in ((BASE, PROTONET_ROWS), (_merge(BASE, FOMAML_CHANGES), FOMAML_ROWS)):
         spec, previous = base, None
         for name, label, changes in rows:
             spec = _merge(spec, changes)

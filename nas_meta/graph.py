@@ -1,6 +1,6 @@
 """Architecture graphs: validate, fingerprint, JSON/GraphML io (pictures: nas_meta.draw).  No torch here.
 
-An architecture is a plain ``networkx.DiGraph`` (contract in /work/contracts.md):
+An architecture is a plain ``networkx.DiGraph``:
 
 - ``arch.graph``: ``{"space": name, "kind": "cell"|"chain"|"mlp", "params": {choice: value}}``;
 - node ids are strings; node attributes ``op`` (a name in ``nas_meta.ops.OPS``; the one source has
