@@ -1,0 +1,191 @@
+"""The fidelity bench: how well does each cheap score rank architectures against a long meta-training?
+
+    .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 [--shard 0/2]
+    .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 --algo fomaml \\
+        --reference 300:200 --budgets "" --proxies ""          # the same architectures under MAML
+    .venv/bin/python bench/fidelity.py table                    # markdown + last line
+
+``run`` draws ``--archs`` distinct architectures of the space (seeded; Conv-4 first in ``chain``)
+and, for each, on the minimal Omniglot sets (``lake`` split, alphabets held out; the ``omniglot``
+recipe defaults: rotated training classes and affine jitter): every training-free proxy at
+initialisation, then one meta-training of ``--reference`` steps that is scored at each reduced
+``--budgets`` step on that budget's number of validation episodes, and at the end on the
+reference's own (differently drawn) validation episodes.  One JSON per architecture goes to
+``results/fidelity/<space>-<algo>-<ways>w<shots>s/`` (git-ignored), so a rerun resumes and
+``--archs`` can grow later; ``--shard i/k`` lets k processes (one thread each) split the work.
+
+``table`` gives, per estimator and space: Kendall's tau-b and Spearman's rho against the reference
+with bootstrap 95% CIs (architectures resampled), the top-10% recall, and the CPU seconds per
+architecture; and the ProtoNet-to-MAML transfer when both were run.  Its last line is
+``tau_<estimator>=<value>`` pairs for the chain space (ProtoNet, 5-way 1-shot; ``--last`` picks another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "fidelity"
+DEFAULT_BUDGETS = "20:40,80:40,80:200,240:200"  # 80:40 is the quick preset's search score
+DEFAULT_PROXIES = "params,flops,synflow,naswot,grad_norm,snip,proto_acc"
+VAL_SEED_OFFSET = 7_919  # as the search's (objective.py): the budgets see the search's episodes
+REFERENCE_SEED_OFFSET = 31_337  # another draw of validation episodes for the reference
+
+
+def folder(space: str, algo: str, ways: int, shots: int) -> Path:
+    return RESULTS / f"{space}-{algo}-{ways}w{shots}s"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_meta.config import make_config
+    from nas_meta.data import load_dataset
+    from nas_meta.fileio import atomic_write_json
+    from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
+    from nas_meta.search.runner import load_known_arch
+    from nas_meta.spaces import load_space
+
+    budgets = [Budget.parse(b) for b in args.budgets.split(",") if b]
+    reference = Budget.parse(args.reference)
+    proxies = [p for p in args.proxies.split(",") if p]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": args.root, "cache_dir": args.cache_dir,
+                                     "split": "lake", "ways": args.ways, "shots": args.shots, "queries": 5},
+                      learner={"algo": args.algo, "meta_batch": 4, "iterations": reference.steps,
+                               "eval_every": reference.steps, "val_episodes": 40},
+                      seed=args.seed, device="cpu")
+    dataset = load_dataset(cfg.data)
+    space = load_space(args.space)
+    include = [load_known_arch("conv4")[1]] if args.space == "chain" else []
+    archs = draw_architectures(space, args.archs, args.seed, include=include)
+    out = folder(args.space, args.algo, args.ways, args.shots)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, arch in enumerate(archs):
+        path = out / f"{index:03d}.json"
+        if index % shards != shard or path.exists():
+            continue
+        t0 = time.process_time()
+        record = score_architecture(cfg, arch, dataset, budgets=budgets, reference=reference, proxies=proxies,
+                                    seed=args.seed, val_seed=args.seed + VAL_SEED_OFFSET,
+                                    reference_seed=args.seed + REFERENCE_SEED_OFFSET)
+        record.update(index=index, space=args.space, algo=args.algo, ways=args.ways, shots=args.shots,
+                      seed=args.seed, threads=torch.get_num_threads(),
+                      cpu_s=round(time.process_time() - t0, 1),
+                      recipe=cfg.recipe(), command=" ".join(["python bench/fidelity.py run OMNIGLOT_ROOT",
+                                                             *sys.argv[3:]]))
+        atomic_write_json(path, record)
+        ref = record["reference"]
+        print(f"{index:3d} {record['params']:>8,} params  reference {100 * ref['score']:.2f}%  "
+              f"{record['cpu_s']:.0f} CPU s", flush=True)
+    return 0
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(path.glob("[0-9]*.json"))]
+
+
+def estimators(records: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """{estimator: (its value per architecture, its CPU seconds per architecture)}."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for name in records[0].get("proxies", {}):
+        out[name] = ([r["proxies"][name]["value"] for r in records], [r["proxies"][name]["cpu_s"] for r in records])
+    for i, b in enumerate(records[0].get("budgets", [])):
+        out[f"train{b['steps']}@{b['val_episodes']}"] = ([r["budgets"][i]["score"] for r in records],
+                                                        [r["budgets"][i]["cpu_s"] for r in records])
+    return out
+
+
+def table(args: argparse.Namespace) -> int:
+    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau, spearman_rho, top_recall
+
+    lines, last = [], {}
+    for path in sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []:
+        records = [r for r in load(path) if r.get("reference")]
+        if len(records) < 4:
+            continue
+        reference = [r["reference"]["score"] for r in records]
+        ref = records[0]["reference"]
+        ref_cpu = sum(r["reference"]["cpu_s"] for r in records) / len(records)
+        lines += [f"### `{path.name}`: {len(records)} architectures, reference {ref['steps']} steps scored on "
+                  f"{ref['val_episodes']} validation episodes ({ref_cpu:.0f} CPU s per architecture; "
+                  f"reference scores {100 * min(reference):.1f}-{100 * max(reference):.1f}%)", "",
+                  "| estimator | Kendall tau (95% CI) | Spearman rho (95% CI) | top-10% recall | CPU s per arch |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, (values, cpu) in estimators(records).items():
+            tau, rho = kendall_tau(values, reference), spearman_rho(values, reference)
+            tau_ci = bootstrap_ci(kendall_tau, values, reference)
+            rho_ci = bootstrap_ci(spearman_rho, values, reference)
+            recall = top_recall(values, reference)
+            lines.append(f"| {name} | {tau:.2f} [{tau_ci[0]:.2f}, {tau_ci[1]:.2f}] | {rho:.2f} "
+                         f"[{rho_ci[0]:.2f}, {rho_ci[1]:.2f}] | {recall:.2f} | {sum(cpu) / len(cpu):.1f} |")
+            if path.name == args.last:
+                last[f"tau_{name.replace('@', '_')}"] = tau
+        lines.append("")
+    lines += transfer()
+    print("\n".join(lines))
+    print(" ".join(f"{k}={v:.3f}" for k, v in last.items() if not math.isnan(v)))
+    return 0
+
+
+def transfer() -> list[str]:
+    """ProtoNet's reference ranking against MAML's on the same architectures (same draw)."""
+    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau
+
+    out = []
+    for proto in sorted(RESULTS.glob("*-protonet-*")):
+        space = proto.name.split("-protonet-")[0]
+        for other in sorted(RESULTS.glob(f"{space}-*maml-*")):
+            a = {r["fingerprint"]: r["reference"]["score"] for r in load(proto) if r.get("reference")}
+            b = {r["fingerprint"]: (r["reference"]["score"], r["reference"]["steps"]) for r in load(other)
+                 if r.get("reference")}
+            common = sorted(set(a) & set(b))
+            if len(common) < 4:
+                continue
+            x, y = [a[k] for k in common], [b[k][0] for k in common]
+            lo, hi = bootstrap_ci(kendall_tau, x, y)
+            out.append(f"Transfer `{proto.name}` -> `{other.name}` ({len(common)} architectures, "
+                       f"MAML reference {b[common[0]][1]} steps): Kendall tau {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}]")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="score architectures (resumes)")
+    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    r.add_argument("--space", default="chain")
+    r.add_argument("--archs", type=int, default=30)
+    r.add_argument("--algo", default="protonet")
+    r.add_argument("--ways", type=int, default=5)
+    r.add_argument("--shots", type=int, default=1)
+    r.add_argument("--budgets", default=DEFAULT_BUDGETS, help="STEPS:VAL_EPISODES,... (empty: none)")
+    r.add_argument("--reference", default="600:400", help="STEPS:VAL_EPISODES of the reference")
+    r.add_argument("--proxies", default=DEFAULT_PROXIES, help="comma-separated (empty: none)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")
+    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    t = sub.add_parser("table", help="the rank table and last line")
+    t.add_argument("--last", default="chain-protonet-5w1s", help="the results folder of the last line")
+    parser.add_argument("--results", default=str(RESULTS), help="where the per-architecture JSON live")
+    args = parser.parse_args(argv)
+    RESULTS = Path(args.results)
+    if args.command == "table":
+        return table(args)
+    if not Path(args.root).is_dir():
+        print(f"fidelity.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Fidelities: cheap estimators of the score a long meta-training gives, and how well they rank.
+
+A *fidelity* is any way to score a candidate that costs less than the reference (a long
+meta-training scored on many validation episodes): a training-free proxy at initialisation
+(proxies.py) or a reduced meta-training budget (fewer steps, fewer validation episodes).
+``score_architecture`` trains one backbone once and reads every reduced budget off the way: with
+a constant learning rate and the last step's weights, the first k steps of a long run *are* a
+k-step run (same seed, same episodes, same optimizer state), so the budgets cost nothing extra
+but their own validation.  ``bench/fidelity.py`` runs it over many architectures; the rank
+statistics below turn its records into the table of ``results/README.md``.
+
+    >>> kendall_tau([1, 2, 3, 4], [10, 20, 40, 30])
+    0.6666666666666666
+    >>> round(spearman_rho([1, 2, 3, 4], [10, 20, 40, 30]), 6)
+    0.8
+    >>> top_recall([4, 3, 2, 1], [4, 3, 1, 2], fraction=0.5)
+    1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from .. import graph, network
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..learners import build_learner, evaluate_episodes, meta_train
+from .proxies import ProxyInputs, compute_proxies
+
+__all__ = [
+    "Budget",
+    "draw_architectures",
+    "score_architecture",
+    "kendall_tau",
+    "spearman_rho",
+    "top_recall",
+    "bootstrap_ci",
+]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A reduced (or the reference) meta-training: ``steps`` outer steps, then the mean validation
+    score over ``val_episodes`` episodes."""
+
+    steps: int
+    val_episodes: int
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``"80:40"`` -> Budget(80, 40)."""
+        try:
+            steps, episodes = (int(v) for v in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"bad budget {text!r}: write STEPS:VAL_EPISODES, e.g. 80:40") from None
+        if steps < 1 or episodes < 1:
+            raise ConfigError(f"bad budget {text!r}: steps and episodes must be positive")
+        return cls(steps, episodes)
+
+    def __str__(self) -> str:
+        return f"{self.steps}:{self.val_episodes}"
+
+
+def draw_architectures(space: Any, n: int, seed: int, *, include: Sequence[nx.DiGraph] = ()) -> list[nx.DiGraph]:
+    """``n`` architectures with distinct fingerprints: ``include`` first, then uniform draws of
+    ``space`` from ``random.Random(seed)``.  The same arguments give the same list, in order."""
+    rng = random.Random(seed)
+    out: list[nx.DiGraph] = []
+    seen: set[str] = set()
+    for arch in include:
+        key = graph.fingerprint(arch)
+        if key not in seen:
+            seen.add(key)
+            out.append(arch)
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 100 * n:
+            raise ConfigError(f"space {space.name!r} has fewer than {n} distinct architectures to draw")
+        arch = space.sample(rng)
+        key = graph.fingerprint(arch)
+        if key not in seen:
+            seen.add(key)
+            out.append(arch)
+    return out[:n]
+
+
+def score_architecture(
+    cfg: RunConfig,
+    arch: nx.DiGraph,
+    dataset: Any,
+    *,
+    budgets: Sequence[Budget],
+    reference: Budget,
+    proxies: Sequence[str],
+    seed: int,
+    val_seed: int,
+    reference_seed: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Every fidelity of one architecture, with its CPU seconds.
+
+    The backbone is built from ``seed`` and trained for ``reference.steps`` steps with
+    ``cfg``'s learner and recipe (which must keep a constant rate and the last step's weights, so
+    that each budget's score is exactly what a run of that many steps gives).  After step
+    ``b.steps`` of each budget ``b`` the learner is scored on ``b.val_episodes`` validation
+    episodes drawn from ``val_seed`` (the same episodes for every architecture); the reference is
+    scored on episodes from ``reference_seed``, a different draw, so its noise is independent of
+    the budgets'.  A budget's CPU seconds are the training up to its step plus its own
+    validation; the proxies are computed first, on the untrained backbone, one batch of training
+    episodes (``cfg.learner.meta_batch`` of them, no jitter) and validation episodes from ``val_seed``.
+    """
+    lc = cfg.learner
+    if lc.lr_schedule != "constant" or lc.checkpoint != "last":
+        raise ConfigError("fidelity budgets are prefixes of one run: use lr_schedule 'constant' and checkpoint 'last'")
+    steps = sorted({b.steps for b in budgets} | {reference.steps})
+    if steps[-1] != reference.steps:
+        raise ConfigError(f"every budget must be at most the reference's {reference.steps} steps, got {steps[-1]}")
+    device = torch.device(device)
+    d = cfg.data
+    ways = d.ways
+    backbone = network.build(arch, dataset.input_shape, seed=seed)
+    learner = build_learner(lc, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(device)
+    record: dict[str, Any] = {
+        "fingerprint": graph.fingerprint(arch),
+        "arch": graph.to_json(arch),
+        "params": network.count_params(backbone),
+    }
+
+    def val_sampler(val: int) -> Any:
+        return dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val, device=device)
+
+    if proxies:
+        batch = dataset.sampler("train", ways=lc.train_ways or ways, shots=d.shots, queries=d.queries, seed=seed,
+                                device=device).sample(lc.meta_batch)
+        inputs = ProxyInputs(backbone, learner, batch, tuple(dataset.input_shape), val_sampler(val_seed),
+                             val_episodes=lc.val_episodes)
+        record["proxies"] = {name: {"value": v, "cpu_s": round(s, 3)}
+                             for name, (v, s) in compute_proxies(inputs, proxies).items()}
+
+    train = dataset.sampler("train", ways=lc.train_ways or ways, shots=d.shots, queries=d.queries, seed=seed,
+                            device=device, augment=d.augment)
+    by_step: dict[int, list[Budget]] = {}
+    for b in budgets:
+        by_step.setdefault(b.steps, []).append(b)
+    results: list[dict[str, Any]] = []
+    ref: dict[str, Any] = {}
+    eval_cpu = 0.0  # validation CPU so far, not charged to later budgets
+    start = time.process_time()
+
+    def checkpoint(step: int, total: int, _value: float | None) -> None:
+        nonlocal eval_cpu
+        if progress is not None:
+            progress(step, total)
+        todo = [(b, val_seed) for b in by_step.get(step, [])]
+        if step == reference.steps:
+            todo.append((reference, reference_seed))
+        for b, val in todo:
+            train_cpu = time.process_time() - start - eval_cpu
+            t0 = time.process_time()
+            score = float(evaluate_episodes(learner, val_sampler(val), b.val_episodes,
+                                            tasks_per_batch=lc.meta_batch).mean())
+            spent = time.process_time() - t0
+            eval_cpu += spent
+            entry = {"steps": b.steps, "val_episodes": b.val_episodes, "score": score,
+                     "cpu_s": round(train_cpu + spent, 2)}
+            if b is reference and val == reference_seed:
+                ref.update(entry)
+            else:
+                results.append(entry)
+
+    meta_train(learner, train, None, dataclasses.replace(lc, iterations=reference.steps),
+               seed=seed, device=device, progress=checkpoint)
+    record["budgets"] = results
+    record["reference"] = ref
+    return record
+
+
+# --- rank statistics --------------------------------------------------------------------------
+
+
+def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need two equal-length 1-D sequences, got shapes {a.shape} and {b.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    return a[keep], b[keep]
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties counted as in scipy.stats.kendalltau); pairs with a non-finite value
+    are dropped; NaN when fewer than two remain or one side is constant."""
+    a, b = _finite_pairs(x, y)
+    if len(a) < 2:
+        return math.nan
+    sa = np.sign(a[:, None] - a[None, :])
+    sb = np.sign(b[:, None] - b[None, :])
+    upper = np.triu_indices(len(a), 1)
+    concordance = float((sa * sb)[upper].sum())
+    na, nb = float((sa[upper] != 0).sum()), float((sb[upper] != 0).sum())
+    if na == 0 or nb == 0:
+        return math.nan
+    return concordance / math.sqrt(na * nb)
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties sharing their mean rank."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v), dtype=float)
+    ranks[order] = np.arange(1, len(v) + 1)
+    for value in np.unique(v):
+        tied = v == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the average ranks (non-finite pairs dropped)."""
+    a, b = _finite_pairs(x, y)
+    if len(a) < 2:
+        return math.nan
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_recall(estimate: Sequence[float], reference: Sequence[float], *, fraction: float = 0.1) -> float:
+    """Of the reference's top ``fraction`` (at least one), the share the estimate also puts in its top
+    ``fraction``; higher is better on both sides."""
+    a, b = _finite_pairs(estimate, reference)
+    if len(a) == 0:
+        return math.nan
+    k = max(1, math.ceil(fraction * len(a)))
+    top_est = set(np.argsort(-a, kind="mergesort")[:k].tolist())
+    top_ref = set(np.argsort(-b, kind="mergesort")[:k].tolist())
+    return len(top_est & top_ref) / k
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile 95% interval of ``statistic(x, y)`` over architectures resampled with replacement."""
+    a, b = _finite_pairs(x, y)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(a), len(a))
+        v = statistic(a[idx], b[idx])
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
