@@ -57,18 +57,22 @@ def metric_column(task: str) -> str:
 
 
 TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
-                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline", "interrupted"]
+                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline", "interrupted",
+                 "screened", "promoted_to"]
 
 
 def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFrame:
     """One row per trial: number, state, score, params, FLOPs, fingerprint, seconds, notes, and
     the architecture choices as ``choice:<name>`` columns.  Exactly the study's trials, in order.
-    A pruned trial's score is its last reported validation score."""
+    A pruned trial's score is its last reported validation score.  A screening trial (scored by a
+    training-free proxy only, see search/screening.py) has no score: its ``screened`` column holds
+    ``proxy=value`` instead, and ``promoted_to`` the trial that meta-trained it if it won its pool."""
     metric = metric_column(task)
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        value = t.values[0] if t.values else None
+        screening = attrs.get("screening")
+        value = t.values[0] if t.values and screening is None else None
         if value is None and attrs.get("curve"):
             value = attrs["curve"][-1][1]
         row = {
@@ -85,6 +89,8 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
             "surplus": bool(attrs.get("surplus", False)),
             "baseline": attrs.get("baseline"),
             "interrupted": attrs.get("interrupted") or t.system_attrs.get("interrupted"),
+            "screened": _screened(screening),
+            "promoted_to": attrs.get("promoted_to"),
         }
         row.update({f"choice:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -94,10 +100,16 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
         return pd.DataFrame(columns=columns)
     choice_cols = sorted(c for c in frame.columns if c.startswith("choice:"))
     frame = frame[columns + choice_cols]
-    for col in ("params", "flops", "duplicate_of", "pruned_at"):
+    for col in ("params", "flops", "duplicate_of", "pruned_at", "promoted_to"):
         frame[col] = frame[col].astype("Int64")
     frame[metric] = frame[metric].astype(float)
     return frame
+
+
+def _screened(screening: dict | None) -> str | None:
+    if not screening or "value" not in screening:
+        return f"{screening['proxy']}=?" if screening else None
+    return f"{screening['proxy']}={screening['value']:.4g}"
 
 
 def ranked_frame(study: optuna.Study, task: str, sampler: str = "") -> pd.DataFrame:
@@ -125,6 +137,12 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
     frame = frame[~frame["surplus"].astype(bool)] if len(frame) else frame
 
     def note(row: pd.Series) -> str:
+        if isinstance(row["screened"], str):
+            if not pd.isna(row["promoted_to"]):
+                return f"screened {row['screened']}: best of its pool, trained as #{int(row['promoted_to'])}"
+            if row["state"] == "FAIL":
+                return f"screening interrupted ({row['screened']})"
+            return f"screened out, {row['screened']}"
         if isinstance(row["baseline"], str):
             return f"baseline {row['baseline']}"
         if not pd.isna(row["duplicate_of"]):

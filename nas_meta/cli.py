@@ -20,7 +20,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import ALGOS, CHECKPOINTS, DEVICES, LR_SCHEDULES, PRESETS, PRUNERS, REFITS, SAMPLERS, make_config
+from .config import (
+    ALGOS,
+    CHECKPOINTS,
+    DEFAULT_PRESCREEN_POOL,
+    DEVICES,
+    LR_SCHEDULES,
+    PRESETS,
+    PRUNERS,
+    REFITS,
+    SAMPLERS,
+    make_config,
+)
 from .errors import ConfigError, NasMetaError
 
 __all__ = ["main", "build_parser"]
@@ -56,7 +67,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     _add_recipe_options(p)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
-    p.add_argument("--pruner", default="none", choices=PRUNERS, help="early stopping (default: none)")
+    p.add_argument("--pruner", default="none", choices=PRUNERS,
+                   help="early stopping; halving: successive halving, 3 rungs (default: none)")
+    p.add_argument("--prescreen", default=None, metavar="PROXY",
+                   help="score --prescreen-pool candidates by this training-free proxy (README: Screening) "
+                        "and meta-train only the best of each pool (default: no screening)")
+    p.add_argument("--prescreen-pool", type=int, default=None, metavar="K",
+                   help=f"candidates screened per meta-trained one (default with --prescreen: {DEFAULT_PRESCREEN_POOL})")
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
     p.add_argument("--results-dir", default="results", help="output folder (default: results)")
@@ -200,7 +217,12 @@ def _search_config(args: argparse.Namespace):
             data[name] = getattr(args, name)
     search: dict[str, Any] = {"space": args.space, "sampler": args.sampler, "pruner": args.pruner,
                               "study": args.study, "storage": args.storage, "trial_timeout": args.trial_timeout,
-                              "enqueue": tuple(args.baseline) + tuple(args.enqueue)}
+                              "enqueue": tuple(args.baseline) + tuple(args.enqueue),
+                              "prescreen": args.prescreen}
+    if args.prescreen_pool is not None:
+        search["prescreen_pool"] = args.prescreen_pool
+    elif args.prescreen is not None:
+        search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
     if args.trials is not None:
         search["trials"] = args.trials
     learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile,

@@ -31,15 +31,17 @@ __all__ = [
     "LR_SCHEDULES",
     "CHECKPOINTS",
     "REFITS",
+    "DEFAULT_PRESCREEN_POOL",
 ]
 
 ALGOS = ("fomaml", "maml", "protonet")
 SAMPLERS = ("evolution", "nsga2", "random", "tpe")
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("halving", "hyperband", "median", "none")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
 REFITS = ("train", "train+val")
+DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --prescreen is given
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,11 @@ class SearchConfig:
     # Known architectures trained first, each an arch JSON path or a one-point space (conv4):
     # the search then reports how far the found ones beat them.
     enqueue: tuple[str, ...] = ()
+    # Screening: per meta-trained candidate, draw ``prescreen_pool`` from the sampler, score each by
+    # the training-free proxy ``prescreen`` (search/proxies.py) and meta-train only the best.  The
+    # others stay in the study as pruned trials with their proxy score.  None = no screening.
+    prescreen: str | None = None
+    prescreen_pool: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))  # JSON gives a list
@@ -159,6 +166,13 @@ class SearchConfig:
             raise ConfigError(f"unknown pruner {self.pruner!r}; choose from {list(PRUNERS)}")
         if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
             raise ConfigError(f"--trials must be a positive integer, got {self.trials!r}")
+        pool = self.prescreen_pool
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+            raise ConfigError(f"--prescreen-pool must be a positive integer, got {pool!r}")
+        if self.prescreen is None and pool > 1:
+            raise ConfigError(f"--prescreen-pool {pool} needs --prescreen PROXY (the score that picks from the pool)")
+        if self.prescreen is not None and pool < 2:
+            raise ConfigError(f"--prescreen {self.prescreen!r} needs --prescreen-pool of at least 2, got {pool}")
         if self.trial_timeout is not None and not (
             isinstance(self.trial_timeout, (int, float)) and 0 < self.trial_timeout < float("inf")
         ):

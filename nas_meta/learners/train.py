@@ -147,6 +147,7 @@ def meta_train(
     device: torch.device | None = None,
     report: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int, float | None], None] | None = None,
+    checkpoints: Sequence[tuple[int, int]] | None = None,
 ) -> TrainResult:
     """Meta-train ``learner`` in place with Adam (AdamW with ``cfg.weight_decay``) for
     ``cfg.iterations`` outer steps, the learning rate constant or cosine-decayed (``cfg.lr_schedule``).
@@ -157,6 +158,8 @@ def meta_train(
     "best"`` the learner ends with the weights of the best checkpoint (the first, on a tie: higher
     accuracy, or lower MSE for regression), and ``val_metric`` is that checkpoint's score.
     ``val_sampler=None`` trains without validation (a refit) and ends with the last step's weights.
+    ``checkpoints``, a list of (step, validation episodes), replaces that plan (the
+    rungs of successive halving, whose later checkpoints are scored on more episodes).
     ``progress(step, iterations, val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
     backbone may contain (e.g. dropout) inside a forked RNG, so the caller's global RNG state is
     untouched and the same seed gives the same weights on the CPU; episodes come from the
@@ -167,7 +170,11 @@ def meta_train(
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = make_optimizer(learner, cfg)
     schedule = make_schedule(optimizer, cfg)
-    checkpoints = set(_checkpoints(cfg.iterations, cfg.eval_every)) if val_sampler is not None else set()
+    plan: dict[int, int] = {}  # step -> validation episodes
+    if val_sampler is not None and checkpoints is not None:
+        plan = {int(step): int(episodes) for step, episodes in checkpoints if 1 <= step <= cfg.iterations}
+    elif val_sampler is not None:
+        plan = dict.fromkeys(_checkpoints(cfg.iterations, cfg.eval_every), cfg.val_episodes)
     higher_is_better = getattr(learner, "task", "classification") == "classification"
     keep_best = cfg.checkpoint == "best"
     curve: list[tuple[int, float]] = []
@@ -186,9 +193,9 @@ def meta_train(
             if schedule is not None:
                 schedule.step()
             val: float | None = None
-            if step in checkpoints:
+            if step in plan:
                 assert val_sampler is not None
-                per_episode = evaluate_episodes(learner, val_sampler, cfg.val_episodes, tasks_per_batch=cfg.meta_batch)
+                per_episode = evaluate_episodes(learner, val_sampler, plan[step], tasks_per_batch=cfg.meta_batch)
                 val = float(per_episode.mean())
                 curve.append((step, val))
                 if _improves(val, best[1], higher_is_better):

@@ -19,7 +19,8 @@ from .. import graph, network
 from ..config import RunConfig
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
-from .study import CANDIDATE_FAILURE_ATTR, counted_trials
+from .proxies import ProxyInputs
+from .study import CANDIDATE_FAILURE_ATTR, counted_trials, halving_rungs
 
 __all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "VAL_SEED_OFFSET"]
 
@@ -99,6 +100,22 @@ class Objective:
         splits cannot supply the episodes asked for."""
         return episode_samplers(self.cfg, self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device)
 
+    def proxy_inputs(self, arch: Any, trial_number: int) -> ProxyInputs:
+        """What a training-free proxy sees of a candidate: its backbone as the trial would
+        initialise it, its learner, one batch of training episodes (no jitter) and the search's
+        validation episodes (the same for every candidate)."""
+        seed = trial_seed(self.cfg.seed, trial_number)
+        backbone = network.build(arch, self.dataset.input_shape, seed=seed)
+        learner = build_learner(self.cfg.learner, backbone, feature_dim=backbone.feature_dim,
+                                ways=self.ways, task=self.dataset.task).to(self.device)
+        d, lc = self.cfg.data, self.cfg.learner
+        classification = self.dataset.task == "classification"
+        train_ways = (lc.train_ways or self.ways) if classification else 1
+        batch = self.dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=seed,
+                                     device=self.device).sample(lc.meta_batch)
+        val = self.make_samplers(seed)[1] if classification else None
+        return ProxyInputs(backbone, learner, batch, tuple(self.dataset.input_shape), val, lc.val_episodes)
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._step = 0
         try:
@@ -167,9 +184,12 @@ class Objective:
             if timeout is not None and time.perf_counter() - start > timeout:
                 raise _TrialTimeout(f"exceeded --trial-timeout {timeout:g}s at step {step}/{total}")
 
+        schedule = halving_rungs(self.cfg) if self.cfg.search.pruner == "halving" else None
+        if schedule is not None:
+            trial.set_user_attr("rungs", schedule)  # (step, validation episodes) of each rung
         try:
             result = meta_train(learner, train_sampler, val_sampler, self.cfg.learner, seed=seed,
-                                report=report, progress=progress)
+                                report=report, progress=progress, checkpoints=schedule)
         except Diverged as exc:
             self._fail(trial, f"diverged: {exc}")
         except torch.OutOfMemoryError as exc:

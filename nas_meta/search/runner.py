@@ -78,6 +78,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Validate everything a search needs before anything is written: the config, the space, the
     data and its splits, the device.  A user mistake raises here, and no folder exists yet."""
     cfg.validate()
+    if cfg.search.prescreen is not None:
+        from .proxies import PROXIES
+
+        PROXIES.get(cfg.search.prescreen)  # ConfigError naming the proxies
     space = load_space(cfg.search.space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
@@ -121,12 +125,20 @@ def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) ->
     task = prepared.objective.dataset.task
     progress = SearchProgress(total=cfg.search.trials, task=task, stream=stream)
     prepared.hooks.started, prepared.hooks.step = progress.trial_started, progress.step
+    queue_next = None
+    if cfg.search.prescreen is not None:
+        from .screening import screen
+
+        def queue_next(study: optuna.Study) -> None:
+            screen(study, prepared.objective)
+
     return optimize_until(
         study,
         prepared.objective,
         target=cfg.search.trials,
         callbacks=[progress.trial_finished],
         catch=(CandidateFailure,),
+        queue_next=queue_next,
     )
 
 

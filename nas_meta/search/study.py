@@ -33,6 +33,7 @@ __all__ = [
     "stored_config",
     "counted_trials",
     "redact_url",
+    "halving_rungs",
 ]
 
 CONFIG_ATTR = "nas_meta:config"
@@ -43,6 +44,16 @@ FORMAT_VERSION = 1
 # A trial that stopped through no fault of its candidate (killed process, Ctrl-C) is retried and
 # does not use up the budget; one whose candidate diverged or ran out of time does.
 CANDIDATE_FAILURE_ATTR = "failure"
+
+# A candidate scored only by a training-free proxy and not meta-trained (screening.py).  Such a
+# trial never uses up the budget: --trials counts meta-trained candidates.
+SCREENING_ATTR = "screening"
+
+# Successive halving (--pruner halving): each rung trains HALVING_RATE times longer than the one
+# before and validates on twice as many episodes; a trial goes on only if it is in the top
+# 1/HALVING_RATE of those that reached its rung.
+HALVING_RATE = 3
+HALVING_RUNGS = 3
 
 # A dead worker's heartbeat stops; after the grace period its RUNNING trial is failed and re-queued.
 HEARTBEAT_INTERVAL_S = 30
@@ -74,18 +85,45 @@ def _evolution(seed: int) -> optuna.samplers.BaseSampler:
 
 
 @PRUNER_BUILDERS.register("none")
-def _no_pruner() -> optuna.pruners.BasePruner:
+def _no_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
 @PRUNER_BUILDERS.register("median")
-def _median() -> optuna.pruners.BasePruner:
+def _median(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
 @PRUNER_BUILDERS.register("hyperband")
-def _hyperband() -> optuna.pruners.BasePruner:
+def _hyperband(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.HyperbandPruner()
+
+
+@PRUNER_BUILDERS.register("halving")
+def _halving(cfg: RunConfig) -> optuna.pruners.BasePruner:
+    first_rung = halving_rungs(cfg)[0][0]
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=HALVING_RATE,
+                                                  min_early_stopping_rate=0)
+
+
+def halving_rungs(cfg: RunConfig) -> list[tuple[int, int]]:
+    """(step, validation episodes) of each rung of ``--pruner halving``: steps s, s*3, s*9 ending
+    at ``iterations`` (the last rung is the full budget), episodes ``val_episodes`` doubling per
+    rung, so the noise of a score shrinks where fewer, better candidates are told apart.
+
+        >>> from nas_meta.config import make_config
+        >>> halving_rungs(make_config("quick", search={"pruner": "halving"}))
+        [(8, 40), (24, 80), (80, 160)]
+    """
+    lc = cfg.learner
+    first = max(1, lc.iterations // HALVING_RATE ** (HALVING_RUNGS - 1))
+    steps = [first * HALVING_RATE**k for k in range(HALVING_RUNGS - 1)] + [lc.iterations]
+    rungs, seen = [], set()
+    for k, step in enumerate(steps):
+        if step not in seen and step <= lc.iterations:
+            seen.add(step)
+            rungs.append((step, lc.val_episodes * 2**k))
+    return rungs
 
 
 def default_study_name(cfg: RunConfig) -> str:
@@ -176,12 +214,17 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
             f"--pruner {cfg.search.pruner!r} cannot be used with --sampler nsga2: Optuna cannot "
             "prune multi-objective studies; use --pruner none"
         )
+    if cfg.search.sampler == "nsga2" and cfg.search.prescreen is not None:
+        raise ConfigError(
+            f"--prescreen {cfg.search.prescreen!r} cannot be used with --sampler nsga2: screened "
+            "candidates are recorded as pruned trials, which multi-objective studies cannot hold; drop --prescreen"
+        )
     storage = open_storage(storage_url(cfg, study_name, workers))
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
         sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed),
-        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(),
+        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(cfg),
         directions=directions(cfg, task),
         load_if_exists=True,
     )
@@ -211,6 +254,9 @@ def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None
         "iterations": (stored.learner.iterations, cfg.learner.iterations),
         "meta_batch": (stored.learner.meta_batch, cfg.learner.meta_batch),
         "sampler": (stored.search.sampler, cfg.search.sampler),
+        # Halving validates on its rungs' episodes, so its scores are on another footing.
+        "pruner": (stored.search.pruner, cfg.search.pruner)
+        if "halving" in (stored.search.pruner, cfg.search.pruner) else (None, None),
     }
     # The training recipe gives a score its meaning as much as the budget does.
     old_recipe, new_recipe = stored.recipe(), cfg.recipe()
@@ -241,7 +287,7 @@ def load_study(study_name: str, storage: str, *, worker_index: int | None = None
         study_name=study_name,
         storage=backend,
         sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed + worker_index),
-        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(),
+        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(cfg),
     )
 
 
@@ -260,6 +306,8 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that use up the budget: finished ones, and failures that were the candidate's fault."""
     out = []
     for t in study.get_trials(deepcopy=False):
+        if SCREENING_ATTR in t.user_attrs:
+            continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             out.append(t)
         elif t.state == TrialState.FAIL and CANDIDATE_FAILURE_ATTR in t.user_attrs:

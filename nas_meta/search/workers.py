@@ -23,7 +23,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from .study import counted_trials
+from .study import SCREENING_ATTR, counted_trials
 
 __all__ = ["worker_identity", "recover_dead_trials", "optimize_until", "SURPLUS_ATTR", "WORKER_ATTR"]
 
@@ -75,6 +75,8 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker was quicker
             continue
+        if SCREENING_ATTR in trial.user_attrs:
+            continue  # a screening pool is drawn afresh, not replayed
         retry(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
     return recovered
@@ -94,7 +96,8 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     retry = _retry_callback()
     queued = []
     for t in trials:
-        if t.state == TrialState.FAIL and "interrupted" in t.user_attrs and t.number not in retried:
+        if (t.state == TrialState.FAIL and "interrupted" in t.user_attrs and t.number not in retried
+                and SCREENING_ATTR not in t.user_attrs):
             retry(study, t)
             queued.append(t.number)
     return queued
@@ -108,7 +111,7 @@ def _taken(study: optuna.Study, below: int | None = None, include_waiting: bool 
     pending = {
         t.number
         for t in study.get_trials(deepcopy=False, states=states)
-        if SURPLUS_ATTR not in t.user_attrs
+        if SURPLUS_ATTR not in t.user_attrs and SCREENING_ATTR not in t.user_attrs
     }
     numbers = counted | pending
     if below is not None:
@@ -139,10 +142,13 @@ def optimize_until(
     target: int,
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     catch: tuple[type[Exception], ...] = (),
+    queue_next: Callable[[optuna.Study], object] | None = None,
 ) -> int:
     """Run trials until the study holds ``target`` counted trials (with other workers or alone).
 
-    Returns how many trials this process ran (surplus ones excluded)."""
+    ``queue_next(study)``, when given, is called before each trial for which nothing is queued
+    yet, to queue the next candidate (screening.py); queued trials (baselines, retries, screened
+    winners) always run first.  Returns how many trials this process ran (surplus ones excluded)."""
     guard = guard_budget(target)
     ran = 0
     surplus = False
@@ -161,6 +167,8 @@ def optimize_until(
         # Queued (WAITING) trials are part of the budget and are run first by optimize().
         if _taken(study, include_waiting=False) >= target:
             return ran
+        if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            queue_next(study)
         study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
         if surplus:
             return ran

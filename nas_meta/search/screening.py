@@ -1,0 +1,93 @@
+"""Screening: many candidates scored in seconds by a training-free proxy, the best one meta-trained.
+
+Before each meta-trained trial, ``screen`` asks the study's sampler for ``prescreen_pool``
+candidates (ordinary Optuna trials, so the sampler sees them as it sees any trial), scores each
+by the proxy on its untrained backbone, and:
+
+* every candidate but the winner is told PRUNED at step 0 with its proxy score as the reported
+  value, and keeps ``screening`` = {proxy, value} among its attributes: the study records it,
+  ``analyze`` lists it, and TPE counts it among the worse trials (Optuna ranks pruned trials behind
+  complete ones);
+* the winner (the best proxy score among candidates not trained before) is queued as a new trial
+  with the same choices and runs next through the normal objective; its screening trial is
+  closed as FAIL with ``promoted_to`` (so its choices are not counted twice by the sampler).
+
+Screening trials never use up the budget.  A search interrupted mid-screening fails the pool's
+open trials (no retry: the next run draws a new pool); a winner already queued runs first on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import graph, network
+from ..config import RunConfig
+from .proxies import compute_proxies
+from .study import SCREENING_ATTR
+from .workers import WORKER_ATTR, worker_identity
+
+__all__ = ["screen", "PROMOTED_TO_ATTR", "PROMOTED_FROM_ATTR"]
+
+PROMOTED_TO_ATTR = "promoted_to"  # on the winner's screening trial: the trial queued for it
+PROMOTED_FROM_ATTR = "promoted_from"  # on the queued trial: {trial, proxy, value, pool}
+
+
+def screen(study: optuna.Study, objective: Any) -> int:
+    """Screen one pool and queue its winner; returns the winner's screening trial number."""
+    cfg: RunConfig = objective.cfg
+    proxy, pool = cfg.search.prescreen, cfg.search.prescreen_pool
+    assert proxy is not None
+    trained = {t.user_attrs.get("fingerprint") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    open_trials: list[optuna.Trial] = []
+    scored: list[tuple[float, bool, optuna.Trial]] = []  # (proxy value, new architecture, trial)
+    seen: set[str] = set()
+    try:
+        for _ in range(pool):
+            objective.hooks.check_stop()
+            trial = study.ask()
+            open_trials.append(trial)
+            trial.set_user_attr(WORKER_ATTR, worker_identity())
+            trial.set_user_attr(SCREENING_ATTR, {"proxy": proxy})
+            arch = objective.space.build(trial.suggest_categorical)
+            fingerprint = graph.fingerprint(arch)
+            trial.set_user_attr("fingerprint", fingerprint)
+            trial.set_user_attr("arch", graph.to_json(arch))
+            inputs = objective.proxy_inputs(arch, trial.number)
+            value, seconds = compute_proxies(inputs, [proxy])[proxy]
+            trial.set_user_attr("params", network.count_params(inputs.backbone))
+            trial.set_user_attr("flops", network.count_flops(inputs.backbone, inputs.input_shape))
+            trial.set_user_attr("seconds", round(seconds, 3))
+            trial.set_user_attr(SCREENING_ATTR, {"proxy": proxy, "value": value})
+            new = fingerprint not in trained and fingerprint not in seen
+            seen.add(fingerprint)
+            scored.append((value, new, trial))
+    except BaseException:
+        for trial in open_trials:
+            trial.set_user_attr("interrupted", "interrupted while screening")
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    # Best proxy score among new architectures (NaN last); ties: the earlier candidate.
+    order = sorted(range(len(scored)), key=lambda i: (not scored[i][1], _nan_last(scored[i][0]), i))
+    winner = scored[order[0]][2]
+    for value, _new, trial in scored:
+        if trial is winner:
+            continue
+        if math.isfinite(value):
+            trial.report(value, 0)
+        study.tell(trial, state=TrialState.PRUNED)
+    promoted = {"trial": winner.number, "proxy": proxy, "value": scored[order[0]][0], "pool": pool}
+    study.enqueue_trial(winner.params, user_attrs={PROMOTED_FROM_ATTR: promoted})
+    queued = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+              if t.user_attrs.get(PROMOTED_FROM_ATTR) == promoted]
+    winner.set_user_attr(PROMOTED_TO_ATTR, queued[-1] if queued else None)
+    study.tell(winner, state=TrialState.FAIL)
+    return winner.number
+
+
+def _nan_last(value: float) -> float:
+    """Sort key: higher proxy first, NaN after every number."""
+    return -value if not math.isnan(value) else math.inf
