@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "fidelity"
 DEFAULT_BUDGETS = "20:40,80:40,80:200,240:200"  # 80:40 is the quick preset's search score
+DEFAULT_REFERENCE = "600:400"  # 600 steps, scored on 400 validation episodes
 DEFAULT_PROXIES = "params,flops,synflow,naswot,grad_norm,snip,proto_acc"
 VAL_SEED_OFFSET = 7_919  # as the search's (objective.py): the budgets see the search's episodes
 REFERENCE_SEED_OFFSET = 31_337  # another draw of validation episodes for the reference
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ways", type=int, default=5)
     r.add_argument("--shots", type=int, default=1)
     r.add_argument("--budgets", default=DEFAULT_BUDGETS, help="STEPS:VAL_EPISODES,... (empty: none)")
-    r.add_argument("--reference", default="600:400", help="STEPS:VAL_EPISODES of the reference")
+    r.add_argument("--reference", default=DEFAULT_REFERENCE, help="STEPS:VAL_EPISODES of the reference")
     r.add_argument("--proxies", default=DEFAULT_PROXIES, help="comma-separated (empty: none)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")

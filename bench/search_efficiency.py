@@ -1,116 +1,192 @@
-"""Search efficiency: random vs TPE vs regularized evolution at the same budget, over several seeds.
+"""Search efficiency: does a controller pick better backbones than random search at the same CPU budget?
 
-The objective is cheap but real: the `mlp` space on `sinusoid` regression, each architecture
-meta-trained with MAML (a fixed training seed, so an architecture always gets the same score)
-and scored by validation MSE.  Scores are cached by fingerprint, so the samplers share the cost.
+The task measured: the ``chain`` space, ProtoNet, 5-way 1-shot Omniglot (the minimal background
+sets, ``lake`` split, alphabets held out; the ``omniglot`` recipe defaults: rotated training
+classes and affine jitter), the ``quick`` preset's candidates (80 steps, 5 queries per class,
+scored on 40 validation episodes) unless a variant changes that.  Every variant runs a real
+search (``run_search``, an Optuna study per variant and seed) until it has used ``--budget`` CPU
+seconds; the running trial is then stopped and the search's best completed candidate is its
+pick.  Each pick is re-scored at the fidelity bench's reference budget (600 steps, 400
+validation episodes of another draw; ``bench/fidelity.py``), so picks are compared on the score
+that a long training gives, not on the noisy score that chose them.
 
-For every seed, random search's final best is the target; the benchmark counts how many trials
-each sampler needs to reach it (budget + 1 when it never does) and prints medians.  Last line:
-``tpe_vs_random=<ratio> evolution_vs_random=<ratio>``: median trials to the target divided by
-random search's median (below 1: fewer trials than random).
+    .venv/bin/python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds 0 1 2 [--variants random tpe ...]
+    .venv/bin/python bench/search_efficiency.py table
 
-    python bench/search_efficiency.py                 # about 5-10 minutes on 2 CPU cores
-    python bench/search_efficiency.py --budget 30 --seeds 3 --iterations 100
+Each (variant, seed) result is kept in ``results/search_efficiency/`` (git-ignored; reruns skip
+what is done).  ``table`` prints per variant the mean reference accuracy of its picks, the mean
+paired difference to random's pick of the same seed, and the trials it ran; its last line is
+``<variant>_vs_random=<ratio>``: the mean reference *error* (1 - accuracy) of the variant's picks
+over random's (below 1: the variant picks better backbones than random search).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
-import optuna
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nas_meta import graph, network
-from nas_meta.config import make_config
-from nas_meta.data import load_dataset
-from nas_meta.learners import build_learner, meta_train
-from nas_meta.search.evolution import RegularizedEvolutionSampler
-from nas_meta.spaces import load_space
+import fidelity as fidelity_bench  # noqa: E402  (bench/fidelity.py: its reference protocol)
 
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficiency"
 
-def make_score(iterations: int, cache_dir: str):
-    cfg = make_config("smoke", data={"dataset": "sinusoid", "cache_dir": cache_dir},
-                      learner={"iterations": iterations, "eval_every": iterations, "val_episodes": 50,
-                               "meta_batch": 8})
-    dataset = load_dataset(cfg.data)
-    cache: dict[str, float] = {}
-
-    def score(arch) -> float:
-        key = graph.fingerprint(arch)
-        if key not in cache:
-            torch.manual_seed(0)
-            backbone = network.build(arch, dataset.input_shape)
-            learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=1, task="regression")
-            d = cfg.data
-            train = dataset.sampler("train", ways=1, shots=d.shots, queries=d.queries, seed=0)
-            val = dataset.sampler("val", ways=1, shots=d.shots, queries=d.queries, seed=1)
-            cache[key] = meta_train(learner, train, val, cfg.learner, seed=0).val_metric
-        return cache[key]
-
-    return score, cache
-
-
-SAMPLERS = {
-    "random": lambda seed, p, s: optuna.samplers.RandomSampler(seed=seed),
-    "tpe": lambda seed, p, s: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5),
-    "evolution": lambda seed, p, s: RegularizedEvolutionSampler(population_size=p, tournament_size=s, seed=seed),
+# variant -> search settings over the quick preset
+VARIANTS: dict[str, dict[str, Any]] = {
+    "random": {"sampler": "random"},
+    "tpe": {"sampler": "tpe"},
+    "evolution": {"sampler": "evolution"},
+    "tpe_halving": {"sampler": "tpe", "pruner": "halving"},
+    "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8},
 }
 
 
-def trajectory(sampler, space, score, budget: int) -> list[float]:
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.optimize(lambda trial: score(space.build(trial.suggest_categorical)), n_trials=budget)
-    best, out = float("inf"), []
-    for t in study.trials:
-        best = min(best, t.value)
-        out.append(best)
+def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -> dict[str, Any]:
+    import optuna
+
+    from nas_meta.analyze import best_trials
+    from nas_meta.config import make_config
+    from nas_meta.search.runner import SearchInterrupted, run_search
+    from nas_meta.search.study import counted_trials
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = f"{variant}-s{seed}"
+    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5,
+                                     "shots": 1},
+                      learner={"algo": "protonet"},
+                      search={"space": "chain", "trials": 100_000, "study": study, **VARIANTS[variant]},
+                      results_dir=str(RESULTS / "studies"), seed=seed, device="cpu")
+    start = time.process_time()
+    try:
+        outcome = run_search(cfg, stream=open(os.devnull, "w"),
+                             should_stop=lambda: time.process_time() - start > budget)
+    except SearchInterrupted as stopped:
+        outcome = stopped.outcome
+    cpu = time.process_time() - start
+    best = best_trials(outcome.study, "classification", k=1)[0]
+    trained = counted_trials(outcome.study)
+    return {"variant": variant, "seed": seed, "budget_cpu_s": budget, "search_cpu_s": round(cpu, 1),
+            "trials": len(trained), "screened": sum("screening" in t.user_attrs for t in outcome.study.trials),
+            "pick": {"number": best.number, "val": best.values[0], "fingerprint": best.user_attrs["fingerprint"],
+                     "arch": best.user_attrs["arch"], "params": best.user_attrs.get("params")},
+            "settings": VARIANTS[variant],
+            "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds {seed} --variants {variant} "
+                       f"--budget {budget:g}"}
+
+
+def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> dict[str, Any]:
+    """The fidelity bench's reference score of an architecture (cached by fingerprint; reused from
+    the fidelity bench's records when it scored the same architecture)."""
+    path = RESULTS / "reference" / f"{fingerprint}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    for record_path in (fidelity_bench.RESULTS / "chain-protonet-5w1s").glob("[0-9]*.json"):
+        record = json.loads(record_path.read_text())
+        if record.get("fingerprint") == fingerprint and record.get("reference"):
+            return record["reference"]
+    from nas_meta import graph
+    from nas_meta.config import make_config
+    from nas_meta.data import load_dataset
+    from nas_meta.fileio import atomic_write_json
+    from nas_meta.search.fidelity import Budget, score_architecture
+
+    reference = Budget.parse(fidelity_bench.DEFAULT_REFERENCE)
+    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5,
+                                     "shots": 1, "queries": 5},
+                      learner={"algo": "protonet", "meta_batch": 4, "iterations": reference.steps,
+                               "eval_every": reference.steps}, seed=0, device="cpu")
+    record = score_architecture(cfg, graph.from_json(arch_doc), load_dataset(cfg.data), budgets=[],
+                                reference=reference, proxies=[], seed=0,
+                                val_seed=fidelity_bench.VAL_SEED_OFFSET,
+                                reference_seed=fidelity_bench.REFERENCE_SEED_OFFSET)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record["reference"])
+    return record["reference"]
+
+
+def load() -> dict[tuple[str, int], dict[str, Any]]:
+    out = {}
+    for path in sorted(RESULTS.glob("*-s*.json")):
+        doc = json.loads(path.read_text())
+        out[(doc["variant"], doc["seed"])] = doc
     return out
 
 
-def trials_to(target: float, curve: list[float]) -> int:
-    for i, value in enumerate(curve, start=1):
-        if value <= target:
-            return i
-    return len(curve) + 1
+def table() -> int:
+    results = load()
+    if not results:
+        print("no results yet: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
+        return 1
+    seeds = sorted({s for _, s in results})
+    random_ref = {s: results[("random", s)]["reference"]["score"] for s in seeds if ("random", s) in results}
+    lines = ["Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
+             "each variant says; picks re-scored at the reference budget.", "",
+             "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
+             "| paired diff. to random, points | reference error / random's |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    last = {}
+    for variant in VARIANTS:
+        docs = [results[(variant, s)] for s in seeds if (variant, s) in results]
+        if not docs:
+            continue
+        refs = [d["reference"]["score"] for d in docs]
+        diffs = [d["reference"]["score"] - random_ref[d["seed"]] for d in docs if d["seed"] in random_ref]
+        paired = [(d, random_ref[d["seed"]]) for d in docs if d["seed"] in random_ref]
+        ratio = (statistics.mean(1 - d["reference"]["score"] for d, _ in paired)
+                 / statistics.mean(1 - r for _, r in paired)) if paired else float("nan")
+        lines.append(
+            f"| {variant} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
+            f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
+            f"{100 * statistics.mean(d['pick']['val'] for d in docs):.1f} | "
+            f"{100 * statistics.mean(refs):.2f} ({', '.join(f'{100 * r:.1f}' for r in refs)}) | "
+            f"{100 * statistics.mean(diffs):+.2f} | {ratio:.3f} |")
+        if variant != "random":
+            last[f"{variant}_vs_random"] = ratio
+    print("\n".join(lines))
+    print(" ".join(f"{k}={v:.3f}" for k, v in last.items()))
+    return 0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=40)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=150, help="MAML steps per architecture")
-    parser.add_argument("--population", type=int, default=10)
-    parser.add_argument("--tournament", type=int, default=3)
-    parser.add_argument("--cache-dir", default="bench/out/cache")
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    torch.set_num_threads(2)
-    space = load_space("mlp")
-    score, cache = make_score(args.iterations, args.cache_dir)
-    start = time.perf_counter()
-    needed: dict[str, list[int]] = {name: [] for name in SAMPLERS}
-    finals: dict[str, list[float]] = {name: [] for name in SAMPLERS}
-    for seed in range(args.seeds):
-        curves = {name: trajectory(make(seed, args.population, args.tournament), space, score, args.budget)
-                  for name, make in SAMPLERS.items()}
-        target = curves["random"][-1]
-        for name, curve in curves.items():
-            needed[name].append(trials_to(target, curve))
-            finals[name].append(curve[-1])
-        print(f"seed {seed}: random's best {target:.4f}; trials to reach it: "
-              + ", ".join(f"{n} {needed[n][-1]}" for n in SAMPLERS)
-              + f"  ({len(cache)} distinct architectures trained, {time.perf_counter() - start:.0f}s)", flush=True)
-    print(f"space mlp: {space.size()} architectures; budget {args.budget} trials; {args.seeds} seeds; "
-          f"MAML {args.iterations} steps per architecture; evolution P={args.population} S={args.tournament}")
-    for name in SAMPLERS:
-        print(f"{name:>9}: median trials to random's best {statistics.median(needed[name]):5.1f}  "
-              f"final best MSE median {statistics.median(finals[name]):.4f}  (per seed {needed[name]})")
-    base = statistics.median(needed["random"])
-    print(f"tpe_vs_random={statistics.median(needed['tpe']) / base:.3f} "
-          f"evolution_vs_random={statistics.median(needed['evolution']) / base:.3f}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    r.add_argument("--budget", type=float, default=600.0, help="CPU seconds of search per variant and seed")
+    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    sub.add_parser("table")
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        return table()
+    if not Path(args.root).is_dir():
+        print(f"search_efficiency.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+        return 2
+    from nas_meta.fileio import atomic_write_json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for variant in args.variants:
+            path = RESULTS / f"{variant}-s{seed}.json"
+            if path.exists():
+                continue
+            doc = run_variant(args.root, variant, seed, args.budget, args.cache_dir)
+            t0 = time.process_time()
+            doc["reference"] = reference_score(args.root, doc["pick"]["arch"], doc["pick"]["fingerprint"],
+                                               args.cache_dir)
+            doc["rescore_cpu_s"] = round(time.process_time() - t0, 1)
+            atomic_write_json(path, doc)
+            print(f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, pick "
+                  f"#{doc['pick']['number']} val {100 * doc['pick']['val']:.1f}%, reference "
+                  f"{100 * doc['reference']['score']:.2f}%", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

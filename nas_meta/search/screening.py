@@ -19,6 +19,7 @@ open trials (no retry: the next run draws a new pool); a winner already queued r
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -48,7 +49,9 @@ def screen(study: optuna.Study, objective: Any) -> int:
     try:
         for _ in range(pool):
             objective.hooks.check_stop()
-            trial = study.ask()
+            with warnings.catch_warnings():  # RDB storages warn that heartbeats need optimize()
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
             open_trials.append(trial)
             trial.set_user_attr(WORKER_ATTR, worker_identity())
             trial.set_user_attr(SCREENING_ATTR, {"proxy": proxy})
