@@ -154,7 +154,8 @@ def transfer() -> list[str]:
             x, y = [a[k] for k in common], [b[k][0] for k in common]
             lo, hi = bootstrap_ci(kendall_tau, x, y)
             out.append(f"Transfer `{proto.name}` -> `{other.name}` ({len(common)} architectures, "
-                       f"MAML reference {b[common[0]][1]} steps): Kendall tau {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}]")
+                       f"MAML reference {b[common[0]][1]} steps): Kendall tau {kendall_tau(x, y):.2f} "
+                       f"[{lo:.2f}, {hi:.2f}]")
     return out
 
 

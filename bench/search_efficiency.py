@@ -128,7 +128,8 @@ def table() -> int:
     lines = ["Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
              "each variant says; picks re-scored at the reference budget.", "",
              "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
-             "| paired diff. to random, points | reference error / random's |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| paired diff. to random, points | reference error / random's |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     last = {}
     for variant in VARIANTS:
         docs = [results[(variant, s)] for s in seeds if (variant, s) in results]

@@ -109,7 +109,8 @@ def test_each_budget_scores_what_a_run_of_that_length_gives(smoke):
         meta_train(learner, train, None, dataclasses.replace(cfg.learner, iterations=budget.steps),
                    seed=11)
         val = dataset.sampler("val", ways=3, shots=d.shots, queries=d.queries, seed=val_seed, device="cpu")
-        expected = float(evaluate_episodes(learner, val, budget.val_episodes, tasks_per_batch=cfg.learner.meta_batch).mean())
+        per_episode = evaluate_episodes(learner, val, budget.val_episodes, tasks_per_batch=cfg.learner.meta_batch)
+        expected = float(per_episode.mean())
         assert got == pytest.approx(expected, abs=1e-12)
 
 
