@@ -45,10 +45,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nas_meta import network  # noqa: E402
+from nas_meta.model import network  # noqa: E402
 from nas_meta.data.sampler import Episodes  # noqa: E402
 from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
-from nas_meta.ops import BatchNorm  # noqa: E402
+from nas_meta.model.ops import BatchNorm  # noqa: E402
 from nas_meta.spaces import load_space  # noqa: E402
 
 try:

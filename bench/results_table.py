@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nas_meta import network  # noqa: E402
+from nas_meta.model import network  # noqa: E402
 from nas_meta.analyze import study_summary  # noqa: E402
 from nas_meta.search.study import find_studies, load_study, study_task  # noqa: E402
 from nas_meta.spaces import load_space  # noqa: E402

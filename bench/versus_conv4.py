@@ -38,7 +38,8 @@ def parse_task(task: str) -> tuple[int, int]:
 
 
 def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, cache: str) -> dict[str, Any]:
-    from nas_meta import graph, network
+    from nas_meta import graph
+    from nas_meta.model import network
     from nas_meta.config import make_config
     from nas_meta.data import load_dataset
     from nas_meta.export import TEST_SEED_OFFSET, retrain

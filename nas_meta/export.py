@@ -22,7 +22,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from . import graph, network
+from . import graph
+from .model import network
 from .analyze import best_trials
 from .config import REFITS, RunConfig
 from .data import load_dataset

@@ -3,7 +3,7 @@
 An architecture is a plain ``networkx.DiGraph``:
 
 - ``arch.graph``: ``{"space": name, "kind": "cell"|"chain"|"mlp", "params": {choice: value}}``;
-- node ids are strings; node attributes ``op`` (a name in ``nas_meta.ops.OPS``; the one source has
+- node ids are strings; node attributes ``op`` (a name in ``nas_meta.model.ops.OPS``; the one source has
   ``op="input"``), ``merge`` ("sum" default, or "concat"), ``c_out`` (absent = as merged input),
   ``stride`` (default 1); optional ``group`` (e.g. "cell2") and ``cell_type`` only for pictures;
 - edge attribute ``slot`` (int) orders a concat's inputs;
@@ -107,8 +107,8 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
 
     Rules: a DiGraph; acyclic; one node with op "input", without incoming edges; every node
     reachable from it; one output (the one node without outgoing edges); string node ids; every
-    op known (``ops``, default ``nas_meta.ops.OPS``); merge "sum" or "concat"; c_out and stride
-    positive integers.  Shapes are checked by ``nas_meta.network.build`` on a dummy input.
+    op known (``ops``, default ``nas_meta.model.ops.OPS``); merge "sum" or "concat"; c_out and stride
+    positive integers.  Shapes are checked by ``nas_meta.model.network.build`` on a dummy input.
     """
     if not isinstance(arch, nx.DiGraph) or arch.is_multigraph():
         raise SpaceError(f"an architecture must be a networkx.DiGraph, got {type(arch).__name__}")
@@ -127,7 +127,7 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
         raise SpaceError(f"nodes not reachable from the input {start!r}: {sorted(map(str, unreachable))}")
     sink(arch)
     if ops is None:
-        from .ops import OPS  # lazy: this module stays torch-free until an op name must be checked
+        from .model.ops import OPS  # lazy: this module stays torch-free until an op name must be checked
 
         ops = OPS
     for node, attrs in arch.nodes(data=True):

@@ -1,7 +1,7 @@
 """Search spaces: a YAML file -> a function ``build(choose) -> architecture graph``.
 
 A space never builds modules: it makes a ``networkx.DiGraph`` (see ``nas_meta.graph``) from a few
-named categorical choices, and ``nas_meta.network.build`` compiles it.  ``choose(name, options)``
+named categorical choices, and ``nas_meta.model.network.build`` compiles it.  ``choose(name, options)``
 may be ``optuna.Trial.suggest_categorical``, a seeded random choice (:meth:`Space.sample`) or a
 look-up in stored params (:meth:`Space.from_params`); a name always comes with the same options.
 
@@ -29,7 +29,7 @@ import yaml
 
 from . import graph
 from .errors import SpaceError
-from .ops import DARTS_OPS, OPS, ZERO
+from .model.ops import DARTS_OPS, OPS, ZERO
 from .registry import Registry
 
 __all__ = ["Space", "CellSpace", "ChainSpace", "MlpSpace", "KINDS", "SPACES_DIR", "load_space", "list_spaces", "draw_space"]

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from nas_meta import graph, network
+from nas_meta import graph
+from nas_meta.model import network
 from nas_meta.config import make_config
 from nas_meta.data import load_dataset
 from nas_meta.errors import ConfigError

@@ -11,10 +11,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nas_meta import graph, network
+from nas_meta import graph
+from nas_meta.model import network
 from nas_meta.cli import main
 from nas_meta.errors import NasMetaError, SpaceError
-from nas_meta.ops import OPS
+from nas_meta.model.ops import OPS
 from nas_meta.spaces import load_space
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

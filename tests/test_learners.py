@@ -464,7 +464,8 @@ def test_every_learner_trains_on_one_batch(algo: str) -> None:
 def space_backbone(space: str, input_shape: tuple[int, ...]) -> nn.Module:
     import random
 
-    from nas_meta import network, spaces
+    from nas_meta import spaces
+    from nas_meta.model import network
 
     return network.build(spaces.load_space(space).sample(random.Random(0)), input_shape, seed=0)
 

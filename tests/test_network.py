@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_meta import graph, network, spaces
+from nas_meta import graph, spaces
+from nas_meta.model import fusion, network
 from nas_meta.errors import SpaceError
 from nas_meta.learners.maml import to_channels_last
-from nas_meta.ops import OPS, BatchNorm, Pool2x2
+from nas_meta.model.ops import OPS, BatchNorm, Pool2x2
 
 
 def make_arch(nodes: dict[str, dict], edges: list[tuple]) -> nx.DiGraph:
@@ -280,7 +281,7 @@ def test_activation_with_two_consumers_is_not_moved_after_the_pool():
          "out": {"op": "identity"}},
         [("input", "act"), ("act", "pool"), ("act", "out"), ("pool", "out")],
     )
-    assert network._pool_first_pairs(arch, "out") == {}
+    assert fusion.pool_first_pairs(arch, "out") == {}
 
 
 def test_conv_feeding_something_else_is_not_fused_with_its_norm() -> None:
@@ -302,7 +303,7 @@ def test_conv_feeding_something_else_is_not_fused_with_its_norm() -> None:
     torch.testing.assert_close(net(x), net.fuse(False)(x), rtol=1e-5, atol=1e-5)
 
 
-# -- BatchNorm + 2x2 max-pool as one op (ops.batch_norm_max_pool) --------------------------------
+# -- BatchNorm + 2x2 max-pool as one op (fused.batch_norm_max_pool) --------------------------------
 
 
 def _norm_and_pool(channels: int, weight: torch.Tensor | None = None) -> tuple[nn.Module, nn.Module]:
@@ -315,7 +316,7 @@ def _norm_and_pool(channels: int, weight: torch.Tensor | None = None) -> tuple[n
 
 @pytest.mark.parametrize("size", [8, 7])  # odd maps drop their last row and column
 def test_fused_norm_pool_has_exact_first_and_second_derivatives(size: int) -> None:
-    from nas_meta.ops import _BatchNormMaxPool2x2, batch_norm_max_pool
+    from nas_meta.model.fused import _BatchNormMaxPool2x2, batch_norm_max_pool
 
     norm, pool = _norm_and_pool(3)
     g = torch.Generator().manual_seed(size)
@@ -337,7 +338,7 @@ def test_fused_norm_pool_has_exact_first_and_second_derivatives(size: int) -> No
 
 def test_fused_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
     """Flat image regions make ties; the gradient goes to the window's first maximum, as max_pool2d's."""
-    from nas_meta.ops import batch_norm_max_pool
+    from nas_meta.model.fused import batch_norm_max_pool
 
     norm, pool = _norm_and_pool(2)
     x = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
@@ -351,7 +352,7 @@ def test_fused_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
 
 
 def test_fused_norm_pool_falls_back_where_it_would_not_be_exact() -> None:
-    from nas_meta.ops import batch_norm_max_pool, unfused
+    from nas_meta.model.fused import batch_norm_max_pool, unfused
 
     def ran_fused(norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
         out = batch_norm_max_pool(norm, pool, x)
@@ -374,7 +375,7 @@ def test_norm_feeding_something_else_is_not_fused() -> None:
          "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity", "merge": "concat"}},
         [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("norm", "out"), ("pool", "out")],
     )
-    assert network._norm_pool_pairs(arch, "out", network._pool_first_pairs(arch, "out")) == {}
+    assert fusion.norm_pool_pairs(arch, "out", fusion.pool_first_pairs(arch, "out")) == {}
 
 
 def _autograd_nodes(out: torch.Tensor) -> set[str]:
@@ -406,7 +407,7 @@ def test_first_conv_fused_with_norm_and_pool_gives_the_same_first_order_numbers(
     assert net.conv_norm_pool == {} and net.norm_pool == {}
 
 
-# -- a small-fan-in conv + BatchNorm + 2x2 max-pool as one op (ops.conv_batch_norm_max_pool) -----
+# -- a small-fan-in conv + BatchNorm + 2x2 max-pool as one op (fused.conv_batch_norm_max_pool) -----
 
 
 def _conv_norm_pool(c_in: int, c_out: int, k: int, **conv_options) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -418,7 +419,7 @@ def _conv_norm_pool(c_in: int, c_out: int, k: int, **conv_options) -> tuple[nn.M
 
 @pytest.mark.parametrize(("c_in", "k", "size"), [(1, 3, 8), (3, 3, 6), (1, 5, 10), (1, 3, 7)])
 def test_fused_conv_norm_pool_has_the_reference_derivatives(c_in: int, k: int, size: int) -> None:
-    from nas_meta.ops import _ConvBatchNormMaxPool2x2, conv_batch_norm_max_pool
+    from nas_meta.model.fused import _ConvBatchNormMaxPool2x2, conv_batch_norm_max_pool
 
     conv, norm, pool = _conv_norm_pool(c_in, 4, k)
     g = torch.Generator().manual_seed(size)
@@ -442,7 +443,7 @@ def test_fused_conv_norm_pool_has_the_reference_derivatives(c_in: int, k: int, s
 
 def test_fused_conv_norm_pool_sends_tied_gradients_where_max_pool_does() -> None:
     """Blank image regions give equal conv outputs in a window: the same winners as max_pool2d."""
-    from nas_meta.ops import conv_batch_norm_max_pool
+    from nas_meta.model.fused import conv_batch_norm_max_pool
 
     conv, norm, pool = _conv_norm_pool(1, 3, 3)
     x = torch.zeros(4, 1, 8, 8, dtype=torch.float64)
@@ -458,7 +459,7 @@ def test_fused_conv_norm_pool_sends_tied_gradients_where_max_pool_does() -> None
 
 
 def test_fused_conv_norm_pool_falls_back_where_it_does_not_apply() -> None:
-    from nas_meta.ops import conv_batch_norm_max_pool, fusable_conv, unfused
+    from nas_meta.model.fused import conv_batch_norm_max_pool, fusable_conv, unfused
 
     def ran(conv: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> str:
         out = conv_batch_norm_max_pool(conv, norm, pool, x)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from nas_meta import network, spaces
+from nas_meta import spaces
+from nas_meta.model import network
 from nas_meta.config import DataConfig, LearnerConfig
 from nas_meta.data import Episodes, load_dataset
 from nas_meta.errors import ConfigError
@@ -33,7 +34,7 @@ def two_layer(w1=W1, w2=W2, norm: bool = False) -> nn.Sequential:
 
 
 def _batch_norm(channels: int) -> nn.Module:
-    from nas_meta.ops import BatchNorm
+    from nas_meta.model.ops import BatchNorm
 
     return BatchNorm(channels)
 

@@ -10,9 +10,10 @@ import networkx as nx
 import pytest
 import torch
 
-from nas_meta import graph, network, spaces
+from nas_meta import graph, spaces
+from nas_meta.model import network
 from nas_meta.errors import SpaceError
-from nas_meta.ops import DARTS_OPS
+from nas_meta.model.ops import DARTS_OPS
 
 SHIPPED = spaces.list_spaces()
 BATCH = 3

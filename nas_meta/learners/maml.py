@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ..ops import unfused
+from ..model.fused import unfused
 from .threads import PrecomputedGradient, is_stochastic, make_replica, mean_in_order, run_tasks
 
 __all__ = ["MAML", "task_loss", "task_metric", "to_channels_last", "use_channels_last"]

@@ -31,7 +31,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from .. import graph, network
+from .. import graph
+from ..model import network
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..learners import build_learner, evaluate_episodes, meta_train

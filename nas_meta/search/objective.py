@@ -15,7 +15,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .. import graph, network
+from .. import graph
+from ..model import network
 from ..config import RunConfig
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train

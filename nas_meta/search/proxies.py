@@ -47,10 +47,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import network
+from ..model import network
 from ..errors import ConfigError
 from ..learners import ProtoNet, evaluate_episodes
-from ..ops import BatchNorm, InstanceNorm
+from ..model.ops import BatchNorm, InstanceNorm
 from ..registry import Registry
 
 __all__ = ["PROXIES", "ProxyInputs", "compute_proxies", "synflow", "naswot", "grad_norm", "snip", "proto_acc"]

@@ -113,7 +113,7 @@ def load_known_arch(entry: str) -> tuple[str, nx.DiGraph]:
 def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
     """``--enqueue path/arch.json`` or ``--baseline conv4`` -> (name, arch JSON), validated by
     compiling it for the dataset's input."""
-    from .. import network
+    from ..model import network
 
     name, arch = load_known_arch(entry)
     network.build(arch, input_shape)  # SpaceError now if it does not fit the data

@@ -25,7 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .. import graph, network
+from .. import graph
+from ..model import network
 from ..config import RunConfig
 from .proxies import compute_proxies
 from .study import SCREENING_ATTR

@@ -1,7 +1,8 @@
 """The one compiler: architecture graph -> ``nn.Module``; parameter and FLOP counts.
 
     >>> import random
-    >>> from nas_meta import spaces, network
+    >>> from nas_meta import spaces
+    >>> from nas_meta.model import network
     >>> arch = spaces.load_space("conv4").sample(random.Random(0))
     >>> backbone = network.build(arch, (1, 28, 28), seed=0)
     >>> backbone.feature_dim, network.count_params(backbone)
@@ -19,9 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import graph
-from .errors import SpaceError
-from .ops import OPS, BatchNorm, Pool2x2, batch_norm_max_pool, conv_batch_norm_max_pool, fusable_conv
+from .. import graph
+from ..errors import SpaceError
+from .fused import batch_norm_max_pool, conv_batch_norm_max_pool, fusable_conv
+from .fusion import conv_before, norm_pool_pairs, pool_first_pairs
+from .ops import OPS, BatchNorm, Pool2x2
 
 __all__ = ["Backbone", "build", "count_params", "count_flops"]
 
@@ -77,18 +80,18 @@ class Backbone(nn.Module):
                 dummy[node] = out
                 self.shapes[node] = tuple(out.shape[1:])
         self.feature_dim = math.prod(self.shapes[self.output])
-        self.pool_first = _pool_first_pairs(arch, self.output)  # {pool node: activation node}
+        self.pool_first = pool_first_pairs(arch, self.output)  # {pool node: activation node}
         self.fuse(True)
 
     def fuse(self, enabled: bool = True) -> Backbone:
         """Run each BatchNorm that only feeds a 2x2 max-pool as one op with it (the default), and
         with the conv before it too when that conv has a small fan-in (an image's first layer).
 
-        The fused ops (ops.batch_norm_max_pool, ops.conv_batch_norm_max_pool) compute the same
+        The fused ops (fused.batch_norm_max_pool, fused.conv_batch_norm_max_pool) compute the same
         function with other rounding: float64 gradients agree to ~1e-13 relative.  ``fuse(False)``
         runs the ops apart.  Returns self.
         """
-        pairs = _norm_pool_pairs(self.arch, self.output, self.pool_first) if enabled else {}
+        pairs = norm_pool_pairs(self.arch, self.output, self.pool_first) if enabled else {}
         self.norm_pool = {  # {pool node: BatchNorm node}
             pool: norm
             for pool, norm in pairs.items()
@@ -96,7 +99,7 @@ class Backbone(nn.Module):
         }
         self.conv_norm_pool = {  # {pool node: conv node} where a small-fan-in conv feeds only that norm
             pool: conv
-            for pool, conv in _conv_before(self.arch, self.norm_pool).items()
+            for pool, conv in conv_before(self.arch, self.norm_pool).items()
             if fusable_conv(self.nodes[self.keys[conv]])
         }
         self._run_later = (
@@ -153,58 +156,6 @@ class Backbone(nn.Module):
         for value in values[1:]:
             total = total + value
         return total
-
-
-# Elementwise non-decreasing activations commute with max-pooling: act(max(x)) = max(act(x)).
-# Where such an activation feeds only a 2x2 max-pool, the compiled network pools first and
-# activates the pooled map (Conv-4's ReLU -> max-pool): identical outputs and gradients of every
-# order (max and these activations are exact, and the activation keeps the window's argmax, or
-# ReLU zeroes its gradient either way), at a quarter of the activation's cost, forward and
-# backward.  The graph, its fingerprint and the state_dict are unchanged.
-MONOTONE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu"})
-
-
-def _pool_first_pairs(arch: nx.DiGraph, output: str) -> dict[str, str]:
-    """{max-pool node: the activation node right before it} for every pair that may be swapped."""
-    pairs = {}
-    for node, attrs in arch.nodes(data=True):
-        if attrs.get("op") not in MONOTONE_ACTIVATIONS or node == output or arch.out_degree(node) != 1:
-            continue
-        (pool,) = arch.successors(node)
-        if arch.nodes[pool].get("op") == "max_pool_2x2" and arch.in_degree(pool) == 1:
-            pairs[pool] = node
-    return pairs
-
-
-def _norm_pool_pairs(arch: nx.DiGraph, output: str, pool_first: dict[str, str]) -> dict[str, str]:
-    """{max-pool node: the batch-norm node feeding it}, directly or through its moved activation.
-
-    The norm must feed nothing else: its full-size output is never made (ops.batch_norm_max_pool).
-    """
-    pairs = {}
-    for pool, attrs in arch.nodes(data=True):
-        if attrs.get("op") != "max_pool_2x2" or arch.in_degree(pool) != 1:
-            continue
-        (before,) = arch.predecessors(pool)
-        if before in pool_first.values():
-            if arch.in_degree(before) != 1:
-                continue
-            (before,) = arch.predecessors(before)
-        if arch.nodes[before].get("op") == "batch_norm" and arch.out_degree(before) == 1 and before != output:
-            pairs[pool] = before
-    return pairs
-
-
-def _conv_before(arch: nx.DiGraph, norm_pool: dict[str, str]) -> dict[str, str]:
-    """{max-pool node: the node before its fused norm}, where that node feeds nothing else."""
-    pairs = {}
-    for pool, norm in norm_pool.items():
-        if arch.in_degree(norm) != 1:
-            continue
-        (before,) = arch.predecessors(norm)
-        if arch.out_degree(before) == 1:  # its full-size output is never made
-            pairs[pool] = before
-    return pairs
 
 
 def build(arch: nx.DiGraph, input_shape: tuple[int, ...], *, seed: int | None = None) -> Backbone:
