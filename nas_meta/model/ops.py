@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from ..errors import SpaceError
 from ..registry import Registry
 
-__all__ = ["OPS", "ZERO", "DARTS_OPS", "BatchNorm", "InstanceNorm", "Pool2x2", "OpBuilder", "functorch_wrapped"]
+__all__ = ["OPS", "ZERO", "DARTS_OPS", "ACTIVATIONS", "BatchNorm", "InstanceNorm", "Pool2x2", "OpBuilder", "functorch_wrapped"]
 
+OpBuilder = Callable[[int, int, int], nn.Module]
 OPS: Registry[OpBuilder] = Registry("op", error=SpaceError)
 
 ZERO = "none"  # the DARTS zero op: never a node; an edge with it is dropped
@@ -277,7 +278,8 @@ def _register_shape_keeping(name: str, make: Callable[[], nn.Module]) -> None:
     OPS.add(name, build)
 
 
-for _name, _make in {
+# The elementwise activations, by op name: a space's ``activation`` key names one of these.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.1),
     "elu": nn.ELU,
@@ -285,6 +287,10 @@ for _name, _make in {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
+}
+
+for _name, _make in {
+    **ACTIVATIONS,
     "max_pool_2x2": lambda: Pool2x2("max"),
     "avg_pool_2x2": lambda: Pool2x2("avg"),
     "global_avg_pool": GlobalAvgPool,

@@ -17,7 +17,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection

@@ -1,0 +1,18 @@
+"""Search spaces: a YAML file -> a function ``build(choose) -> architecture graph``.
+
+``base.py`` holds the ``Space`` class, the YAML reader and ``load_space``; each kind lives in its own
+module (``cell.py``: DARTS cells; ``stacks.py``: ``chain`` and ``mlp``) and registers itself in
+``KINDS``.  The file format is documented in search_spaces/README.md.
+
+    >>> import random
+    >>> space = load_space("chain")
+    >>> space.from_params(space.sample(random.Random(0)).graph["params"]).graph["space"]
+    'chain'
+"""
+
+from .base import KINDS, SPACES_DIR, Choose, Space, draw_space, list_spaces, load_space
+from .cell import CellSpace, build_cells
+from .stacks import ChainSpace, MlpSpace
+
+__all__ = ["Space", "CellSpace", "ChainSpace", "MlpSpace", "KINDS", "SPACES_DIR", "Choose", "load_space",
+           "list_spaces", "draw_space", "build_cells"]

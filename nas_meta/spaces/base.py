@@ -1,0 +1,208 @@
+"""Search spaces: a YAML file -> a function ``build(choose) -> architecture graph``.
+
+A space never builds modules: it makes a ``networkx.DiGraph`` (see ``nas_meta.graph``) from a few
+named categorical choices, and ``nas_meta.model.network.build`` compiles it.  ``choose(name, options)``
+may be ``optuna.Trial.suggest_categorical``, a seeded random choice (:meth:`Space.sample`) or a
+look-up in stored params (:meth:`Space.from_params`); a name always comes with the same options.
+
+    >>> import random
+    >>> space = load_space("cell")
+    >>> arch = space.sample(random.Random(0))
+    >>> space.from_params(arch.graph["params"]).graph == arch.graph
+    True
+
+Kinds: ``cell`` (DARTS cells), ``chain`` (stacked conv blocks, Conv-4 is one point), ``mlp``.
+The file format is documented in search_spaces/README.md.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+import networkx as nx
+import yaml
+
+from .. import graph
+from ..errors import SpaceError
+from ..registry import Registry
+
+__all__ = ["Space", "KINDS", "SPACES_DIR", "Choose", "load_space", "list_spaces", "draw_space"]
+
+Choose = Callable[[str, list], Any]
+
+
+def _find_spaces_dir() -> Path:
+    # Shipped as package data (nas_meta/search_spaces) in a wheel; the repo's top-level folder otherwise.
+    here = Path(__file__).resolve().parent.parent  # nas_meta/
+    packaged = here / "search_spaces"
+    return packaged if packaged.is_dir() else here.parent / "search_spaces"
+
+
+SPACES_DIR = _find_spaces_dir()
+KINDS: Registry[type[Space]] = Registry("space kind", error=SpaceError)
+
+class Reader:
+    """Typed access to a YAML mapping; every error names the file and the key."""
+
+    def __init__(self, doc: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
+        self.doc, self.path = doc, path
+        unknown = sorted(set(doc) - set(keys) - {"kind", "name", "description"})
+        if unknown:
+            self.fail(unknown[0], f"is not a key of a {doc['kind']} space; choose from {sorted(keys)}")
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise SpaceError(f"{self.path}: key {key!r} {message}")
+
+    def get(self, key: str, default: Any) -> Any:
+        if key not in self.doc:
+            if default is REQUIRED:
+                self.fail(key, "is missing")
+            return default
+        return self.doc[key]
+
+    def options(self, key: str, default: Any, check: Callable[[Any], bool], what: str) -> list:
+        """A value or a non-empty list of values (a choice); returns the list of options."""
+        value = self.get(key, default)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            self.fail(key, f"must be {what} or a non-empty list of them, got []")
+        for item in values:
+            if not check(item):
+                self.fail(key, f"must be {what} or a list of them, got {item!r}")
+        if len(set(map(repr, values))) != len(values):
+            self.fail(key, f"lists an option twice: {values}")
+        return values
+
+
+REQUIRED = object()
+
+
+def positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def one_of(*allowed: Any) -> Callable[[Any], bool]:
+    # By type too: YAML's `true` must not pass for 1, nor 1 for `true`.
+    return lambda x: any(type(x) is type(a) and x == a for a in allowed)
+
+
+class Space:
+    """A named search space.  Subclasses (one per kind) define ``choices`` and ``_build``."""
+
+    kind: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, name: str, path: Path, doc: dict[str, Any]) -> None:
+        self.name, self.path = name, path
+        self.description = str(doc.get("description", ""))
+        self._choices: dict[str, list] = {}
+
+    def _add_choice(self, name: str, options: list) -> None:
+        if len(options) > 1:  # a single option is a fixed value, not a choice
+            self._choices[name] = list(options)
+
+    def choices(self) -> dict[str, list]:
+        """Every choice name -> its options (conditional ones included, e.g. block5_width)."""
+        return {name: list(options) for name, options in self._choices.items()}
+
+    def size(self) -> int:
+        """Number of distinct architectures (distinct assignments of the choices that are asked)."""
+        raise NotImplementedError
+
+    def _build(self, choose: Callable[[str, list], Any]) -> nx.DiGraph:
+        raise NotImplementedError
+
+    def template(self) -> nx.DiGraph:
+        """The space's graph for pictures: edges carry ``label`` (their candidate ops)."""
+        raise NotImplementedError
+
+    def build(self, choose: Choose) -> nx.DiGraph:
+        """Make one architecture, asking ``choose(name, options)`` for each choice it needs."""
+        params: dict[str, Any] = {}
+
+        def ask(name: str, options: list) -> Any:
+            if len(options) == 1:
+                return options[0]
+            if self._choices.get(name) != options:
+                raise RuntimeError(f"bug: choice {name!r} asked with {options}, declared {self._choices.get(name)}")
+            value = choose(name, list(options))
+            params[name] = value
+            return value
+
+        arch = self._build(ask)
+        # Nodes that cannot reach the output (an unused cell input) would be extra sinks.
+        out = "output" if "output" in arch else graph.sink(arch)
+        arch.remove_nodes_from(set(arch) - nx.ancestors(arch, out) - {out})
+        arch.graph.update(space=self.name, kind=self.kind, params=params)
+        graph.validate(arch)
+        return arch
+
+    def sample(self, rng: random.Random) -> nx.DiGraph:
+        """One architecture drawn uniformly choice by choice from ``rng`` (same seed, same arch)."""
+        return self.build(lambda name, options: options[rng.randrange(len(options))])
+
+    def from_params(self, params: dict[str, Any]) -> nx.DiGraph:
+        """Rebuild the architecture of stored params; keys the space does not ask are ignored."""
+
+        def lookup(name: str, options: list) -> Any:
+            if name not in params:
+                raise SpaceError(f"space {self.name!r}: params lack choice {name!r} (options {options})")
+            value = params[name]
+            if not any(value == o and type(value) is type(o) for o in options):
+                raise SpaceError(f"space {self.name!r}: choice {name!r} = {value!r} is not one of {options}")
+            return value
+
+        return self.build(lookup)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, choices={len(self._choices)}, size={self.size()})"
+
+
+def options_text(options: list) -> str:
+    text = [str(o).lower() if isinstance(o, bool) else str(o) for o in options]
+    return text[0] if len(text) == 1 else "{" + ",".join(text) + "}"
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def list_spaces() -> list[str]:
+    """Names of the shipped spaces (the YAML files in ``SPACES_DIR``)."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str | Path) -> Space:
+    """A shipped space by name (``"cell"``) or any YAML file by path; SpaceError otherwise."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix in (".yaml", ".yml") or path.is_file() or "/" in text):
+        path = SPACES_DIR / f"{text}.yaml"
+        if not path.is_file():
+            raise SpaceError(f"unknown space {text!r}; choose from {list_spaces()} or give a path to a .yaml file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpaceError(f"cannot read space file {str(path)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SpaceError(f"{path}: not valid YAML: {first}") from None
+    if not isinstance(doc, dict):
+        raise SpaceError(f"{path}: a space file must be a mapping with a 'kind' key, got {type(doc).__name__}")
+    if "kind" not in doc:
+        raise SpaceError(f"{path}: missing key 'kind'; choose from {KINDS.names()}")
+    if doc["kind"] not in KINDS:
+        raise SpaceError(f"{path}: key 'kind' is {doc['kind']!r}; choose from {KINDS.names()}")
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise SpaceError(f"{path}: key 'name' must be a non-empty string, got {name!r}")
+    return KINDS.get(doc["kind"])(name, path, doc)
+
+
+def draw_space(space: Space, path: str | Path) -> None:
+    """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
+    from ..draw import draw_space as draw
+
+    draw(space, path)
