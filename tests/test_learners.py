@@ -14,7 +14,7 @@ from nas_meta.config import LearnerConfig
 from nas_meta.data.sampler import Episodes
 from nas_meta.errors import ConfigError
 from nas_meta.learners import LEARNERS, MAML, ProtoNet, build_learner
-from nas_meta.learners.maml import to_channels_last
+from nas_meta.learners.base import to_channels_last
 
 WAYS, SHOTS, QUERIES, TASKS, SIZE, CHANNELS = 3, 2, 4, 3, 8, 4
 

@@ -13,7 +13,7 @@ from torch import nn
 from nas_meta import graph, spaces
 from nas_meta.model import fusion, network
 from nas_meta.errors import SpaceError
-from nas_meta.learners.maml import to_channels_last
+from nas_meta.learners.base import to_channels_last
 from nas_meta.model.ops import OPS, BatchNorm, Pool2x2
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import LearnerConfig
 from ..errors import ConfigError
 from ..registry import Registry
+from .base import Learner
 from .maml import MAML
 from .protonet import ProtoNet
 from .train import (
@@ -37,6 +38,7 @@ __all__ = [
     "LEARNERS",
     "TASKS",
     "build_learner",
+    "Learner",
     "MAML",
     "ProtoNet",
     "Diverged",

@@ -40,12 +40,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..model.fused import unfused
-from .threads import PrecomputedGradient, is_stochastic, make_replica, mean_in_order, run_tasks
+from .base import EXECUTIONS, combine_task_results, to_channels_last, use_channels_last, use_threads
+from .threads import make_replica, run_tasks
 
-__all__ = ["MAML", "task_loss", "task_metric", "to_channels_last", "use_channels_last"]
+__all__ = ["MAML", "task_loss", "task_metric"]
 
 Params = dict[str, Tensor]
-EXECUTIONS = ("auto", "loop", "threads", "vmap")
 
 
 def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
@@ -60,36 +60,6 @@ def task_metric(out: Tensor, y: Tensor, task: str) -> Tensor:
     if task == "regression":
         return (out - y).pow(2).flatten(-2).mean(-1)
     return (out.argmax(-1) == y).float().mean(-1)
-
-
-def to_channels_last(x: Tensor) -> Tensor:
-    """Images in NHWC memory, (N, C, H, W) or (T, N, C, H, W); other shapes unchanged.
-
-    The strides are set explicitly: ``x.contiguous(memory_format=torch.channels_last)`` leaves a
-    one-channel image (Omniglot) as it is, since its NCHW strides already count as NHWC, and
-    oneDNN then keeps every later activation in NCHW.
-    """
-    if x.dim() not in (4, 5):
-        return x
-    *lead, c, h, w = x.shape
-    strides = [h * w * c, 1, w * c, c]
-    if lead[:-1]:
-        strides.insert(0, lead[-1] * h * w * c)
-    out = torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
-    return out.copy_(x)
-
-
-def use_channels_last(setting: bool | None, x: Tensor) -> bool:
-    """Whether a learner runs its (T, N, C, H, W) images NHWC: ``setting``, or on the CPU when None.
-
-    On the CPU oneDNN's NHWC kernels for max-pool, BatchNorm and the first convolution's weight
-    gradient are several times faster than their NCHW ones (a one-channel 28x28 Conv-4 layer:
-    max-pool 23 -> 2 ms, conv weight gradient 9 -> 2 ms for 75 images); the numbers are the same
-    up to float rounding.  On CUDA the layout is left to the user (``True``).
-    """
-    if x.dim() != 5:
-        return False
-    return x.device.type == "cpu" if setting is None else setting
 
 
 def _call_model(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -264,12 +234,7 @@ class MAML(nn.Module):
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             return loss.detach(), task_metric(out.detach(), batch.query_y[t], self.task), grads
 
-        results = run_tasks(one_task, sx.shape[0], self._replicas(sx.shape[0]))
-        tasks = len(results)
-        grads = [mean_in_order([r[2][i] for r in results], tasks) for i in range(len(leaves))]
-        value = torch.stack([r[0] for r in results]).mean()
-        loss = PrecomputedGradient.apply(value, grads, *leaves)
-        return loss, torch.stack([r[1] for r in results]).mean()
+        return combine_task_results(run_tasks(one_task, sx.shape[0], self._replicas(sx.shape[0])), leaves)
 
     def _threaded_evaluate(self, batch: Any) -> Tensor:
         params = self._params(meta=False)
@@ -334,17 +299,7 @@ class MAML(nn.Module):
         return self.execution == "vmap"
 
     def _use_threads(self, x: Tensor, *, meta: bool) -> bool:
-        if self.execution == "threads":
-            return True
-        if self.execution != "auto" or x.device.type != "cpu" or x.shape[0] < 2 or torch.get_num_threads() < 2:
-            return False
-        if self.compile:  # torch.compile'd code is not documented as thread-safe: keep the loop
-            return False
-        # grad mode and autocast are thread-local: workers would not inherit them; dropout in
-        # worker threads would make same-seed runs differ.
-        if (meta and not torch.is_grad_enabled()) or torch.is_autocast_enabled("cpu"):
-            return False
-        return not is_stochastic(self.model)
+        return use_threads(self.execution, x, self.model, compile=self.compile, needs_grad=meta)
 
     def _use_channels_last(self, x: Tensor) -> bool:
         return use_channels_last(self.channels_last, x)

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from .maml import EXECUTIONS, to_channels_last, use_channels_last
-from .threads import PrecomputedGradient, is_stochastic, mean_in_order, run_tasks
+from .base import EXECUTIONS, combine_task_results, to_channels_last, use_channels_last, use_threads
+from .threads import run_tasks
 
 __all__ = ["ProtoNet", "prototypes", "squared_distances"]
 
@@ -129,18 +129,10 @@ class ProtoNet(nn.Module):
 
         tasks = batch.support_x.shape[0]
         results = run_tasks(one_episode, tasks, [self.backbone] * min(tasks, torch.get_num_threads()))
-        grads = [mean_in_order([r[2][i] for r in results], tasks) for i in range(len(leaves))]
-        loss = PrecomputedGradient.apply(torch.stack([r[0] for r in results]).mean(), grads, *leaves)
-        return loss, torch.stack([r[1] for r in results]).mean()
+        return combine_task_results(results, leaves)
 
     def _use_threads(self, x: Tensor) -> bool:
-        if self.execution == "threads":
-            return True
-        if self.execution != "auto" or x.device.type != "cpu" or x.shape[0] < 2 or torch.get_num_threads() < 2:
-            return False
-        if not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or self.compile:
-            return False
-        return not is_stochastic(self.backbone)
+        return use_threads(self.execution, x, self.backbone, compile=self.compile, needs_grad=True)
 
     def _use_channels_last(self, x: Tensor) -> bool:
         return use_channels_last(self.channels_last, x)
