@@ -50,10 +50,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -> dict[str, Any]:
     import optuna
 
-    from nas_meta.analyze import best_trials
+    from nas_meta.record import best_trials
     from nas_meta.config import make_config
     from nas_meta.search.runner import SearchInterrupted, run_search
-    from nas_meta.search.study import counted_trials
+    from nas_meta.record import counted_trials
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = f"{variant}-s{seed}"

@@ -14,7 +14,16 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+
+from .record import (
+    Attr,
+    best_trials,
+    format_count,
+    format_score,
+    metric_column,
+    trials_frame,
+)
 
 __all__ = [
     "trials_frame",
@@ -33,83 +42,6 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "latex", "md")
-
-
-def format_score(value: float | None, task: str) -> str:
-    """Accuracy as a percentage, MSE with four decimals, '-' for none."""
-    if value is None or pd.isna(value):
-        return "-"
-    return f"{100 * value:.1f}%" if task == "classification" else f"{value:.4f}"
-
-
-def format_count(n: float | None) -> str:
-    """12345 -> '12.3k'."""
-    if n is None or pd.isna(n):
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(int(n))
-
-
-def metric_column(task: str) -> str:
-    return "val_acc" if task == "classification" else "val_mse"
-
-
-TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
-                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline", "interrupted",
-                 "screened", "promoted_to"]
-
-
-def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFrame:
-    """One row per trial: number, state, score, params, FLOPs, fingerprint, seconds, notes, and
-    the architecture choices as ``choice:<name>`` columns.  Exactly the study's trials, in order.
-    A pruned trial's score is its last reported validation score.  A screening trial (scored by a
-    training-free proxy only, see search/screening.py) has no score: its ``screened`` column holds
-    ``proxy=value`` instead, and ``promoted_to`` the trial that meta-trained it if it won its pool."""
-    metric = metric_column(task)
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        screening = attrs.get("screening")
-        value = t.values[0] if t.values and screening is None else None
-        if value is None and attrs.get("curve"):
-            value = attrs["curve"][-1][1]
-        row = {
-            "number": t.number,
-            "state": t.state.name,
-            metric: value,
-            "fingerprint": attrs.get("fingerprint"),
-            "params": attrs.get("params"),
-            "flops": attrs.get("flops"),
-            "seconds": attrs.get("seconds"),
-            "duplicate_of": attrs.get("duplicate_of"),
-            "pruned_at": attrs.get("pruned_at"),
-            "failure": attrs.get("failure"),
-            "surplus": bool(attrs.get("surplus", False)),
-            "baseline": attrs.get("baseline"),
-            "interrupted": attrs.get("interrupted") or t.system_attrs.get("interrupted"),
-            "screened": _screened(screening),
-            "promoted_to": attrs.get("promoted_to"),
-        }
-        row.update({f"choice:{k}": v for k, v in t.params.items()})
-        rows.append(row)
-    columns = ["number", "state", metric] + TRIAL_COLUMNS[2:]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    choice_cols = sorted(c for c in frame.columns if c.startswith("choice:"))
-    frame = frame[columns + choice_cols]
-    for col in ("params", "flops", "duplicate_of", "pruned_at", "promoted_to"):
-        frame[col] = frame[col].astype("Int64")
-    frame[metric] = frame[metric].astype(float)
-    return frame
-
-
-def _screened(screening: dict | None) -> str | None:
-    if not screening or "value" not in screening:
-        return f"{screening['proxy']}=?" if screening else None
-    return f"{screening['proxy']}={screening['value']:.4g}"
 
 
 def ranked_frame(study: optuna.Study, task: str, sampler: str = "") -> pd.DataFrame:
@@ -170,11 +102,11 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
 def baseline_report(study: optuna.Study, task: str) -> list[str]:
     """One line per baseline: its score, and how far the best searched architecture beats it."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    searched = [t for t in done if "baseline" not in t.user_attrs]
+    searched = [t for t in done if Attr.BASELINE not in t.user_attrs]
     sign = 1.0 if task == "classification" else -1.0
     best = max(searched, key=lambda t: sign * t.values[0], default=None)
     lines = []
-    for base in (t for t in done if "baseline" in t.user_attrs):
+    for base in (t for t in done if Attr.BASELINE in t.user_attrs):
         line = (f"baseline {base.user_attrs['baseline']} (trial #{base.number}): "
                 f"{format_score(base.values[0], task)}, params {format_count(base.user_attrs.get('params'))}")
         if best is not None:
@@ -185,27 +117,15 @@ def baseline_report(study: optuna.Study, task: str) -> list[str]:
     return lines
 
 
-def best_trials(study: optuna.Study, task: str, k: int = 1) -> list[FrozenTrial]:
-    """The k best distinct completed trials by validation score (ties: the earlier trial first);
-    a duplicate (an architecture already trained) stands behind its original."""
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
-    ]
-    sign = -1.0 if task == "classification" else 1.0
-    return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
-
-
 def study_summary(study: optuna.Study, task: str) -> dict[str, Any]:
     """Trials by state, best score and when it was reached, time spent, speed of the search."""
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(Attr.SURPLUS)]
     by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     best = best_trials(study, task, k=1)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    train = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    train = sum(t.user_attrs.get(Attr.SECONDS, 0.0) for t in trials)
     finished = by_state["COMPLETE"] + by_state["PRUNED"] + by_state["FAIL"]
     order = sorted(trials, key=lambda t: t.number)
     return {

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import graph
 from .model import network
-from .analyze import best_trials
+from .record import Attr, best_trials
 from .config import REFITS, RunConfig
 from .data import load_dataset
 from .errors import ConfigError, DataError, StudyError
@@ -58,13 +58,13 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
     """The ``top`` best distinct trials, or the Pareto front of (score, parameter count)."""
     if pareto:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "duplicate_of" not in t.user_attrs and "params" in t.user_attrs]
+                if Attr.DUPLICATE_OF not in t.user_attrs and Attr.PARAMS in t.user_attrs]
         sign = 1.0 if task == "classification" else -1.0
 
         def dominated(t: FrozenTrial) -> bool:
-            s, p = sign * t.values[0], t.user_attrs["params"]
-            return any(sign * o.values[0] >= s and o.user_attrs["params"] <= p
-                       and (sign * o.values[0] > s or o.user_attrs["params"] < p) for o in done)
+            s, p = sign * t.values[0], t.user_attrs[Attr.PARAMS]
+            return any(sign * o.values[0] >= s and o.user_attrs[Attr.PARAMS] <= p
+                       and (sign * o.values[0] > s or o.user_attrs[Attr.PARAMS] < p) for o in done)
 
         chosen = sorted((t for t in done if not dominated(t)), key=lambda t: -sign * t.values[0])
     else:
@@ -270,7 +270,7 @@ def export_trials(
     task = dataset.task
     exported = []
     for rank, trial in enumerate(trials, start=1):
-        arch = graph.from_json(trial.user_attrs["arch"])
+        arch = graph.from_json(trial.user_attrs[Attr.ARCH])
         folder = out / f"rank{rank}"
         folder.mkdir(parents=True, exist_ok=True)
         backbone = network.build(arch, dataset.input_shape)
@@ -280,7 +280,7 @@ def export_trials(
             "study": study.study_name,
             "rank": rank,
             "trial": trial.number,
-            "fingerprint": trial.user_attrs.get("fingerprint"),
+            "fingerprint": trial.user_attrs.get(Attr.FINGERPRINT),
             "space": cfg.search.space,
             "dataset": cfg.data.dataset,
             "algo": cfg.learner.algo,

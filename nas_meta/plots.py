@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from . import graph  # noqa: E402
 from .fileio import atomic_write  # noqa: E402
+from .record import Attr  # noqa: E402
 
 __all__ = ["write_plots", "plot_best_so_far", "plot_score_vs_params", "plot_op_frequency", "op_counts"]
 
@@ -31,7 +32,7 @@ STRUCTURAL_OPS = {"input", "output", "identity", "concat", "sum", "flatten", "gl
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(
         (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-         if not t.user_attrs.get("surplus")),
+         if not t.user_attrs.get(Attr.SURPLUS)),
         key=lambda t: t.number,
     )
 
@@ -98,8 +99,8 @@ def plot_score_vs_params(studies: list[tuple[optuna.Study, str]], path: Path) ->
     """Each completed trial's validation score against its parameter count; the Pareto front."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for study, task in studies:
-        pts = [(t.user_attrs["params"], t.values[0]) for t in _completed(study)
-               if "params" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+        pts = [(t.user_attrs[Attr.PARAMS], t.values[0]) for t in _completed(study)
+               if Attr.PARAMS in t.user_attrs and Attr.DUPLICATE_OF not in t.user_attrs]
         if not pts:
             continue
         s = _scale(task)
@@ -119,16 +120,16 @@ def op_counts(trials: list[FrozenTrial]) -> Counter:
     """How many times each (non-structural) op occurs over the trials' architectures."""
     counts: Counter = Counter()
     for t in trials:
-        if "arch" not in t.user_attrs:
+        if Attr.ARCH not in t.user_attrs:
             continue
-        arch = graph.from_json(t.user_attrs["arch"])
+        arch = graph.from_json(t.user_attrs[Attr.ARCH])
         counts.update(op for _, op in arch.nodes(data="op") if op and op not in STRUCTURAL_OPS)
     return counts
 
 
 def plot_op_frequency(study: optuna.Study, task: str, path: Path, top_fraction: float = 0.1) -> Path:
     """Share of each op among the ops of the top ``top_fraction`` trials against all trials."""
-    trials = [t for t in _completed(study) if "duplicate_of" not in t.user_attrs]
+    trials = [t for t in _completed(study) if Attr.DUPLICATE_OF not in t.user_attrs]
     sign = -1.0 if task == "classification" else 1.0
     ranked = sorted(trials, key=lambda t: sign * t.values[0])
     top = ranked[: max(1, round(top_fraction * len(ranked)))] if ranked else []

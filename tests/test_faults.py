@@ -21,7 +21,7 @@ from nas_meta.cli import main
 from nas_meta.config import make_config
 from nas_meta.search import objective as objective_module
 from nas_meta.search.runner import run_search
-from nas_meta.search.study import counted_trials
+from nas_meta.record import counted_trials
 
 
 def sinusoid(tmp_path, **search):

@@ -17,8 +17,10 @@ from optuna.trial import TrialState
 
 from nas_meta.config import make_config
 from nas_meta.search.runner import run_search
-from nas_meta.search.study import counted_trials, load_study
-from nas_meta.search.workers import WORKER_ATTR, recover_dead_trials, worker_identity
+from nas_meta.record import counted_trials
+from nas_meta.search.study import load_study
+from nas_meta.record import Attr
+from nas_meta.search.workers import recover_dead_trials, worker_identity
 
 POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
 needs_postgres = pytest.mark.skipif(
@@ -46,9 +48,9 @@ def dead_identity() -> str:
 def test_a_dead_local_workers_trial_is_failed_and_queued_again(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     trial = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
-    trial.set_user_attr(WORKER_ATTR, dead_identity())
+    trial.set_user_attr(Attr.WORKER, dead_identity())
     alive = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
-    alive.set_user_attr(WORKER_ATTR, worker_identity())
+    alive.set_user_attr(Attr.WORKER, worker_identity())
 
     assert recover_dead_trials(study) == [trial.number]
     states = {t.number: t.state for t in study.trials}

@@ -21,7 +21,8 @@ from ..config import RunConfig
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
 from .proxies import ProxyInputs
-from .study import CANDIDATE_FAILURE_ATTR, counted_trials, halving_rungs
+from ..record import Attr, counted_trials
+from .study import halving_rungs
 
 __all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "VAL_SEED_OFFSET"]
 
@@ -29,9 +30,6 @@ __all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "V
 VAL_SEED_OFFSET = 7_919
 
 
-INTERRUPTED_ATTR = "interrupted"
-ENQUEUED_ATTR = "enqueued_arch"  # architecture JSON of a trial queued by --enqueue / --baseline
-BASELINE_ATTR = "baseline"  # the name it was queued under (file stem or space name)
 
 
 class _TrialTimeout(Exception):
@@ -123,21 +121,21 @@ class Objective:
             return self._run(trial)
         except KeyboardInterrupt:
             # Not the candidate's fault: the trial fails, is not counted, and runs again on resume.
-            trial.set_user_attr(INTERRUPTED_ATTR, f"interrupted at step {self._step}")
+            trial.set_user_attr(Attr.INTERRUPTED, f"interrupted at step {self._step}")
             raise
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.hooks.check_stop()
         if self.hooks.started:
             self.hooks.started(trial.number, len(counted_trials(trial.study)))
-        if ENQUEUED_ATTR in trial.user_attrs:
+        if Attr.ENQUEUED_ARCH in trial.user_attrs:
             # A known architecture (--enqueue / --baseline): trained as it is, no choices sampled.
-            arch = graph.from_json(trial.user_attrs[ENQUEUED_ATTR])
+            arch = graph.from_json(trial.user_attrs[Attr.ENQUEUED_ARCH])
         else:
             arch = self.space.build(trial.suggest_categorical)
         fingerprint = graph.fingerprint(arch)
-        trial.set_user_attr("fingerprint", fingerprint)
-        trial.set_user_attr("arch", graph.to_json(arch))
+        trial.set_user_attr(Attr.FINGERPRINT, fingerprint)
+        trial.set_user_attr(Attr.ARCH, graph.to_json(arch))
 
         previous = self._evaluated(trial.study, fingerprint)
         if previous is not None:
@@ -145,7 +143,7 @@ class Objective:
             for key in ("params", "flops", "seconds"):
                 if key in previous.user_attrs:
                     trial.set_user_attr(key, previous.user_attrs[key])
-            trial.set_user_attr("duplicate_of", previous.number)
+            trial.set_user_attr(Attr.DUPLICATE_OF, previous.number)
             values = previous.values
             return (values[0], values[1]) if self.multi_objective else values[0]
 
@@ -156,8 +154,8 @@ class Objective:
         except SpaceError as exc:
             self._fail(trial, f"invalid architecture: {exc}")
         n_params = network.count_params(backbone)
-        trial.set_user_attr("params", n_params)
-        trial.set_user_attr("flops", network.count_flops(backbone, self.dataset.input_shape))
+        trial.set_user_attr(Attr.PARAMS, n_params)
+        trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
 
         learner = build_learner(self.cfg.learner, backbone, feature_dim=backbone.feature_dim,
                                 ways=self.ways, task=self.dataset.task).to(self.device)
@@ -166,12 +164,12 @@ class Objective:
 
         def report(step: int, value: float) -> None:
             curve.append([step, value])
-            trial.set_user_attr("curve", curve)  # pruned trials keep their partial curve
+            trial.set_user_attr(Attr.CURVE, curve)  # pruned trials keep their partial curve
             if self.multi_objective:
                 return  # Optuna cannot prune multi-objective studies
             trial.report(value, step)
             if trial.should_prune():
-                trial.set_user_attr("pruned_at", step)
+                trial.set_user_attr(Attr.PRUNED_AT, step)
                 raise optuna.TrialPruned(f"pruned at step {step} with validation score {value:.4f}")
 
         start = time.perf_counter()
@@ -187,7 +185,7 @@ class Objective:
 
         schedule = halving_rungs(self.cfg) if self.cfg.search.pruner == "halving" else None
         if schedule is not None:
-            trial.set_user_attr("rungs", schedule)  # (step, validation episodes) of each rung
+            trial.set_user_attr(Attr.RUNGS, schedule)  # (step, validation episodes) of each rung
         try:
             result = meta_train(learner, train_sampler, val_sampler, self.cfg.learner, seed=seed,
                                 report=report, progress=progress, checkpoints=schedule)
@@ -198,19 +196,19 @@ class Objective:
         except _TrialTimeout as exc:
             self._fail(trial, f"timeout: {exc}")
         finally:
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        trial.set_user_attr("weights_step", result.weights_step)  # the checkpoint the score comes from
+            trial.set_user_attr(Attr.SECONDS, round(time.perf_counter() - start, 3))
+        trial.set_user_attr(Attr.WEIGHTS_STEP, result.weights_step)  # the checkpoint the score comes from
         if self.multi_objective:
             return result.val_metric, float(n_params)
         return result.val_metric
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr(CANDIDATE_FAILURE_ATTR, reason)
+        trial.set_user_attr(Attr.FAILURE, reason)
         raise CandidateFailure(reason)
 
     @staticmethod
     def _evaluated(study: optuna.Study, fingerprint: str) -> optuna.trial.FrozenTrial | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("fingerprint") == fingerprint:
+            if t.user_attrs.get(Attr.FINGERPRINT) == fingerprint:
                 return t
         return None

@@ -13,9 +13,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..analyze import best_trials, format_count, format_score
-from .study import counted_trials
-from .workers import SURPLUS_ATTR
+from ..record import Attr, best_trials, counted_trials, format_count, format_score
 
 __all__ = ["SearchProgress", "format_seconds"]
 
@@ -69,20 +67,20 @@ class SearchProgress:
         self._last_val = val
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get(SURPLUS_ATTR):
+        if trial.user_attrs.get(Attr.SURPLUS):
             return  # not a trial of the search: other workers had already taken the budget
         counted = counted_trials(study)
         self.index = len(counted)
         note = ""
-        if "duplicate_of" in trial.user_attrs:
+        if Attr.DUPLICATE_OF in trial.user_attrs:
             note = f"  duplicate of #{trial.user_attrs['duplicate_of']}, not retrained"
         elif trial.state == TrialState.PRUNED:
             note = f"  pruned at step {trial.user_attrs.get('pruned_at', '?')}"
         elif trial.state == TrialState.FAIL:
             note = f"  failed: {trial.user_attrs.get('failure', 'interrupted, will be retried')}"
         value = trial.values[0] if trial.values else None
-        if trial.state == TrialState.PRUNED and trial.user_attrs.get("curve"):
-            value = trial.user_attrs["curve"][-1][1]
+        if trial.state == TrialState.PRUNED and trial.user_attrs.get(Attr.CURVE):
+            value = trial.user_attrs[Attr.CURVE][-1][1]
         best = next(iter(best_trials(study, self.task, k=1)), None)
         best_text = (
             f"best {format_score(best.values[0], self.task)} (#{best.number})" if best else "best -"

@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 
 from .. import graph
-from ..analyze import best_trials, trials_frame
+from ..record import Attr, best_trials, trials_frame
 from ..config import RunConfig
 from ..data import load_dataset
 from ..errors import ConfigError
@@ -252,7 +252,7 @@ def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, 
     atomic_write(directory / "trials.csv", lambda f: f.write(table.to_csv(index=False).encode()))
     best = best_trials(study, task, k=1)
     if best:
-        arch = graph.from_json(best[0].user_attrs["arch"])
+        arch = graph.from_json(best[0].user_attrs[Attr.ARCH])
         (directory / "best").mkdir(exist_ok=True)
         graph.save_json(arch, directory / "best" / "arch.json")
         graph.draw(arch, directory / "best" / "arch.png")

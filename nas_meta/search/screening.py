@@ -29,13 +29,11 @@ from .. import graph
 from ..model import network
 from ..config import RunConfig
 from .proxies import compute_proxies
-from .study import SCREENING_ATTR
-from .workers import WORKER_ATTR, worker_identity
+from ..record import Attr
+from .workers import worker_identity
 
-__all__ = ["screen", "PROMOTED_TO_ATTR", "PROMOTED_FROM_ATTR"]
+__all__ = ["screen"]
 
-PROMOTED_TO_ATTR = "promoted_to"  # on the winner's screening trial: the trial queued for it
-PROMOTED_FROM_ATTR = "promoted_from"  # on the queued trial: {trial, proxy, value, pool}
 
 
 def screen(study: optuna.Study, objective: Any) -> int:
@@ -43,7 +41,7 @@ def screen(study: optuna.Study, objective: Any) -> int:
     cfg: RunConfig = objective.cfg
     proxy, pool = cfg.search.prescreen, cfg.search.prescreen_pool
     assert proxy is not None
-    trained = {t.user_attrs.get("fingerprint") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    trained = {t.user_attrs.get(Attr.FINGERPRINT) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     open_trials: list[optuna.Trial] = []
     scored: list[tuple[float, bool, optuna.Trial]] = []  # (proxy value, new architecture, trial)
     seen: set[str] = set()
@@ -54,24 +52,24 @@ def screen(study: optuna.Study, objective: Any) -> int:
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
             open_trials.append(trial)
-            trial.set_user_attr(WORKER_ATTR, worker_identity())
-            trial.set_user_attr(SCREENING_ATTR, {"proxy": proxy})
+            trial.set_user_attr(Attr.WORKER, worker_identity())
+            trial.set_user_attr(Attr.SCREENING, {"proxy": proxy})
             arch = objective.space.build(trial.suggest_categorical)
             fingerprint = graph.fingerprint(arch)
-            trial.set_user_attr("fingerprint", fingerprint)
-            trial.set_user_attr("arch", graph.to_json(arch))
+            trial.set_user_attr(Attr.FINGERPRINT, fingerprint)
+            trial.set_user_attr(Attr.ARCH, graph.to_json(arch))
             inputs = objective.proxy_inputs(arch, trial.number)
             value, seconds = compute_proxies(inputs, [proxy])[proxy]
-            trial.set_user_attr("params", network.count_params(inputs.backbone))
-            trial.set_user_attr("flops", network.count_flops(inputs.backbone, inputs.input_shape))
-            trial.set_user_attr("seconds", round(seconds, 3))
-            trial.set_user_attr(SCREENING_ATTR, {"proxy": proxy, "value": value})
+            trial.set_user_attr(Attr.PARAMS, network.count_params(inputs.backbone))
+            trial.set_user_attr(Attr.FLOPS, network.count_flops(inputs.backbone, inputs.input_shape))
+            trial.set_user_attr(Attr.SECONDS, round(seconds, 3))
+            trial.set_user_attr(Attr.SCREENING, {"proxy": proxy, "value": value})
             new = fingerprint not in trained and fingerprint not in seen
             seen.add(fingerprint)
             scored.append((value, new, trial))
     except BaseException:
         for trial in open_trials:
-            trial.set_user_attr("interrupted", "interrupted while screening")
+            trial.set_user_attr(Attr.INTERRUPTED, "interrupted while screening")
             study.tell(trial, state=TrialState.FAIL)
         raise
     # Best proxy score among new architectures (NaN last); ties: the earlier candidate.
@@ -84,10 +82,10 @@ def screen(study: optuna.Study, objective: Any) -> int:
             trial.report(value, 0)
         study.tell(trial, state=TrialState.PRUNED)
     promoted = {"trial": winner.number, "proxy": proxy, "value": scored[order[0]][0], "pool": pool}
-    study.enqueue_trial(winner.params, user_attrs={PROMOTED_FROM_ATTR: promoted})
+    study.enqueue_trial(winner.params, user_attrs={Attr.PROMOTED_FROM: promoted})
     queued = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-              if t.user_attrs.get(PROMOTED_FROM_ATTR) == promoted]
-    winner.set_user_attr(PROMOTED_TO_ATTR, queued[-1] if queued else None)
+              if t.user_attrs.get(Attr.PROMOTED_FROM) == promoted]
+    winner.set_user_attr(Attr.PROMOTED_TO, queued[-1] if queued else None)
     study.tell(winner, state=TrialState.FAIL)
     return winner.number
 

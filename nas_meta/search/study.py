@@ -14,10 +14,11 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+
 
 from ..config import RunConfig
 from ..errors import ConfigError, StudyError
+from ..record import FORMAT_VERSION, StudyAttr
 from ..registry import Registry
 from .evolution import RegularizedEvolutionSampler
 
@@ -31,23 +32,16 @@ __all__ = [
     "create_study",
     "load_study",
     "stored_config",
-    "counted_trials",
     "redact_url",
     "halving_rungs",
 ]
 
-CONFIG_ATTR = "nas_meta:config"
-TASK_ATTR = "nas_meta:task"  # "classification" (score: accuracy, up) or "regression" (MSE, down)
-FORMAT_ATTR = "nas_meta:format"
-FORMAT_VERSION = 1
 
 # A trial that stopped through no fault of its candidate (killed process, Ctrl-C) is retried and
 # does not use up the budget; one whose candidate diverged or ran out of time does.
-CANDIDATE_FAILURE_ATTR = "failure"
 
 # A candidate scored only by a training-free proxy and not meta-trained (screening.py).  Such a
 # trial never uses up the budget: --trials counts meta-trained candidates.
-SCREENING_ATTR = "screening"
 
 # Successive halving (--pruner halving): each rung trains HALVING_RATE times longer than the one
 # before and validates on twice as many episodes; a trial goes on only if it is in the top
@@ -228,12 +222,12 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
         directions=directions(cfg, task),
         load_if_exists=True,
     )
-    stored = study.user_attrs.get(CONFIG_ATTR)
+    stored = study.user_attrs.get(StudyAttr.CONFIG)
     if stored is None:
         # The stored record never holds a password: workers are given the storage URL anyway.
-        study.set_user_attr(CONFIG_ATTR, public_config(cfg).to_dict())
-        study.set_user_attr(TASK_ATTR, task)
-        study.set_user_attr(FORMAT_ATTR, FORMAT_VERSION)
+        study.set_user_attr(StudyAttr.CONFIG, public_config(cfg).to_dict())
+        study.set_user_attr(StudyAttr.TASK, task)
+        study.set_user_attr(StudyAttr.FORMAT, FORMAT_VERSION)
     else:
         _check_resumable(RunConfig.from_dict(stored), cfg, study_name)
     return study
@@ -292,27 +286,14 @@ def load_study(study_name: str, storage: str, *, worker_index: int | None = None
 
 
 def stored_config(study: optuna.Study) -> RunConfig:
-    doc: Any = study.user_attrs.get(CONFIG_ATTR)
+    doc: Any = study.user_attrs.get(StudyAttr.CONFIG)
     if doc is None:
         raise StudyError(f"study {study.study_name!r} was not made by nas_meta (no stored config)")
     return RunConfig.from_dict(doc)
 
 
 def study_task(study: optuna.Study) -> str:
-    return study.user_attrs.get(TASK_ATTR, "classification")
-
-
-def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that use up the budget: finished ones, and failures that were the candidate's fault."""
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        if SCREENING_ATTR in t.user_attrs:
-            continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            out.append(t)
-        elif t.state == TrialState.FAIL and CANDIDATE_FAILURE_ATTR in t.user_attrs:
-            out.append(t)
-    return out
+    return study.user_attrs.get(StudyAttr.TASK, "classification")
 
 
 def _local_studies(results_dir: str | Path) -> dict[str, str]:

@@ -23,12 +23,10 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from .study import SCREENING_ATTR, counted_trials
+from ..record import Attr, counted_trials
 
-__all__ = ["worker_identity", "recover_dead_trials", "optimize_until", "SURPLUS_ATTR", "WORKER_ATTR"]
+__all__ = ["worker_identity", "recover_dead_trials", "optimize_until"]
 
-WORKER_ATTR = "worker"  # "<host>:<pid>:<process start time>" of the process running the trial
-SURPLUS_ATTR = "surplus"  # a trial started by a worker after the budget was already taken
 MAX_RETRY = 3
 
 
@@ -67,7 +65,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     retry = _retry_callback()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        identity = trial.user_attrs.get(WORKER_ATTR)
+        identity = trial.user_attrs.get(Attr.WORKER)
         if identity is None or _alive(identity):
             continue
         try:
@@ -75,7 +73,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker was quicker
             continue
-        if SCREENING_ATTR in trial.user_attrs:
+        if Attr.SCREENING in trial.user_attrs:
             continue  # a screening pool is drawn afresh, not replayed
         retry(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
@@ -96,8 +94,8 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     retry = _retry_callback()
     queued = []
     for t in trials:
-        if (t.state == TrialState.FAIL and "interrupted" in t.user_attrs and t.number not in retried
-                and SCREENING_ATTR not in t.user_attrs):
+        if (t.state == TrialState.FAIL and Attr.INTERRUPTED in t.user_attrs and t.number not in retried
+                and Attr.SCREENING not in t.user_attrs):
             retry(study, t)
             queued.append(t.number)
     return queued
@@ -111,7 +109,7 @@ def _taken(study: optuna.Study, below: int | None = None, include_waiting: bool 
     pending = {
         t.number
         for t in study.get_trials(deepcopy=False, states=states)
-        if SURPLUS_ATTR not in t.user_attrs and SCREENING_ATTR not in t.user_attrs
+        if Attr.SURPLUS not in t.user_attrs and Attr.SCREENING not in t.user_attrs
     }
     numbers = counted | pending
     if below is not None:
@@ -128,9 +126,9 @@ def guard_budget(target: int) -> Callable[[optuna.Trial], None]:
     trial whose earlier trials already fill the budget is surplus and stops at once."""
 
     def check(trial: optuna.Trial) -> None:
-        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        trial.set_user_attr(Attr.WORKER, worker_identity())
         if _taken(trial.study, below=trial.number) >= target:
-            trial.set_user_attr(SURPLUS_ATTR, True)
+            trial.set_user_attr(Attr.SURPLUS, True)
             raise Surplus(f"trial {trial.number}: the study already has its {target} trials")
 
     return check
@@ -180,13 +178,11 @@ def enqueue_architectures(study: optuna.Study, archs: list[tuple[str, dict]]) ->
 
     They run before any sampled candidate (Optuna pops WAITING trials first) and count towards
     the budget like any trial."""
-    from .objective import BASELINE_ATTR, ENQUEUED_ATTR
-
-    present = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
+    present = {t.user_attrs.get(Attr.BASELINE) for t in study.get_trials(deepcopy=False)}
     queued = []
     for name, doc in archs:
         if name in present:
             continue
-        study.enqueue_trial({}, user_attrs={ENQUEUED_ATTR: doc, BASELINE_ATTR: name})
+        study.enqueue_trial({}, user_attrs={Attr.ENQUEUED_ARCH: doc, Attr.BASELINE: name})
         queued.append(name)
     return queued
