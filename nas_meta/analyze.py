@@ -3,7 +3,7 @@
     >>> frame = trials_frame(study, "classification")      # doctest: +SKIP
     >>> print(render(ranked_frame(study, "classification"), "md"))  # doctest: +SKIP
 
-Plots live in :mod:`nas_meta.plots`.
+Plots live in :mod:`nas_meta.viz.study`.
 """
 
 from __future__ import annotations

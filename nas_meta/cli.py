@@ -496,7 +496,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     if args.plots:
-        from .plots import write_plots
+        from .viz.study import write_plots
 
         pairs = [(s, study_task(s)) for s, _ in entries]
         for path in write_plots(pairs, args.plots):

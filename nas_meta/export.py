@@ -304,7 +304,9 @@ def export_trials(
             card["retrain"] = result
         graph.save_json(arch, folder / "arch.json")
         graph.save_graphml(arch, folder / "arch.graphml")
-        graph.draw(arch, folder / "arch.png")
+        from .viz.arch import draw_arch  # matplotlib only when a picture is written
+
+        draw_arch(arch, folder / "arch.png")
         atomic_write_json(folder / "card.json", card)
         atomic_write_text(folder / "README.md", render_card(card))
         exported.append(Exported(rank, trial.number, folder, card))

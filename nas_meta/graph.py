@@ -1,4 +1,4 @@
-"""Architecture graphs: validate, fingerprint, JSON/GraphML io (pictures: nas_meta.draw).  No torch here.
+"""Architecture graphs: validate, fingerprint, JSON/GraphML io (pictures: nas_meta.viz.arch).  No torch here.
 
 An architecture is a plain ``networkx.DiGraph``:
 
@@ -44,7 +44,6 @@ __all__ = [
     "load_json",
     "save_graphml",
     "load_graphml",
-    "draw",
 ]
 
 JSON_VERSION = 1
@@ -212,10 +211,3 @@ def load_graphml(path: str | Path) -> nx.DiGraph:
         arch.graph["params"] = json.loads(arch.graph["params"])
     arch.graph.pop("nas_meta_version", None)
     return arch
-
-
-def draw(arch: nx.DiGraph, path: str | Path, title: str | None = None) -> None:
-    """Draw an architecture to a PNG, nodes labelled by op; see :func:`nas_meta.draw.draw_arch`."""
-    from .draw import draw_arch  # matplotlib only when a picture is asked for
-
-    draw_arch(arch, path, title)

@@ -13,7 +13,7 @@ from nas_meta import graph
 from nas_meta.analyze import compare_frame, parse, ranked_frame, render, study_summary, trials_frame
 from nas_meta.cli import main
 from nas_meta.config import make_config
-from nas_meta.plots import pareto_front, write_plots
+from nas_meta.viz.study import pareto_front, write_plots
 from nas_meta.search.study import create_study
 from nas_meta.spaces import load_space
 

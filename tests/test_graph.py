@@ -10,7 +10,8 @@ import sys
 import networkx as nx
 import pytest
 
-from nas_meta import draw, graph, spaces
+from nas_meta import graph, spaces
+from nas_meta.viz import arch as draw
 from nas_meta.errors import SpaceError
 from nas_meta.spaces import build_cells
 
@@ -191,7 +192,7 @@ def test_graph_module_does_not_import_torch():
 @pytest.mark.parametrize("name", ["cell", "chain", "mlp"])
 def test_draw_writes_a_png(tmp_path, name):
     arch = spaces.load_space(name).sample(random.Random(0))
-    graph.draw(arch, tmp_path / "arch.png")
+    draw.draw_arch(arch, tmp_path / "arch.png")
     data = (tmp_path / "arch.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 

@@ -255,6 +255,8 @@ def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, 
         arch = graph.from_json(best[0].user_attrs[Attr.ARCH])
         (directory / "best").mkdir(exist_ok=True)
         graph.save_json(arch, directory / "best" / "arch.json")
-        graph.draw(arch, directory / "best" / "arch.png")
+        from ..viz.arch import draw_arch  # matplotlib only when a picture is written
+
+        draw_arch(arch, directory / "best" / "arch.png")
     return SearchOutcome(study, prepared.study_name, directory, url, task, table, ran)
 

@@ -203,6 +203,6 @@ def load_space(name_or_path: str | Path) -> Space:
 
 def draw_space(space: Space, path: str | Path) -> None:
     """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
-    from ..draw import draw_space as draw
+    from ..viz.arch import draw_space as draw
 
     draw(space, path)

@@ -9,17 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-
-from . import graph  # noqa: E402
-from .fileio import atomic_write  # noqa: E402
-from .record import Attr  # noqa: E402
+from .. import graph
+from ..record import Attr
+from .style import TEXT_SIZE, new_figure, save_png
 
 __all__ = ["write_plots", "plot_best_so_far", "plot_score_vs_params", "plot_op_frequency", "op_counts"]
 
@@ -45,21 +42,19 @@ def _scale(task: str) -> float:
     return 100.0 if task == "classification" else 1.0
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     for ax in fig.axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=TEXT_SIZE)
         else:  # an empty or all-failed study: say so instead of drawing empty axes silently
             ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_best_so_far(studies: list[tuple[optuna.Study, str]], path: Path) -> Path:
     """Best validation score so far against trial number (left) and wall time (right)."""
-    fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (by_trial, by_time) = new_figure(11, 4, cols=2)
     ylabel = _ylabel(studies[0][1]) if studies else "score"
     for study, task in studies:
         trials = _completed(study)
@@ -97,7 +92,7 @@ def pareto_front(points: list[tuple[float, float]], maximize: bool) -> list[tupl
 
 def plot_score_vs_params(studies: list[tuple[optuna.Study, str]], path: Path) -> Path:
     """Each completed trial's validation score against its parameter count; the Pareto front."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = new_figure(6.5, 4.5)
     for study, task in studies:
         pts = [(t.user_attrs[Attr.PARAMS], t.values[0]) for t in _completed(study)
                if Attr.PARAMS in t.user_attrs and Attr.DUPLICATE_OF not in t.user_attrs]
@@ -136,7 +131,7 @@ def plot_op_frequency(study: optuna.Study, task: str, path: Path, top_fraction: 
     every, best = op_counts(trials), op_counts(top)
     ops = sorted(every, key=lambda op: -every[op])
     n_all, n_top = sum(every.values()) or 1, sum(best.values()) or 1
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(ops) + 2), 4.2))
+    fig, ax = new_figure(max(6.0, 0.7 * len(ops) + 2), 4.2)
     xs = range(len(ops))
     ax.bar([x - 0.2 for x in xs], [100 * every[o] / n_all for o in ops], width=0.4, label=f"all {len(trials)} trials")
     ax.bar([x + 0.2 for x in xs], [100 * best[o] / n_top for o in ops], width=0.4,

@@ -1,6 +1,7 @@
 """Pictures of architectures and of search spaces (matplotlib, PNG).
 
-    >>> from nas_meta import draw, spaces
+    >>> from nas_meta import spaces
+    >>> from nas_meta.viz import arch as draw
     >>> draw.draw_arch(spaces.load_space("cell").sample(random.Random(0)), "arch.png")  # doctest: +SKIP
     >>> draw.draw_space(spaces.load_space("cell"), "cell.png")                          # doctest: +SKIP
 """
@@ -12,8 +13,8 @@ from typing import Any
 
 import networkx as nx
 
-from .fileio import atomic_write
-from .graph import fingerprint
+from ..graph import fingerprint
+from .style import DPI, SMALL_SIZE, TEXT_SIZE, TITLE_SIZE, save_png
 
 __all__ = ["draw_arch", "draw_space", "draw_panels", "node_text", "layered_positions", "grouped_positions"]
 
@@ -169,7 +170,7 @@ def draw_panels(panels: list[dict[str, Any]], path: str | Path, title: str, foot
     fig = Figure(figsize=(fig_w, sum(heights) + 0.8 + 0.2 * footer.count("\n") + (0.4 if footer else 0)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=TITLE_SIZE)
     for ax, panel in zip(axes, panels):
         g = panel["graph"]
         pos = nx.get_node_attributes(g, "pos")
@@ -182,21 +183,21 @@ def draw_panels(panels: list[dict[str, Any]], path: str | Path, title: str, foot
             if attrs.get("label"):
                 (x0, y0), (x1, y1) = pos[u], pos[v]
                 f = attrs.get("label_pos", 0.5)
-                ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0), attrs["label"], fontsize=7, ha="center", va="center", color="#1f3d7a",
+                ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0), attrs["label"], fontsize=SMALL_SIZE, ha="center", va="center", color="#1f3d7a",
                         bbox={"boxstyle": "round,pad=0.2", "fc": "#eef3ff", "ec": "none", "alpha": 0.9}, zorder=2)
         for node, (x, y) in pos.items():
             label = g.nodes[node].get("label", str(node))
-            ax.text(x, y, label, ha="center", va="center", fontsize=8, zorder=3,
+            ax.text(x, y, label, ha="center", va="center", fontsize=TEXT_SIZE, zorder=3,
                     bbox={"boxstyle": "round,pad=0.35", "fc": _node_color(g.nodes[node]), "ec": "#333333", "lw": 0.8})
         xs, ys = [x for x, _ in pos.values()], [y for _, y in pos.values()]
         ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
         ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
-        ax.set_title(panel.get("title", ""), fontsize=10, loc="left")
+        ax.set_title(panel.get("title", ""), fontsize=TITLE_SIZE - 2, loc="left")
         ax.axis("off")
     if footer:
-        fig.text(0.01, 0.005, footer, fontsize=7, va="bottom", family="monospace")
+        fig.text(0.01, 0.005, footer, fontsize=SMALL_SIZE, va="bottom", family="monospace")
     fig.tight_layout(rect=(0, 0.02 + 0.012 * (footer.count("\n") + 1) if footer else 0, 1, 0.97))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    save_png(fig, path, dpi=DPI)
 
 
 def _box_shrink(attrs: dict[str, Any], at: tuple[float, float], towards: tuple[float, float]) -> float:
