@@ -355,12 +355,13 @@ def test_refit_without_retrain_is_a_user_error(tmp_path, capsys) -> None:
 
 
 def test_omniglot_defaults_to_the_winning_recipe_and_the_cli_can_turn_it_off() -> None:
-    from nas_meta.cli import _search_config, build_parser
+    from nas_meta.cli import build_parser
+    from nas_meta.cli.search import search_config
 
     on = make_config("quick", data={"dataset": "omniglot"})
     assert on.data.rotations and on.data.augment
     off = make_config("quick", data={"dataset": "glyphs"})
     assert not off.data.rotations and not off.data.augment  # not measured on glyphs: unchanged
     args = build_parser().parse_args(["search", "--dataset", "omniglot", "--no-rotations", "--no-augment"])
-    cfg = _search_config(args)
+    cfg = search_config(args)
     assert not cfg.data.rotations and not cfg.data.augment

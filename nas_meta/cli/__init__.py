@@ -1,0 +1,54 @@
+"""Command line: argparse subcommands -> a typed config -> library calls.
+
+A user mistake is one line on stderr naming the bad value and the valid choices, exit code 2, no
+traceback, and nothing written.  Ctrl-C ends a search with exit code 130; running the same command
+again resumes it.  Anything else is a bug and keeps its traceback.  One module per group of
+commands (search.py: search, worker; export.py: export, evaluate; analyze.py: analyze, spaces);
+common.py holds what they share.
+
+    python cli.py search --space cell --algo maml
+    python cli.py spaces
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import NasMetaError
+from . import analyze, export, search
+from .common import PROG, Parser
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog=PROG, description="Neural architecture search for few-shot learning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in (search, export, analyze):
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``SystemExit`` for usage errors comes from argparse)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage mistake (2), already printed in one line
+        return int(exc.code or 0)
+    import optuna
+
+    # Our progress lines say what Optuna's log would, once per trial and readably; its warning for a
+    # failed trial (a traceback) is already a line of ours with the reason, and a bug in a trial
+    # is re-raised by optimize() with its traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return int(args.run(args))
+    except NasMetaError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

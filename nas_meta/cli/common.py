@@ -1,0 +1,146 @@
+"""What the commands share: the one-line-error parser, option groups and their overrides, progress lines."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..config import CHECKPOINTS, LR_SCHEDULES, REFITS
+from ..errors import ConfigError
+
+PROG = "nas-meta"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage block is behind --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def default_cache_dir() -> str:
+    """Where generated and preprocessed datasets are kept between runs (XDG convention)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "nas_meta")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default=None, choices=("lake", "vinyals"),
+                   help="omniglot protocol: lake (alphabets held out) or vinyals (+rotations) (default: lake)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the dataset's)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (online only)")
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir(), "download": args.download}
+    for name in ("data_root", "split", "image_size", "rotations", "augment"):
+        if getattr(args, name, None) is not None:
+            data[name] = getattr(args, name)
+    return data
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    # The training recipe; None means "the preset's / dataset's default" (see config.py).
+    p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="training classes' 90/180/270-degree rotations as new training classes")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random affine jitter of training episodes (shift, rotation, scale, shear)")
+    p.add_argument("--train-ways", type=int, default=None,
+                   help="classes per training episode, e.g. 60 for ProtoNet (default: --ways)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0, plain Adam)")
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="outer learning rate (default: constant)")
+    p.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
+                   help="keep the best validation checkpoint's weights or the last step's (default: last)")
+    add_refit_option(p)
+
+
+def add_refit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refit", default=None, choices=REFITS,
+                   help="final models train on the train classes, or on train+val for the steps validation "
+                        "chose (default: train; export: the study's)")
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The learner's recipe options the user typed (the data ones go through data_overrides)."""
+    return {name: getattr(args, name)
+            for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint", "refit")
+            if getattr(args, name, None) is not None}
+
+
+def add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
+    if many:
+        p.add_argument("--study", action="append", required=True,
+                       help="study name or shell glob; repeat for a comparison")
+    else:
+        p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study folder in --results-dir)")
+    p.add_argument("--results-dir", default="results", help="where study folders are (default: results)")
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iterations", type=int, default=None, help="meta-training steps (default: preset's)")
+    p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
+
+
+def budget_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    """--iterations / --meta-batch over ``base`` (a LearnerConfig), keeping its number of checkpoints."""
+    learner: dict[str, Any] = {}
+    if args.iterations is not None:
+        positive("iterations", args.iterations)
+        learner["iterations"] = args.iterations
+        learner["eval_every"] = max(1, args.iterations * base.eval_every // base.iterations)
+    if args.meta_batch is not None:
+        learner["meta_batch"] = args.meta_batch
+    return learner
+
+
+def positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"--{name} must be a positive integer, got {value}")
+
+
+def format_test(test: dict[str, Any], task: str) -> str:
+    if task == "classification":
+        return f"{100 * test['mean']:.2f}% ± {100 * test['ci95']:.2f}"
+    return f"{test['mean']:.4f} ± {test['ci95']:.4f}"
+
+
+def step_printer():
+    state = {"last": None}
+
+    def progress(step: int, total: int, val: float | None) -> None:
+        if val is not None and val != state["last"]:
+            print(f"  step {step}/{total} validation {val:.4f}", file=sys.stderr)
+            state["last"] = val
+
+    return progress
+
+
+@contextlib.contextmanager
+def graceful_interrupt() -> Iterator[Callable[[], bool]]:
+    """First Ctrl-C: stop at the next training step (a safe point: a KeyboardInterrupt raised at
+    an arbitrary moment can land in a garbage-collector callback, where Python ignores it).
+    A second Ctrl-C interrupts at once."""
+    requested = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(f"\n{PROG}: stopping at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

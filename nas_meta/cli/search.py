@@ -1,0 +1,164 @@
+"""``search`` and ``worker``: run a search, or join one from another process or machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..config import ALGOS, DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, PRUNERS, SAMPLERS, make_config
+from ..errors import ConfigError
+from .common import (
+    PROG,
+    add_budget_options,
+    add_data_options,
+    add_recipe_options,
+    budget_overrides,
+    data_overrides,
+    default_cache_dir,
+    graceful_interrupt,
+    recipe_overrides,
+)
+
+
+def add_parsers(sub: Any) -> None:
+    search = sub.add_parser("search", help="search a space for the best few-shot backbone")
+    add_search_options(search)
+    search.set_defaults(run=cmd_search)
+
+    worker = sub.add_parser("worker", help="join a study (from this or another machine)")
+    worker.add_argument("--study", required=True, help="study name")
+    worker.add_argument("--storage", required=True, help="the study's storage URL, e.g. postgresql://user@host/db")
+    worker.add_argument("--worker-index", type=int, default=1,
+                        help="distinct per worker: the sampler's seed is the run seed plus this (default: 1)")
+    worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    worker.add_argument("--data-root", default=None, help="where the dataset is on this machine")
+    worker.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
+    worker.add_argument("--device", default=None, choices=DEVICES, help="override the study's device")
+    worker.set_defaults(run=cmd_worker)
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    # None means "the preset's value": only what the user typed overrides the preset.
+    p.add_argument("--space", default="cell", help="space name in search_spaces/ or a YAML path (default: cell)")
+    p.add_argument("--algo", default="maml", choices=ALGOS, help="meta-learner (default: maml)")
+    p.add_argument("--dataset", default="glyphs", help="dataset name (default: glyphs, built in, offline)")
+    p.add_argument("--data-root", default=None, help="folder of a real dataset (omniglot, folder, cifar_fs)")
+    add_data_options(p)
+    p.add_argument("--ways", type=int, default=None, help="classes per episode (default: 5)")
+    p.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
+    p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
+    p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
+    add_budget_options(p)
+    add_recipe_options(p)
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
+    p.add_argument("--pruner", default="none", choices=PRUNERS,
+                   help="early stopping; halving: successive halving, 3 rungs (default: none)")
+    p.add_argument("--prescreen", default=None, metavar="PROXY",
+                   help="score --prescreen-pool candidates by this training-free proxy (README: Screening) "
+                        "and meta-train only the best of each pool (default: no screening)")
+    p.add_argument("--prescreen-pool", type=int, default=None, metavar="K",
+                   help="candidates screened per meta-trained one "
+                        f"(default with --prescreen: {DEFAULT_PRESCREEN_POOL})")
+    p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
+    p.add_argument("--results-dir", default="results", help="output folder (default: results)")
+    p.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler, episodes and weights (default: 0)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when present (default: auto)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the learner's passes (pays only for long trainings)")
+    p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a candidate whose meta-training takes longer (default: no limit)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="ARCH.json",
+                   help="train this architecture first (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], metavar="SPACE",
+                   help="train this one-architecture space first, e.g. conv4 (repeatable)")
+    p.add_argument("--n-workers", type=int, default=1,
+                   help="worker processes on this machine sharing the study (default: 1)")
+
+
+def search_config(args: argparse.Namespace):
+    data: dict[str, Any] = {"dataset": args.dataset, **data_overrides(args)}
+    for name in ("ways", "shots", "queries"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    search: dict[str, Any] = {"space": args.space, "sampler": args.sampler, "pruner": args.pruner,
+                              "study": args.study, "storage": args.storage, "trial_timeout": args.trial_timeout,
+                              "enqueue": tuple(args.baseline) + tuple(args.enqueue),
+                              "prescreen": args.prescreen}
+    if args.prescreen_pool is not None:
+        search["prescreen_pool"] = args.prescreen_pool
+    elif args.prescreen is not None:
+        search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
+    if args.trials is not None:
+        search["trials"] = args.trials
+    learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile,
+                               **budget_overrides(args, make_config(args.preset).learner),
+                               **recipe_overrides(args)}
+    return make_config(args.preset, data=data, learner=learner, search=search,
+                       results_dir=args.results_dir, seed=args.seed, device=args.device)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..search.runner import SearchInterrupted, run_search
+    from ..search.study import redact_url
+
+    cfg = search_config(args)
+    if args.n_workers < 1:
+        raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
+    print(f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
+          f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
+          f"preset {cfg.preset}, {cfg.search.trials} trials")
+    try:
+        with graceful_interrupt() as should_stop:
+            outcome = run_search(cfg, workers=args.n_workers, should_stop=should_stop)
+    except SearchInterrupted as stop:
+        print_table(stop.outcome)
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print_table(outcome)
+    if outcome.ran == 0:
+        print(f"the study already holds {cfg.search.trials} trials; ask for more with --trials N")
+    print(f"study {outcome.study_name!r} in {redact_url(outcome.storage)}")
+    print(f"results in {outcome.directory}/ (trials.csv, config.json, best/arch.json)")
+    return 0
+
+
+def print_table(outcome) -> None:
+    from ..analyze import baseline_report, best_trials, format_count, format_score, summary_frame
+
+    print(summary_frame(outcome.table, outcome.task).to_string(index=False))
+    best = best_trials(outcome.study, outcome.task, k=1)
+    if best:
+        print(f"best: trial #{best[0].number}, validation score "
+              f"{format_score(best[0].values[0], outcome.task)}, "
+              f"params {format_count(best[0].user_attrs.get('params'))}")
+    for line in baseline_report(outcome.study, outcome.task):
+        print(line)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ..search.runner import run_worker
+    from ..search.study import redact_url
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    overrides: dict[str, Any] = {"data": {"cache_dir": args.cache_dir or default_cache_dir()}}
+    if args.data_root:
+        overrides["data"]["data_root"] = args.data_root
+    if args.device:
+        overrides["device"] = args.device
+    with graceful_interrupt() as should_stop:
+        outcome = run_worker(args.study, args.storage, worker_index=args.worker_index, overrides=overrides,
+                             should_stop=should_stop)
+    print(f"worker {args.worker_index} ran {outcome.ran} trials of study {args.study!r} "
+          f"in {redact_url(args.storage)}")
+    print_table(outcome)
+    return 0
