@@ -59,11 +59,27 @@ def run(args: argparse.Namespace) -> int:
     reference = Budget.parse(args.reference)
     proxies = [p for p in args.proxies.split(",") if p]
     shard, shards = (int(v) for v in args.shard.split("/"))
-    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": args.root, "cache_dir": args.cache_dir,
-                                     "split": "lake", "ways": args.ways, "shots": args.shots, "queries": 5},
-                      learner={"algo": args.algo, "meta_batch": 4, "iterations": reference.steps,
-                               "eval_every": reference.steps, "val_episodes": 40},
-                      seed=args.seed, device="cpu")
+    cfg = make_config(
+        "quick",
+        data={
+            "dataset": "omniglot",
+            "data_root": args.root,
+            "cache_dir": args.cache_dir,
+            "split": "lake",
+            "ways": args.ways,
+            "shots": args.shots,
+            "queries": 5,
+        },
+        learner={
+            "algo": args.algo,
+            "meta_batch": 4,
+            "iterations": reference.steps,
+            "eval_every": reference.steps,
+            "val_episodes": 40,
+        },
+        seed=args.seed,
+        device="cpu",
+    )
     dataset = load_dataset(cfg.data)
     space = load_space(args.space)
     include = [load_known_arch("conv4")[1]] if args.space == "chain" else []
@@ -75,18 +91,36 @@ def run(args: argparse.Namespace) -> int:
         if index % shards != shard or path.exists():
             continue
         t0 = time.process_time()
-        record = score_architecture(cfg, arch, dataset, budgets=budgets, reference=reference, proxies=proxies,
-                                    seed=args.seed, val_seed=args.seed + VAL_SEED_OFFSET,
-                                    reference_seed=args.seed + REFERENCE_SEED_OFFSET)
-        record.update(index=index, space=args.space, algo=args.algo, ways=args.ways, shots=args.shots,
-                      seed=args.seed, threads=torch.get_num_threads(),
-                      cpu_s=round(time.process_time() - t0, 1),
-                      recipe=cfg.recipe(), command=" ".join(["python bench/fidelity.py run OMNIGLOT_ROOT",
-                                                             *sys.argv[3:]]))
+        record = score_architecture(
+            cfg,
+            arch,
+            dataset,
+            budgets=budgets,
+            reference=reference,
+            proxies=proxies,
+            seed=args.seed,
+            val_seed=args.seed + VAL_SEED_OFFSET,
+            reference_seed=args.seed + REFERENCE_SEED_OFFSET,
+        )
+        record.update(
+            index=index,
+            space=args.space,
+            algo=args.algo,
+            ways=args.ways,
+            shots=args.shots,
+            seed=args.seed,
+            threads=torch.get_num_threads(),
+            cpu_s=round(time.process_time() - t0, 1),
+            recipe=cfg.recipe(),
+            command=" ".join(["python bench/fidelity.py run OMNIGLOT_ROOT", *sys.argv[3:]]),
+        )
         atomic_write_json(path, record)
         ref = record["reference"]
-        print(f"{index:3d} {record['params']:>8,} params  reference {100 * ref['score']:.2f}%  "
-              f"{record['cpu_s']:.0f} CPU s", flush=True)
+        print(
+            f"{index:3d} {record['params']:>8,} params  reference {100 * ref['score']:.2f}%  "
+            f"{record['cpu_s']:.0f} CPU s",
+            flush=True,
+        )
     return 0
 
 
@@ -100,8 +134,10 @@ def estimators(records: list[dict[str, Any]]) -> dict[str, tuple[list[float], li
     for name in records[0].get("proxies", {}):
         out[name] = ([r["proxies"][name]["value"] for r in records], [r["proxies"][name]["cpu_s"] for r in records])
     for i, b in enumerate(records[0].get("budgets", [])):
-        out[f"train{b['steps']}@{b['val_episodes']}"] = ([r["budgets"][i]["score"] for r in records],
-                                                        [r["budgets"][i]["cpu_s"] for r in records])
+        out[f"train{b['steps']}@{b['val_episodes']}"] = (
+            [r["budgets"][i]["score"] for r in records],
+            [r["budgets"][i]["cpu_s"] for r in records],
+        )
     return out
 
 
@@ -116,18 +152,23 @@ def table(args: argparse.Namespace) -> int:
         reference = [r["reference"]["score"] for r in records]
         ref = records[0]["reference"]
         ref_cpu = sum(r["reference"]["cpu_s"] for r in records) / len(records)
-        lines += [f"### `{path.name}`: {len(records)} architectures, reference {ref['steps']} steps scored on "
-                  f"{ref['val_episodes']} validation episodes ({ref_cpu:.0f} CPU s per architecture; "
-                  f"reference scores {100 * min(reference):.1f}-{100 * max(reference):.1f}%)", "",
-                  "| estimator | Kendall tau (95% CI) | Spearman rho (95% CI) | top-10% recall | CPU s per arch |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"### `{path.name}`: {len(records)} architectures, reference {ref['steps']} steps scored on "
+            f"{ref['val_episodes']} validation episodes ({ref_cpu:.0f} CPU s per architecture; "
+            f"reference scores {100 * min(reference):.1f}-{100 * max(reference):.1f}%)",
+            "",
+            "| estimator | Kendall tau (95% CI) | Spearman rho (95% CI) | top-10% recall | CPU s per arch |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name, (values, cpu) in estimators(records).items():
             tau, rho = kendall_tau(values, reference), spearman_rho(values, reference)
             tau_ci = bootstrap_ci(kendall_tau, values, reference)
             rho_ci = bootstrap_ci(spearman_rho, values, reference)
             recall = top_recall(values, reference)
-            lines.append(f"| {name} | {tau:.2f} [{tau_ci[0]:.2f}, {tau_ci[1]:.2f}] | {rho:.2f} "
-                         f"[{rho_ci[0]:.2f}, {rho_ci[1]:.2f}] | {recall:.2f} | {sum(cpu) / len(cpu):.1f} |")
+            lines.append(
+                f"| {name} | {tau:.2f} [{tau_ci[0]:.2f}, {tau_ci[1]:.2f}] | {rho:.2f} "
+                f"[{rho_ci[0]:.2f}, {rho_ci[1]:.2f}] | {recall:.2f} | {sum(cpu) / len(cpu):.1f} |"
+            )
             if path.name == args.last:
                 last[f"tau_{name.replace('@', '_')}"] = tau
         lines.append("")
@@ -146,16 +187,21 @@ def transfer() -> list[str]:
         space = proto.name.split("-protonet-")[0]
         for other in sorted(RESULTS.glob(f"{space}-*maml-*")):
             a = {r["fingerprint"]: r["reference"]["score"] for r in load(proto) if r.get("reference")}
-            b = {r["fingerprint"]: (r["reference"]["score"], r["reference"]["steps"]) for r in load(other)
-                 if r.get("reference")}
+            b = {
+                r["fingerprint"]: (r["reference"]["score"], r["reference"]["steps"])
+                for r in load(other)
+                if r.get("reference")
+            }
             common = sorted(set(a) & set(b))
             if len(common) < 4:
                 continue
             x, y = [a[k] for k in common], [b[k][0] for k in common]
             lo, hi = bootstrap_ci(kendall_tau, x, y)
-            out.append(f"Transfer `{proto.name}` -> `{other.name}` ({len(common)} architectures, "
-                       f"MAML reference {b[common[0]][1]} steps): Kendall tau {kendall_tau(x, y):.2f} "
-                       f"[{lo:.2f}, {hi:.2f}]")
+            out.append(
+                f"Transfer `{proto.name}` -> `{other.name}` ({len(common)} architectures, "
+                f"MAML reference {b[common[0]][1]} steps): Kendall tau {kendall_tau(x, y):.2f} "
+                f"[{lo:.2f}, {hi:.2f}]"
+            )
     return out
 
 

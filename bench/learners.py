@@ -4,7 +4,8 @@ Omniglot 5-way 1-shot shapes (1x28x28, 5 support + 75 query per task), meta-batc
 64 channels (BatchNorm with batch statistics), 2 CPU threads: nas_meta trains the conv4 space as
 its compiler builds it and its learners run it (NHWC images, BatchNorm + max-pool fused, the first
 conv fused with them, pool before ReLU, tasks on threads: all exact up to float rounding),
-learn2learn the papers' nn.Sequential with the same weights, as its documentation runs it.  Every method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
+learn2learn the papers' nn.Sequential with the same weights, as its documentation runs it.  Every
+method trains (loss, backward, Adam step) on the same batch from the same initial weights; the
 meta-gradients of nas_meta and learn2learn are checked equal before any timing.  Methods run in
 interleaved rounds and the medians are quoted (the machines here are noisy: +-15% between runs).
 Achieved GFLOP/s are torch.utils.flop_counter counts over measured time, against the measured
@@ -45,9 +46,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nas_meta.model import network  # noqa: E402
 from nas_meta.data.sampler import Episodes  # noqa: E402
 from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
+from nas_meta.model import network  # noqa: E402
 from nas_meta.model.ops import BatchNorm  # noqa: E402
 from nas_meta.spaces import load_space  # noqa: E402
 

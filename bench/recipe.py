@@ -40,8 +40,16 @@ BASE: dict[str, Any] = {
     # Every recipe field is pinned: a dataset default (omniglot's rotations and jitter) must not
     # leak into a row that is meant to go without it.
     "data": {"ways": 20, "shots": 1, "queries": 5, "rotations": False, "augment": False},
-    "learner": {"algo": "protonet", "meta_batch": 4, "iterations": 900, "eval_every": 100, "val_episodes": 100,
-                "checkpoint": "last", "lr_schedule": "constant", "weight_decay": 0.0},
+    "learner": {
+        "algo": "protonet",
+        "meta_batch": 4,
+        "iterations": 900,
+        "eval_every": 100,
+        "val_episodes": 100,
+        "checkpoint": "last",
+        "lr_schedule": "constant",
+        "weight_decay": 0.0,
+    },
     "refit": "train",
 }
 
@@ -58,17 +66,26 @@ PROTONET_ROWS: list[tuple[str, str, dict[str, Any]]] = [
 # Alternatives to a cumulative row, at (about) the same CPU time: they replace, not add.
 ALTERNATIVES: list[tuple[str, str, str, dict[str, Any]]] = [
     # 60-way episodes cost 3.4x a 20-way step here (measured), so 265 steps match 900 in CPU time.
-    ("ways60", "cosine", "`cosine` with 60-way training episodes, 265 steps (equal CPU)",
-     {"learner": {"train_ways": 60, "iterations": 265, "eval_every": 30}}),
+    (
+        "ways60",
+        "cosine",
+        "`cosine` with 60-way training episodes, 265 steps (equal CPU)",
+        {"learner": {"train_ways": 60, "iterations": 265, "eval_every": 30}},
+    ),
     ("wd0.1", "cosine", "`cosine` + weight decay 0.1", {"learner": {"weight_decay": 0.1}}),
-    ("long", "cosine", "`cosine` for 2000 steps (over the 10 CPU-minute budget)",
-     {"learner": {"iterations": 2000, "eval_every": 200}}),
+    (
+        "long",
+        "cosine",
+        "`cosine` for 2000 steps (over the 10 CPU-minute budget)",
+        {"learner": {"iterations": 2000, "eval_every": 200}},
+    ),
 ]
 # First-order MAML, 5-way 1-shot (its head has 5 outputs, so it trains and tests 5-way): the same
 # protocol and the first five ProtoNet rows.
 FOMAML_CHANGES: dict[str, Any] = {"data": {"ways": 5}, "learner": {"algo": "fomaml"}}
-FOMAML_ROWS: list[tuple[str, str, dict[str, Any]]] = [(f"fomaml-{name}", label, changes)
-                                                      for name, label, changes in PROTONET_ROWS[:5]]
+FOMAML_ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    (f"fomaml-{name}", label, changes) for name, label, changes in PROTONET_ROWS[:5]
+]
 
 TEST_EPISODES = 600
 # Test episode kinds: (key, ways, within one alphabet).  ProtoNet rows are scored on all three;
@@ -96,8 +113,11 @@ def row_specs() -> dict[str, dict[str, Any]]:
             specs[name] = {**spec, "label": label, "previous": previous}
             previous = name
     for name, parent, label, changes in ALTERNATIVES:
-        specs[name] = {**_merge({k: v for k, v in specs[parent].items() if k not in ("label", "previous")}, changes),
-                       "label": label, "previous": parent}
+        specs[name] = {
+            **_merge({k: v for k, v in specs[parent].items() if k not in ("label", "previous")}, changes),
+            "label": label,
+            "previous": parent,
+        }
     return specs
 
 
@@ -122,16 +142,29 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
     tests = TESTS if cfg.learner.algo == "protonet" else [t for t in TESTS if t[1] == cfg.data.ways]
     scores = {}
     for key, ways, within in tests:
-        sampler = dataset.sampler("test", ways=ways, shots=cfg.data.shots, queries=cfg.data.queries,
-                                  seed=seed + TEST_SEED_OFFSET, device="cpu", within_alphabet=within)
+        sampler = dataset.sampler(
+            "test",
+            ways=ways,
+            shots=cfg.data.shots,
+            queries=cfg.data.queries,
+            seed=seed + TEST_SEED_OFFSET,
+            device="cpu",
+            within_alphabet=within,
+        )
         per_episode = evaluate_episodes(model, sampler, TEST_EPISODES)
         scores[key] = [round(float(v), 6) for v in per_episode]
     return {
-        "row": name, "seed": seed, "label": spec["label"],
+        "row": name,
+        "seed": seed,
+        "label": spec["label"],
         "spec": {k: spec[k] for k in ("arch", "data", "learner", "refit")},
-        "train_cpu_s": round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
-        "threads": torch.get_num_threads(), "curve": result["curve"], "weights_step": result["weights_step"],
-        "refit": result.get("refit"), "test": scores,
+        "train_cpu_s": round(train_cpu, 1),
+        "train_wall_s": round(train_wall, 1),
+        "threads": torch.get_num_threads(),
+        "curve": result["curve"],
+        "weights_step": result["weights_step"],
+        "refit": result.get("refit"),
+        "test": scores,
         "command": f"python bench/recipe.py run OMNIGLOT_ROOT {name} --seed {seed}",
     }
 
@@ -147,7 +180,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean and 95% CI of b - a over the same episodes."""
     if len(a) != len(b):
         raise ValueError("paired rows need the same test episodes")
-    return mean_ci([y - x for x, y in zip(a, b)])
+    return mean_ci([y - x for x, y in zip(a, b, strict=True)])
 
 
 def load_results() -> dict[tuple[str, int], dict[str, Any]]:
@@ -162,13 +195,19 @@ def render_table(results: dict[tuple[str, int], dict[str, Any]]) -> str:
     specs = row_specs()
     seeds = sorted({s for _, s in results})
     lines = []
-    for family, keys in (("ProtoNet, Conv-4, trained on 20-way 1-shot episodes", ["20w-within", "20w", "5w"]),
-                         ("First-order MAML, Conv-4, 5-way 1-shot", ["5w"])):
+    for family, keys in (
+        ("ProtoNet, Conv-4, trained on 20-way 1-shot episodes", ["20w-within", "20w", "5w"]),
+        ("First-order MAML, Conv-4, 5-way 1-shot", ["5w"]),
+    ):
         names = [n for n in specs if (n.startswith("fomaml") == family.startswith("First"))]
         head = " | ".join(f"{_TEST_NAMES[k]} %" for k in keys)
         diff = " | ".join(f"vs previous, {_TEST_NAMES[k]} (paired)" for k in keys)
-        lines += [f"### {family}", "", f"| row | seed | adds | {head} | {diff} | weights step | train CPU s |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in keys * 2) + " | --- | --- |"]
+        lines += [
+            f"### {family}",
+            "",
+            f"| row | seed | adds | {head} | {diff} | weights step | train CPU s |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in keys * 2) + " | --- | --- |",
+        ]
         for name in names:
             for seed in seeds:
                 doc = results.get((name, seed))
@@ -181,11 +220,19 @@ def render_table(results: dict[tuple[str, int], dict[str, Any]]) -> str:
                 prev = results.get((prev_name, seed)) if prev_name else None
                 note = f" (vs `{prev_name}`)" if prev_name and prev_name != specs[name]["previous"] else ""
                 cells = [_pm(*mean_ci([100 * v for v in doc["test"][k]])) for k in keys]
-                deltas = [_pm(*paired([100 * v for v in prev["test"][k]], [100 * v for v in doc["test"][k]]),
-                              sign=True) + note if prev else "-" for k in keys]
+                deltas = [
+                    _pm(*paired([100 * v for v in prev["test"][k]], [100 * v for v in doc["test"][k]]), sign=True)
+                    + note
+                    if prev
+                    else "-"
+                    for k in keys
+                ]
                 step = doc["refit"]["steps"] if doc.get("refit") else doc["weights_step"]
-                lines.append(f"| `{name}` | {seed} | {doc['label']} | " + " | ".join(cells + deltas)
-                             + f" | {step} | {doc['train_cpu_s']:.0f} |")
+                lines.append(
+                    f"| `{name}` | {seed} | {doc['label']} | "
+                    + " | ".join(cells + deltas)
+                    + f" | {step} | {doc['train_cpu_s']:.0f} |"
+                )
         lines.append("")
     return "\n".join(lines)
 

@@ -50,34 +50,49 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -> dict[str, Any]:
     import optuna
 
-    from nas_meta.record import best_trials
     from nas_meta.config import make_config
+    from nas_meta.record import best_trials, counted_trials
     from nas_meta.search.runner import SearchInterrupted, run_search
-    from nas_meta.record import counted_trials
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = f"{variant}-s{seed}"
-    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5,
-                                     "shots": 1},
-                      learner={"algo": "protonet"},
-                      search={"space": "chain", "trials": 100_000, "study": study, **VARIANTS[variant]},
-                      results_dir=str(RESULTS / "studies"), seed=seed, device="cpu")
+    cfg = make_config(
+        "quick",
+        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1},
+        learner={"algo": "protonet"},
+        search={"space": "chain", "trials": 100_000, "study": study, **VARIANTS[variant]},
+        results_dir=str(RESULTS / "studies"),
+        seed=seed,
+        device="cpu",
+    )
     start = time.process_time()
     try:
-        outcome = run_search(cfg, stream=open(os.devnull, "w"),
-                             should_stop=lambda: time.process_time() - start > budget)
+        outcome = run_search(
+            cfg, stream=open(os.devnull, "w"), should_stop=lambda: time.process_time() - start > budget
+        )
     except SearchInterrupted as stopped:
         outcome = stopped.outcome
     cpu = time.process_time() - start
     best = best_trials(outcome.study, "classification", k=1)[0]
     trained = counted_trials(outcome.study)
-    return {"variant": variant, "seed": seed, "budget_cpu_s": budget, "search_cpu_s": round(cpu, 1),
-            "trials": len(trained), "screened": sum("screening" in t.user_attrs for t in outcome.study.trials),
-            "pick": {"number": best.number, "val": best.values[0], "fingerprint": best.user_attrs["fingerprint"],
-                     "arch": best.user_attrs["arch"], "params": best.user_attrs.get("params")},
-            "settings": VARIANTS[variant],
-            "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds {seed} --variants {variant} "
-                       f"--budget {budget:g}"}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "budget_cpu_s": budget,
+        "search_cpu_s": round(cpu, 1),
+        "trials": len(trained),
+        "screened": sum("screening" in t.user_attrs for t in outcome.study.trials),
+        "pick": {
+            "number": best.number,
+            "val": best.values[0],
+            "fingerprint": best.user_attrs["fingerprint"],
+            "arch": best.user_attrs["arch"],
+            "params": best.user_attrs.get("params"),
+        },
+        "settings": VARIANTS[variant],
+        "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds {seed} --variants {variant} "
+        f"--budget {budget:g}",
+    }
 
 
 def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> dict[str, Any]:
@@ -97,14 +112,24 @@ def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> 
     from nas_meta.search.fidelity import Budget, score_architecture
 
     reference = Budget.parse(fidelity_bench.DEFAULT_REFERENCE)
-    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5,
-                                     "shots": 1, "queries": 5},
-                      learner={"algo": "protonet", "meta_batch": 4, "iterations": reference.steps,
-                               "eval_every": reference.steps}, seed=0, device="cpu")
-    record = score_architecture(cfg, graph.from_json(arch_doc), load_dataset(cfg.data), budgets=[],
-                                reference=reference, proxies=[], seed=0,
-                                val_seed=fidelity_bench.VAL_SEED_OFFSET,
-                                reference_seed=fidelity_bench.REFERENCE_SEED_OFFSET)
+    cfg = make_config(
+        "quick",
+        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1, "queries": 5},
+        learner={"algo": "protonet", "meta_batch": 4, "iterations": reference.steps, "eval_every": reference.steps},
+        seed=0,
+        device="cpu",
+    )
+    record = score_architecture(
+        cfg,
+        graph.from_json(arch_doc),
+        load_dataset(cfg.data),
+        budgets=[],
+        reference=reference,
+        proxies=[],
+        seed=0,
+        val_seed=fidelity_bench.VAL_SEED_OFFSET,
+        reference_seed=fidelity_bench.REFERENCE_SEED_OFFSET,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record["reference"])
     return record["reference"]
@@ -125,11 +150,14 @@ def table() -> int:
         return 1
     seeds = sorted({s for _, s in results})
     random_ref = {s: results[("random", s)]["reference"]["score"] for s in seeds if ("random", s) in results}
-    lines = ["Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
-             "each variant says; picks re-scored at the reference budget.", "",
-             "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
-             "| paired diff. to random, points | reference error / random's |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
+        "each variant says; picks re-scored at the reference budget.",
+        "",
+        "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
+        "| paired diff. to random, points | reference error / random's |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     last = {}
     for variant in VARIANTS:
         docs = [results[(variant, s)] for s in seeds if (variant, s) in results]
@@ -138,14 +166,21 @@ def table() -> int:
         refs = [d["reference"]["score"] for d in docs]
         diffs = [d["reference"]["score"] - random_ref[d["seed"]] for d in docs if d["seed"] in random_ref]
         paired = [(d, random_ref[d["seed"]]) for d in docs if d["seed"] in random_ref]
-        ratio = (statistics.mean(1 - d["reference"]["score"] for d, _ in paired)
-                 / statistics.mean(1 - r for _, r in paired)) if paired else float("nan")
+        ratio = (
+            (
+                statistics.mean(1 - d["reference"]["score"] for d, _ in paired)
+                / statistics.mean(1 - r for _, r in paired)
+            )
+            if paired
+            else float("nan")
+        )
         lines.append(
             f"| {variant} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
             f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
             f"{100 * statistics.mean(d['pick']['val'] for d in docs):.1f} | "
             f"{100 * statistics.mean(refs):.2f} ({', '.join(f'{100 * r:.1f}' for r in refs)}) | "
-            f"{100 * statistics.mean(diffs):+.2f} | {ratio:.3f} |")
+            f"{100 * statistics.mean(diffs):+.2f} | {ratio:.3f} |"
+        )
         if variant != "random":
             last[f"{variant}_vs_random"] = ratio
     print("\n".join(lines))
@@ -179,13 +214,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             doc = run_variant(args.root, variant, seed, args.budget, args.cache_dir)
             t0 = time.process_time()
-            doc["reference"] = reference_score(args.root, doc["pick"]["arch"], doc["pick"]["fingerprint"],
-                                               args.cache_dir)
+            doc["reference"] = reference_score(
+                args.root, doc["pick"]["arch"], doc["pick"]["fingerprint"], args.cache_dir
+            )
             doc["rescore_cpu_s"] = round(time.process_time() - t0, 1)
             atomic_write_json(path, doc)
-            print(f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, pick "
-                  f"#{doc['pick']['number']} val {100 * doc['pick']['val']:.1f}%, reference "
-                  f"{100 * doc['reference']['score']:.2f}%", flush=True)
+            print(
+                f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, pick "
+                f"#{doc['pick']['number']} val {100 * doc['pick']['val']:.1f}%, reference "
+                f"{100 * doc['reference']['score']:.2f}%",
+                flush=True,
+            )
     return 0
 
 

@@ -39,32 +39,52 @@ def parse_task(task: str) -> tuple[int, int]:
 
 def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, cache: str) -> dict[str, Any]:
     from nas_meta import graph
-    from nas_meta.model import network
     from nas_meta.config import make_config
     from nas_meta.data import load_dataset
     from nas_meta.export import TEST_SEED_OFFSET, retrain
     from nas_meta.learners import evaluate_episodes
+    from nas_meta.model import network
     from nas_meta.search.runner import load_known_arch
 
     ways, shots = parse_task(task)
-    cfg = make_config("quick", data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "split": "lake",
-                                     "ways": ways, "shots": shots, "queries": 5},
-                      learner={"algo": "protonet", "meta_batch": 4, "iterations": iterations,
-                               "eval_every": max(1, iterations // 6), "val_episodes": 100,
-                               "test_episodes": TEST_EPISODES},
-                      seed=seed, device="cpu")
+    cfg = make_config(
+        "quick",
+        data={
+            "dataset": "omniglot",
+            "data_root": root,
+            "cache_dir": cache,
+            "split": "lake",
+            "ways": ways,
+            "shots": shots,
+            "queries": 5,
+        },
+        learner={
+            "algo": "protonet",
+            "meta_batch": 4,
+            "iterations": iterations,
+            "eval_every": max(1, iterations // 6),
+            "val_episodes": 100,
+            "test_episodes": TEST_EPISODES,
+        },
+        seed=seed,
+        device="cpu",
+    )
     dataset = load_dataset(cfg.data)
     out: dict[str, Any] = {"seed": seed, "task": task, "iterations": iterations, "recipe": cfg.recipe()}
     for side, arch in (("searched", load_known_arch(arch_path)[1]), ("conv4", load_known_arch("conv4")[1])):
         t0 = time.process_time()
         model, result = retrain(cfg, arch, dataset=dataset)
-        sampler = dataset.sampler("test", ways=ways, shots=shots, queries=cfg.data.queries,
-                                  seed=seed + TEST_SEED_OFFSET, device="cpu")
+        sampler = dataset.sampler(
+            "test", ways=ways, shots=shots, queries=cfg.data.queries, seed=seed + TEST_SEED_OFFSET, device="cpu"
+        )
         per_episode = evaluate_episodes(model, sampler, TEST_EPISODES)
-        out[side] = {"fingerprint": graph.fingerprint(arch),
-                     "params": network.count_params(network.build(arch, dataset.input_shape)),
-                     "val": result["val"], "cpu_s": round(time.process_time() - t0, 1),
-                     "test": [round(float(v), 6) for v in per_episode]}
+        out[side] = {
+            "fingerprint": graph.fingerprint(arch),
+            "params": network.count_params(network.build(arch, dataset.input_shape)),
+            "val": result["val"],
+            "cpu_s": round(time.process_time() - t0, 1),
+            "test": [round(float(v), 6) for v in per_episode],
+        }
     return out
 
 
@@ -73,18 +93,22 @@ def table() -> int:
     if not rows:
         print("no results yet")
         return 1
-    lines = ["| searched | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
-             "| beats Conv-4? | params (searched / Conv-4) | CPU s (searched / Conv-4) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| searched | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
+        "| beats Conv-4? | params (searched / Conv-4) | CPU s (searched / Conv-4) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     last = {}
     for r in rows:
         s, c = mean_ci(r["searched"]["test"]), mean_ci(r["conv4"]["test"])
         d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
         verdict = "yes" if d - ci > 0 else ("no (worse)" if d + ci < 0 else "no (within CI)")
-        lines.append(f"| {r['name']} | {r['task']} | {r['seed']} | {r['iterations']} | {100 * s[0]:.2f} ± "
-                     f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
-                     f"{verdict} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
-                     f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['task']} | {r['seed']} | {r['iterations']} | {100 * s[0]:.2f} ± "
+            f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
+            f"{verdict} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
+            f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |"
+        )
         last[f"{r['name']}_{r['task']}_s{r['seed']}"] = 100 * d
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.2f}" for k, v in last.items()))
@@ -107,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "table":
         return table()
     if not Path(args.root).is_dir() or not Path(args.arch).is_file():
-        print(f"versus_conv4.py: error: need an OMNIGLOT_ROOT folder and an arch.json file, got {args.root!r} "
-              f"and {args.arch!r}", file=sys.stderr)
+        print(
+            f"versus_conv4.py: error: need an OMNIGLOT_ROOT folder and an arch.json file, got {args.root!r} "
+            f"and {args.arch!r}",
+            file=sys.stderr,
+        )
         return 2
     from nas_meta.fileio import atomic_write_json
 
@@ -119,14 +146,19 @@ def main(argv: list[str] | None = None) -> int:
             if path.exists():
                 continue
             doc = run_one(args.root, args.arch, seed, task, args.iterations, args.cache_dir)
-            doc.update(name=args.name, arch=json.loads(Path(args.arch).read_text()),
-                       command=f"python bench/versus_conv4.py run OMNIGLOT_ROOT {args.name} ARCH.json --seeds {seed} "
-                               f"--tasks {task} --iterations {args.iterations}")
+            doc.update(
+                name=args.name,
+                arch=json.loads(Path(args.arch).read_text()),
+                command=f"python bench/versus_conv4.py run OMNIGLOT_ROOT {args.name} ARCH.json --seeds {seed} "
+                f"--tasks {task} --iterations {args.iterations}",
+            )
             atomic_write_json(path, doc)
             d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
-            print(f"{args.name} {task} seed {seed}: searched {100 * mean_ci(doc['searched']['test'])[0]:.2f}%, "
-                  f"Conv-4 {100 * mean_ci(doc['conv4']['test'])[0]:.2f}%, paired diff {100 * d:+.2f} ± {100 * ci:.2f}",
-                  flush=True)
+            print(
+                f"{args.name} {task} seed {seed}: searched {100 * mean_ci(doc['searched']['test'])[0]:.2f}%, "
+                f"Conv-4 {100 * mean_ci(doc['conv4']['test'])[0]:.2f}%, paired diff {100 * d:+.2f} ± {100 * ci:.2f}",
+                flush=True,
+            )
     return 0
 
 

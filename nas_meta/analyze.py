@@ -50,16 +50,29 @@ def ranked_frame(study: optuna.Study, task: str, sampler: str = "") -> pd.DataFr
     frame = trials_frame(study, task)
     metric = metric_column(task)
     if frame.empty:
-        return pd.DataFrame(columns=["rank", "number", "fingerprint", "params", "flops", metric,
-                                     "state", "seconds", "sampler", "pruned_at"])
+        return pd.DataFrame(
+            columns=[
+                "rank",
+                "number",
+                "fingerprint",
+                "params",
+                "flops",
+                metric,
+                "state",
+                "seconds",
+                "sampler",
+                "pruned_at",
+            ]
+        )
     frame = frame[~frame["surplus"]]
     rankable = (frame["state"] == "COMPLETE") & frame["duplicate_of"].isna()
     ascending = task != "classification"
     ranks = frame.loc[rankable, metric].rank(method="first", ascending=ascending).astype("Int64")
     frame = frame.assign(rank=ranks.reindex(frame.index).astype("Int64"), sampler=sampler)
     frame = frame.sort_values(["rank", "number"], na_position="last")
-    return frame[["rank", "number", "fingerprint", "params", "flops", metric, "state", "seconds",
-                  "sampler", "pruned_at"]].reset_index(drop=True)
+    return frame[
+        ["rank", "number", "fingerprint", "params", "flops", metric, "state", "seconds", "sampler", "pruned_at"]
+    ].reset_index(drop=True)
 
 
 def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -87,16 +100,18 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
             return row["interrupted"] if isinstance(row["interrupted"], str) else "interrupted"
         return ""
 
-    return pd.DataFrame({
-        "trial": frame["number"],
-        "state": frame["state"],
-        metric: [format_score(v, task) for v in frame[metric]],
-        "params": [format_count(v) for v in frame["params"]],
-        "flops": [format_count(v) for v in frame["flops"]],
-        "fingerprint": [f[:12] if isinstance(f, str) else "-" for f in frame["fingerprint"]],
-        "seconds": [f"{v:.1f}" if not pd.isna(v) else "-" for v in frame["seconds"]],
-        "note": [note(row) for _, row in frame.iterrows()],
-    })
+    return pd.DataFrame(
+        {
+            "trial": frame["number"],
+            "state": frame["state"],
+            metric: [format_score(v, task) for v in frame[metric]],
+            "params": [format_count(v) for v in frame["params"]],
+            "flops": [format_count(v) for v in frame["flops"]],
+            "fingerprint": [f[:12] if isinstance(f, str) else "-" for f in frame["fingerprint"]],
+            "seconds": [f"{v:.1f}" if not pd.isna(v) else "-" for v in frame["seconds"]],
+            "note": [note(row) for _, row in frame.iterrows()],
+        }
+    )
 
 
 def baseline_report(study: optuna.Study, task: str) -> list[str]:
@@ -107,8 +122,10 @@ def baseline_report(study: optuna.Study, task: str) -> list[str]:
     best = max(searched, key=lambda t: sign * t.values[0], default=None)
     lines = []
     for base in (t for t in done if Attr.BASELINE in t.user_attrs):
-        line = (f"baseline {base.user_attrs['baseline']} (trial #{base.number}): "
-                f"{format_score(base.values[0], task)}, params {format_count(base.user_attrs.get('params'))}")
+        line = (
+            f"baseline {base.user_attrs['baseline']} (trial #{base.number}): "
+            f"{format_score(base.values[0], task)}, params {format_count(base.user_attrs.get('params'))}"
+        )
         if best is not None:
             gap = best.values[0] - base.values[0]
             unit = f"{100 * gap:+.1f} points" if task == "classification" else f"{gap:+.4f} MSE"
@@ -148,20 +165,22 @@ def compare_frame(entries: list[tuple[optuna.Study, Any]]) -> pd.DataFrame:
     for study, cfg in entries:
         task = "regression" if cfg.data.dataset == "sinusoid" else "classification"
         s = study_summary(study, task)
-        rows.append({
-            "study": study.study_name,
-            "space": cfg.search.space,
-            "algo": cfg.learner.algo,
-            "sampler": cfg.search.sampler,
-            "dataset": cfg.data.dataset,
-            "ways": cfg.data.ways,
-            "shots": cfg.data.shots,
-            "metric": metric_column(task),
-            "best": s["best_score"],
-            "trials": s["trials"],
-            "trials_to_best": s["trials_to_best"],
-            "wall_seconds": s["wall_seconds"],
-        })
+        rows.append(
+            {
+                "study": study.study_name,
+                "space": cfg.search.space,
+                "algo": cfg.learner.algo,
+                "sampler": cfg.search.sampler,
+                "dataset": cfg.data.dataset,
+                "ways": cfg.data.ways,
+                "shots": cfg.data.shots,
+                "metric": metric_column(task),
+                "best": s["best_score"],
+                "trials": s["trials"],
+                "trials_to_best": s["trials_to_best"],
+                "wall_seconds": s["wall_seconds"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -202,8 +221,12 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in esc]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
-        lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-                 " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+        lines = [
+            r"\begin{tabular}{" + "l" * len(cols) + "}",
+            r"\toprule",
+            " & ".join(_tex(c) for c in cols) + r" \\",
+            r"\midrule",
+        ]
         lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in cells]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"

@@ -205,9 +205,15 @@ class RunConfig:
     def recipe(self) -> dict[str, Any]:
         """The training recipe: what, beyond the budget, decides how a backbone is meta-trained."""
         d, lr = self.data, self.learner
-        return {"rotations": d.rotations, "augment": d.augment, "train_ways": lr.train_ways or d.ways,
-                "weight_decay": lr.weight_decay, "lr_schedule": lr.lr_schedule, "checkpoint": lr.checkpoint,
-                "refit": lr.refit}
+        return {
+            "rotations": d.rotations,
+            "augment": d.augment,
+            "train_ways": lr.train_ways or d.ways,
+            "weight_decay": lr.weight_decay,
+            "lr_schedule": lr.lr_schedule,
+            "checkpoint": lr.checkpoint,
+            "refit": lr.refit,
+        }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RunConfig:
@@ -221,7 +227,7 @@ class RunConfig:
         except TypeError as exc:
             raise ConfigError(f"bad run config: {exc}") from None
 
-    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+    def replace(self, **sections: Any) -> RunConfig:
         """Copy with some fields of some sections changed: ``cfg.replace(data={"ways": 20})``."""
         top = {k: v for k, v in sections.items() if k not in ("data", "learner", "search")}
         return dataclasses.replace(

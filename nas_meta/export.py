@@ -23,17 +23,25 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from . import graph
-from .model import network
-from .record import Attr, best_trials
 from .config import REFITS, RunConfig
 from .data import load_dataset
 from .errors import ConfigError, DataError, StudyError
 from .fileio import atomic_write, atomic_write_json, atomic_write_text
 from .learners import build_learner, meta_test, meta_train, resolve_device
+from .model import network
+from .record import Attr, best_trials
 from .search.objective import episode_samplers
 
-__all__ = ["load", "load_weights", "select_trials", "export_trials", "retrain", "evaluate_arch", "input_spec",
-           "CARD_VERSION"]
+__all__ = [
+    "load",
+    "load_weights",
+    "select_trials",
+    "export_trials",
+    "retrain",
+    "evaluate_arch",
+    "input_spec",
+    "CARD_VERSION",
+]
 
 CARD_VERSION = 1
 WEIGHTS = "weights.pt"
@@ -57,14 +65,21 @@ def input_spec(dataset: Any) -> dict[str, Any]:
 def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool = False) -> list[FrozenTrial]:
     """The ``top`` best distinct trials, or the Pareto front of (score, parameter count)."""
     if pareto:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if Attr.DUPLICATE_OF not in t.user_attrs and Attr.PARAMS in t.user_attrs]
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if Attr.DUPLICATE_OF not in t.user_attrs and Attr.PARAMS in t.user_attrs
+        ]
         sign = 1.0 if task == "classification" else -1.0
 
         def dominated(t: FrozenTrial) -> bool:
             s, p = sign * t.values[0], t.user_attrs[Attr.PARAMS]
-            return any(sign * o.values[0] >= s and o.user_attrs[Attr.PARAMS] <= p
-                       and (sign * o.values[0] > s or o.user_attrs[Attr.PARAMS] < p) for o in done)
+            return any(
+                sign * o.values[0] >= s
+                and o.user_attrs[Attr.PARAMS] <= p
+                and (sign * o.values[0] > s or o.user_attrs[Attr.PARAMS] < p)
+                for o in done
+            )
 
         chosen = sorted((t for t in done if not dominated(t)), key=lambda t: -sign * t.values[0])
     else:
@@ -77,14 +92,25 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
 def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
     ways = cfg.data.ways if dataset.task == "classification" else 1
     d = cfg.data
-    return dataset.sampler("test", ways=ways, shots=d.shots, queries=d.queries,
-                           seed=cfg.seed + TEST_SEED_OFFSET, device=device, within_alphabet=d.within_alphabet)
+    return dataset.sampler(
+        "test",
+        ways=ways,
+        shots=d.shots,
+        queries=d.queries,
+        seed=cfg.seed + TEST_SEED_OFFSET,
+        device=device,
+        within_alphabet=d.within_alphabet,
+    )
 
 
 def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, test: Any) -> dict[str, Any]:
     mean, ci95 = meta_test(learner, test, cfg.learner.test_episodes)
-    return {"mean": mean, "ci95": ci95, "episodes": cfg.learner.test_episodes,
-            "metric": "accuracy" if dataset.task == "classification" else "mse"}
+    return {
+        "mean": mean,
+        "ci95": ci95,
+        "episodes": cfg.learner.test_episodes,
+        "metric": "accuracy" if dataset.task == "classification" else "mse",
+    }
 
 
 def evaluate_arch(
@@ -172,26 +198,33 @@ def retrain(
             log(f"refit on train+val classes for {steps} steps (the validation curve's choice)")
         refit_cfg = cfg.replace(learner={"iterations": steps, "checkpoint": "last"})
         learner, again = _train_arch(refit_cfg, arch, merged, device, progress, validate=False)
-        out["refit"] = {"splits": "train+val", "steps": steps, "train_seconds": round(again.seconds, 1),
-                        "train_classes": len(merged.splits["train"])}
+        out["refit"] = {
+            "splits": "train+val",
+            "steps": steps,
+            "train_seconds": round(again.seconds, 1),
+            "train_classes": len(merged.splits["train"]),
+        }
         out["weights_step"] = steps
     out["test"] = _test_result(cfg, learner, dataset, test)
     return learner, out
 
 
-def _train_arch(cfg: RunConfig, arch: Any, dataset: Any, device: torch.device, progress: Any,
-                *, validate: bool = True) -> tuple[nn.Module, Any]:
+def _train_arch(
+    cfg: RunConfig, arch: Any, dataset: Any, device: torch.device, progress: Any, *, validate: bool = True
+) -> tuple[nn.Module, Any]:
     ways = cfg.data.ways if dataset.task == "classification" else 1
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
-    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways,
-                            task=dataset.task).to(device)
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(
+        device
+    )
     train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device, validate=validate)
     return learner, meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
 
 
 def save_weights(learner: nn.Module, path: Path) -> None:
     """The backbone's and (for MAML) the head's state dicts, as plain tensors."""
-    state = {"backbone": learner.backbone.state_dict()}
+    backbone = learner.get_submodule("backbone")
+    state = {"backbone": backbone.state_dict()}
     head = getattr(learner, "head", None)
     if isinstance(head, nn.Module):
         state["head"] = head.state_dict()
@@ -229,8 +262,9 @@ def load(path: str | Path, *, weights: bool = True) -> nn.Module:
         try:
             backbone.load_state_dict(state["backbone"])
         except RuntimeError as exc:
-            raise DataError(f"weights {str(folder / WEIGHTS)!r} do not fit {str(arch_path)!r}: "
-                            f"{str(exc).splitlines()[0]}") from None
+            raise DataError(
+                f"weights {str(folder / WEIGHTS)!r} do not fit {str(arch_path)!r}: {str(exc).splitlines()[0]}"
+            ) from None
     return backbone.eval()
 
 
@@ -291,8 +325,11 @@ def export_trials(
             "params": network.count_params(backbone),
             "flops": network.count_flops(backbone, dataset.input_shape),
             "feature_dim": backbone.feature_dim,
-            "search_score": {"metric": "accuracy" if task == "classification" else "mse",
-                             "split": "val", "value": trial.values[0]},
+            "search_score": {
+                "metric": "accuracy" if task == "classification" else "mse",
+                "split": "val",
+                "value": trial.values[0],
+            },
             "input": input_spec(dataset),
             "recipe": cfg.recipe(),
         }
@@ -333,15 +370,21 @@ def render_card(card: dict[str, Any]) -> str:
     ]
     if "retrain" in card:
         test = card["retrain"]["test"]
-        lines.append(f"| test {test['metric']} after retraining | {fmt(test['mean'])} ± {fmt(test['ci95'])} "
-                     f"(95% CI, {test['episodes']} episodes) |")
+        lines.append(
+            f"| test {test['metric']} after retraining | {fmt(test['mean'])} ± {fmt(test['ci95'])} "
+            f"(95% CI, {test['episodes']} episodes) |"
+        )
         retrained = card["retrain"]
         if "refit" in retrained:
-            lines.append(f"| weights | refit on train+val classes for {retrained['refit']['steps']} steps "
-                         "(the validation curve's best checkpoint) |")
+            lines.append(
+                f"| weights | refit on train+val classes for {retrained['refit']['steps']} steps "
+                "(the validation curve's best checkpoint) |"
+            )
         elif "weights_step" in retrained:
-            lines.append(f"| weights | step {retrained['weights_step']} of {retrained['iterations']} "
-                         f"({retrained.get('checkpoint', 'last')} validation checkpoint) |")
+            lines.append(
+                f"| weights | step {retrained['weights_step']} of {retrained['iterations']} "
+                f"({retrained.get('checkpoint', 'last')} validation checkpoint) |"
+            )
     spec = card["input"]
     lines += [
         "",

@@ -106,8 +106,9 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
 
     Rules: a DiGraph; acyclic; one node with op "input", without incoming edges; every node
     reachable from it; one output (the one node without outgoing edges); string node ids; every
-    op known (``ops``, default ``nas_meta.model.ops.OPS``); merge "sum" or "concat"; c_out and stride
-    positive integers.  Shapes are checked by ``nas_meta.model.network.build`` on a dummy input.
+    op one of ``ops`` when given (the compiler and the spaces pass ``nas_meta.model.ops.OPS``: this
+    module knows no op table); merge "sum" or "concat"; c_out and stride positive integers.  Shapes
+    are checked by ``nas_meta.model.network.build`` on a dummy input.
     """
     if not isinstance(arch, nx.DiGraph) or arch.is_multigraph():
         raise SpaceError(f"an architecture must be a networkx.DiGraph, got {type(arch).__name__}")
@@ -120,22 +121,20 @@ def validate(arch: nx.DiGraph, ops: Collection[str] | None = None) -> None:
         raise SpaceError(f"an architecture must be acyclic, found the cycle {cycle}")
     start = source(arch)
     if arch.in_degree(start):
-        raise SpaceError(f"the input node {start!r} must have no incoming edges, got {sorted(arch.predecessors(start))}")
+        raise SpaceError(
+            f"the input node {start!r} must have no incoming edges, got {sorted(arch.predecessors(start))}"
+        )
     unreachable = set(arch) - nx.descendants(arch, start) - {start}
     if unreachable:
         raise SpaceError(f"nodes not reachable from the input {start!r}: {sorted(map(str, unreachable))}")
     sink(arch)
-    if ops is None:
-        from .model.ops import OPS  # lazy: this module stays torch-free until an op name must be checked
-
-        ops = OPS
     for node, attrs in arch.nodes(data=True):
         if not isinstance(node, str):
             raise SpaceError(f"node ids must be strings, got {node!r}")
         op = attrs.get("op")
         if op == "none":
             raise SpaceError(f"node {node!r} has op 'none' (zero): drop the edge instead of making a node")
-        if op not in ops:
+        if ops is not None and op not in ops:
             raise SpaceError(f"node {node!r} has unknown op {op!r}; choose from {sorted(ops)}")
         if attrs.get("merge", "sum") not in MERGES:
             raise SpaceError(f"node {node!r} has merge {attrs.get('merge')!r}; choose from {list(MERGES)}")
@@ -158,9 +157,12 @@ def from_json(doc: dict[str, Any]) -> nx.DiGraph:
     """Inverse of :func:`to_json`; SpaceError for another format, an unknown version or a
     malformed body.  The document is data: nothing named in it is imported or executed."""
     if not isinstance(doc, dict) or doc.get("format") != "nas_meta.arch":
-        raise SpaceError("not a nas_meta architecture document (missing \"format\": \"nas_meta.arch\")")
+        raise SpaceError('not a nas_meta architecture document (missing "format": "nas_meta.arch")')
     if doc.get("version") != JSON_VERSION or isinstance(doc.get("version"), bool):
-        raise SpaceError(f"unsupported architecture document version {doc.get('version')!r}; this nas_meta reads version {JSON_VERSION}")
+        raise SpaceError(
+            f"unsupported architecture document version {doc.get('version')!r}; "
+            f"this nas_meta reads version {JSON_VERSION}"
+        )
     attrs, nodes, edges = doc.get("graph", {}), doc.get("nodes"), doc.get("edges")
     if not isinstance(attrs, dict):
         raise SpaceError(f"malformed architecture document: 'graph' must be an object, got {type(attrs).__name__}")

@@ -66,9 +66,22 @@ class StudyAttr(StrEnum):
 
 FORMAT_VERSION = 1
 
-TRIAL_COLUMNS = ["number", "state", "fingerprint", "params", "flops", "seconds",
-                 "duplicate_of", "pruned_at", "failure", "surplus", "baseline", "interrupted",
-                 "screened", "promoted_to"]
+TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "fingerprint",
+    "params",
+    "flops",
+    "seconds",
+    "duplicate_of",
+    "pruned_at",
+    "failure",
+    "surplus",
+    "baseline",
+    "interrupted",
+    "screened",
+    "promoted_to",
+]
 
 
 def metric_column(task: str) -> str:
@@ -110,9 +123,7 @@ def best_trials(study: optuna.Study, task: str, k: int = 1) -> list[FrozenTrial]
     """The k best distinct completed trials by validation score (ties: the earlier trial first);
     a duplicate (an architecture already trained) stands behind its original."""
     done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs
     ]
     sign = -1.0 if task == "classification" else 1.0
     return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
@@ -167,5 +178,3 @@ def _screened(screening: dict | None) -> str | None:
     if not screening or "value" not in screening:
         return f"{screening['proxy']}=?" if screening else None
     return f"{screening['proxy']}={screening['value']:.4g}"
-
-

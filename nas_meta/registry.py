@@ -1,11 +1,11 @@
 """One registry kind for everything chosen by name: space kinds, ops, datasets, learners, samplers.
 
-    >>> OPS = Registry("op")
-    >>> @OPS.register("identity")
-    ... def build_identity(c_in, c_out, stride): ...
-    >>> OPS.get("identitty")
-    Traceback (most recent call last):
-    nas_meta.errors.ConfigError: unknown op 'identitty'; choose from ['identity']
+>>> OPS = Registry("op")
+>>> @OPS.register("identity")
+... def build_identity(c_in, c_out, stride): ...
+>>> OPS.get("identitty")
+Traceback (most recent call last):
+nas_meta.errors.ConfigError: unknown op 'identitty'; choose from ['identity']
 """
 
 from __future__ import annotations

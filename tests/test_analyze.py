@@ -13,9 +13,9 @@ from nas_meta import graph
 from nas_meta.analyze import compare_frame, parse, ranked_frame, render, study_summary, trials_frame
 from nas_meta.cli import main
 from nas_meta.config import make_config
-from nas_meta.viz.study import pareto_front, write_plots
 from nas_meta.search.study import create_study
 from nas_meta.spaces import load_space
+from nas_meta.viz.study import pareto_front, write_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -99,8 +99,24 @@ def test_analyze_cli_tables_comparison_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "## study run-a" in out and "## study run-b" in out and "## comparison" in out
     assert (plots / "best_so_far.png").is_file() and (plots / "ops_run-b.png").is_file()
-    assert main(["analyze", "--study", "run-a", "--study", "run-b", "--results-dir", str(tmp_path),
-                 "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--study",
+                "run-a",
+                "--study",
+                "run-b",
+                "--results-dir",
+                str(tmp_path),
+                "--format",
+                "csv",
+                "--out",
+                str(tmp_path / "t.csv"),
+            ]
+        )
+        == 0
+    )
     comparison = pd.read_csv(tmp_path / "t.csv")  # several studies in CSV: their comparison table
     assert list(comparison["study"]) == ["run-a", "run-b"]
     assert list(comparison["trials"]) == [5, 5]
@@ -112,8 +128,7 @@ def test_empty_and_failed_studies_give_honest_tables(tmp_path, capsys):
     assert main(["analyze", "--study", "empty", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "trials=0" in out and "best_score=nan" in out
-    assert main(["analyze", "--study", "failed", "--results-dir", str(tmp_path), "--plots",
-                 str(tmp_path / "p")]) == 0
+    assert main(["analyze", "--study", "failed", "--results-dir", str(tmp_path), "--plots", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert out.count("FAIL") == 3 and "n_fail=3" in out
     assert main(["export", "--study", "failed", "--results-dir", str(tmp_path)]) == 2

@@ -14,8 +14,14 @@ from nas_meta.cli import main
 
 def search_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "search", "--preset", "smoke", "--results-dir", str(tmp_path / "results"),
-        "--cache-dir", str(tmp_path / "cache"), *extra,
+        "search",
+        "--preset",
+        "smoke",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *extra,
     ]
 
 

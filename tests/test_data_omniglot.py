@@ -141,7 +141,6 @@ def test_omniglot_cache_hit_stale_and_corrupt(tmp_path, monkeypatch):
     assert calls == [1, 1] and torch.equal(third.images, fourth.images)
 
 
-
 def test_within_alphabet_episodes_keep_to_one_alphabet():
     from nas_meta.data.base import ImageDataset
 

@@ -35,8 +35,24 @@ def searched(tmp_path_factory):
 def test_export_top_k_writes_every_file_with_the_trial_numbers(searched, capsys):
     root, cfg, outcome = searched
     out = root / "top2"
-    assert main(["export", "--study", "e", "--results-dir", str(root / "results"), "--top", "2",
-                 "--out", str(out), "--cache-dir", str(root / "cache")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--study",
+                "e",
+                "--results-dir",
+                str(root / "results"),
+                "--top",
+                "2",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(root / "cache"),
+            ]
+        )
+        == 0
+    )
     best = select_trials(outcome.study, "classification", top=2)
     for rank, trial in enumerate(best, start=1):
         folder = out / f"rank{rank}"
@@ -78,8 +94,18 @@ def test_retrained_weights_round_trip_through_load(searched, tmp_path):
 def test_export_retrain_and_evaluate_with_weights(searched, capsys):
     root, cfg, _ = searched
     out = root / "retrained"
-    args = ["export", "--study", "e", "--results-dir", str(root / "results"), "--retrain",
-            "--out", str(out), "--cache-dir", str(root / "cache")]
+    args = [
+        "export",
+        "--study",
+        "e",
+        "--results-dir",
+        str(root / "results"),
+        "--retrain",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+    ]
     assert main(args) == 0
     card = json.loads((out / "rank1" / "card.json").read_text())
     test = card["retrain"]["test"]
@@ -87,8 +113,21 @@ def test_export_retrain_and_evaluate_with_weights(searched, capsys):
     assert f"test accuracy {100 * test['mean']:.2f}%" in capsys.readouterr().out
 
     # evaluate with the exported weights on the same test episodes gives the same number
-    assert main(["evaluate", str(out / "rank1"), "--weights", str(out / "rank1" / "weights.pt"),
-                 "--preset", "smoke", "--cache-dir", str(root / "cache")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "rank1"),
+                "--weights",
+                str(out / "rank1" / "weights.pt"),
+                "--preset",
+                "smoke",
+                "--cache-dir",
+                str(root / "cache"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"accuracy {100 * test['mean']:.2f}% ± {100 * test['ci95']:.2f}" in printed
 
@@ -101,8 +140,21 @@ def test_damaged_weights_are_a_clear_error(tmp_path, searched, capsys):
         load_weights(bad)
     export = root / "top2" / "rank1"
     if export.exists():
-        assert main(["evaluate", str(export), "--weights", str(bad), "--preset", "smoke",
-                     "--cache-dir", str(root / "cache")]) == 2
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(export),
+                    "--weights",
+                    str(bad),
+                    "--preset",
+                    "smoke",
+                    "--cache-dir",
+                    str(root / "cache"),
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert "weights.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -151,8 +203,20 @@ def test_evaluate_user_mistakes_are_one_line(tmp_path, capsys, extra, expected):
 def test_export_retrain_with_its_own_budget(searched, tmp_path):
     root, cfg, _ = searched
     out = tmp_path / "longer"
-    args = ["export", "--study", "e", "--results-dir", str(root / "results"), "--retrain", "--iterations", "9",
-            "--out", str(out), "--cache-dir", str(root / "cache")]
+    args = [
+        "export",
+        "--study",
+        "e",
+        "--results-dir",
+        str(root / "results"),
+        "--retrain",
+        "--iterations",
+        "9",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+    ]
     assert main(args) == 0
     card = json.loads((out / "rank1" / "card.json").read_text())
     assert card["retrain"]["iterations"] == 9 != cfg.learner.iterations

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 from nas_meta.cli import main
 from nas_meta.config import make_config
+from nas_meta.record import counted_trials
 from nas_meta.search import objective as objective_module
 from nas_meta.search.runner import run_search
-from nas_meta.record import counted_trials
 
 
 def sinusoid(tmp_path, **search):
@@ -57,17 +57,38 @@ def test_trial_timeout_fails_slow_candidates_with_the_reason(tmp_path):
 
 
 def _cmd(tmp_path, iterations: int, trials: int) -> list[str]:
-    return [sys.executable, "-m", "nas_meta", "search", "--preset", "smoke", "--space", "mlp",
-            "--dataset", "sinusoid", "--study", "k", "--trials", str(trials), "--iterations", str(iterations),
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
+    return [
+        sys.executable,
+        "-m",
+        "nas_meta",
+        "search",
+        "--preset",
+        "smoke",
+        "--space",
+        "mlp",
+        "--dataset",
+        "sinusoid",
+        "--study",
+        "k",
+        "--trials",
+        str(trials),
+        "--iterations",
+        str(iterations),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
 
 
 def _wait_for_running(tmp_path, proc, number: int) -> None:
     """Until trial ``number`` is RUNNING with its architecture chosen.  Reads the SQLite file
     read-only: opening it with optuna while the search creates its tables would race."""
     db = tmp_path / "results" / "k" / "study.db"
-    query = ("select 1 from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-             "where t.number = ? and t.state = 'RUNNING' and a.key = 'arch'")
+    query = (
+        "select 1 from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+        "where t.number = ? and t.state = 'RUNNING' and a.key = 'arch'"
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         if db.exists():
@@ -106,8 +127,9 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_prints_the_summary_exits_130_and_the_rerun_resumes(tmp_path):
-    first = subprocess.Popen(_cmd(tmp_path, iterations=800, trials=2), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _cmd(tmp_path, iterations=800, trials=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_running(tmp_path, first, number=0)
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=120)
@@ -127,15 +149,31 @@ def test_ctrl_c_prints_the_summary_exits_130_and_the_rerun_resumes(tmp_path):
     assert [t.params for t in study.trials if t.system_attrs.get("failed_trial") == 0] == [study.trials[0].params]
 
 
-@pytest.mark.parametrize("content", ['{"format": "nas_meta.arch", "version": 1, "nodes": [', "", "[]", '{"version": 99}'])
+@pytest.mark.parametrize(
+    "content", ['{"format": "nas_meta.arch", "version": 1, "nodes": [', "", "[]", '{"version": 99}']
+)
 def test_damaged_architecture_files_are_one_line_naming_the_file(tmp_path, capsys, content):
     bad = tmp_path / "arch.json"
     bad.write_text(content)
     assert main(["evaluate", str(bad), "--preset", "smoke", "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "arch.json" in err and "Traceback" not in err
-    assert main(["search", "--preset", "smoke", "--enqueue", str(bad), "--results-dir", str(tmp_path / "r"),
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--preset",
+                "smoke",
+                "--enqueue",
+                str(bad),
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "arch.json" in err
     assert not (tmp_path / "r").exists()
@@ -143,8 +181,22 @@ def test_damaged_architecture_files_are_one_line_naming_the_file(tmp_path, capsy
 
 def test_password_never_reaches_files_or_messages(tmp_path, capsys):
     url = "postgresql://bob:hunter2@127.0.0.1:1/nas"  # nothing listens on port 1
-    assert main(["search", "--preset", "smoke", "--storage", url, "--results-dir", str(tmp_path / "r"),
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--preset",
+                "smoke",
+                "--storage",
+                url,
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "hunter2" not in err and "bob:***@" in err
     for path in tmp_path.rglob("*"):

@@ -9,11 +9,11 @@ import random
 import pytest
 
 from nas_meta import graph
-from nas_meta.model import network
 from nas_meta.config import make_config
 from nas_meta.data import load_dataset
 from nas_meta.errors import ConfigError
 from nas_meta.learners import build_learner, evaluate_episodes, meta_train
+from nas_meta.model import network
 from nas_meta.search.fidelity import (
     Budget,
     bootstrap_ci,
@@ -90,8 +90,17 @@ def smoke():
 def test_each_budget_scores_what_a_run_of_that_length_gives(smoke):
     cfg, dataset = smoke
     arch = load_space("chain").sample(random.Random(1))
-    record = score_architecture(cfg, arch, dataset, budgets=[Budget(2, 4), Budget(4, 6)], reference=Budget(5, 8),
-                                proxies=["params", "synflow"], seed=11, val_seed=21, reference_seed=31)
+    record = score_architecture(
+        cfg,
+        arch,
+        dataset,
+        budgets=[Budget(2, 4), Budget(4, 6)],
+        reference=Budget(5, 8),
+        proxies=["params", "synflow"],
+        seed=11,
+        val_seed=21,
+        reference_seed=31,
+    )
     assert [(b["steps"], b["val_episodes"]) for b in record["budgets"]] == [(2, 4), (4, 6)]
     assert (record["reference"]["steps"], record["reference"]["val_episodes"]) == (5, 8)
     assert record["fingerprint"] == graph.fingerprint(arch)
@@ -100,15 +109,16 @@ def test_each_budget_scores_what_a_run_of_that_length_gives(smoke):
     assert all(c >= 0 for c in costs)
 
     d = cfg.data
-    for budget, val_seed, got in [(Budget(2, 4), 21, record["budgets"][0]["score"]),
-                                  (Budget(4, 6), 21, record["budgets"][1]["score"]),
-                                  (Budget(5, 8), 31, record["reference"]["score"])]:
+    for budget, val_seed, got in [
+        (Budget(2, 4), 21, record["budgets"][0]["score"]),
+        (Budget(4, 6), 21, record["budgets"][1]["score"]),
+        (Budget(5, 8), 31, record["reference"]["score"]),
+    ]:
         # The same training, stopped at the budget's step, scored on that budget's episodes.
         backbone = network.build(arch, dataset.input_shape, seed=11)
         learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=3, task="classification")
         train = dataset.sampler("train", ways=3, shots=d.shots, queries=d.queries, seed=11, device="cpu")
-        meta_train(learner, train, None, dataclasses.replace(cfg.learner, iterations=budget.steps),
-                   seed=11)
+        meta_train(learner, train, None, dataclasses.replace(cfg.learner, iterations=budget.steps), seed=11)
         val = dataset.sampler("val", ways=3, shots=d.shots, queries=d.queries, seed=val_seed, device="cpu")
         per_episode = evaluate_episodes(learner, val, budget.val_episodes, tasks_per_batch=cfg.learner.meta_batch)
         expected = float(per_episode.mean())
@@ -120,8 +130,26 @@ def test_budgets_need_a_constant_rate_and_the_last_weights(smoke):
     arch = load_known_arch("conv4")[1]
     for change in ({"lr_schedule": "cosine"}, {"checkpoint": "best"}):
         with pytest.raises(ConfigError, match="prefixes of one run"):
-            score_architecture(cfg.replace(learner=change), arch, dataset, budgets=[], reference=Budget(2, 2),
-                               proxies=[], seed=0, val_seed=1, reference_seed=2)
+            score_architecture(
+                cfg.replace(learner=change),
+                arch,
+                dataset,
+                budgets=[],
+                reference=Budget(2, 2),
+                proxies=[],
+                seed=0,
+                val_seed=1,
+                reference_seed=2,
+            )
     with pytest.raises(ConfigError, match="at most the reference"):
-        score_architecture(cfg, arch, dataset, budgets=[Budget(9, 2)], reference=Budget(2, 2), proxies=[],
-                           seed=0, val_seed=1, reference_seed=2)
+        score_architecture(
+            cfg,
+            arch,
+            dataset,
+            budgets=[Budget(9, 2)],
+            reference=Budget(2, 2),
+            proxies=[],
+            seed=0,
+            val_seed=1,
+            reference_seed=2,
+        )

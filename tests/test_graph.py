@@ -11,9 +11,10 @@ import networkx as nx
 import pytest
 
 from nas_meta import graph, spaces
-from nas_meta.viz import arch as draw
 from nas_meta.errors import SpaceError
+from nas_meta.model.ops import OPS
 from nas_meta.spaces import build_cells
+from nas_meta.viz import arch as draw
 
 NORMAL = [[(0, "sep_conv_3x3"), (1, "skip_connect")], [(0, "max_pool_3x3"), (2, "dil_conv_3x3")]]
 REDUCE = [[(0, "avg_pool_3x3"), (1, "sep_conv_5x5")], [(1, "skip_connect"), (2, "max_pool_3x3")]]
@@ -53,8 +54,12 @@ def test_renamed_nodes_keep_the_fingerprint():
 @pytest.mark.parametrize(
     "other",
     [
-        pytest.param(lambda: cells(normal=[[(0, "sep_conv_5x5"), (1, "skip_connect")], NORMAL[1]]), id="one-op-changed"),
-        pytest.param(lambda: cells(normal=[NORMAL[0], [(1, "max_pool_3x3"), (2, "dil_conv_3x3")]]), id="one-input-changed"),
+        pytest.param(
+            lambda: cells(normal=[[(0, "sep_conv_5x5"), (1, "skip_connect")], NORMAL[1]]), id="one-op-changed"
+        ),
+        pytest.param(
+            lambda: cells(normal=[NORMAL[0], [(1, "max_pool_3x3"), (2, "dil_conv_3x3")]]), id="one-input-changed"
+        ),
         pytest.param(lambda: cells(normal=REDUCE, reduce=NORMAL), id="cell-types-exchanged"),
         pytest.param(lambda: cells(channels=8), id="wider"),
     ],
@@ -127,7 +132,8 @@ def test_unreachable_node_is_rejected():
 
 def test_unknown_op_is_rejected_with_the_choices():
     with pytest.raises(SpaceError, match=r"node 'n0' has unknown op 'sep_conv_9x9'; choose from \[.*'sep_conv_3x3'"):
-        graph.validate(chain("sep_conv_9x9"))
+        graph.validate(chain("sep_conv_9x9"), OPS)
+    graph.validate(chain("sep_conv_9x9"))  # without an op table: the structure only
 
 
 def test_zero_op_node_is_rejected():
@@ -160,7 +166,9 @@ def test_unknown_json_version_is_rejected(tmp_path):
     doc = graph.to_json(chain("relu"))
     doc["version"] = 99
     (tmp_path / "a.json").write_text(json.dumps(doc))
-    with pytest.raises(SpaceError, match=r"a.json: unsupported architecture document version 99; this nas_meta reads version 1"):
+    with pytest.raises(
+        SpaceError, match=r"a.json: unsupported architecture document version 99; this nas_meta reads version 1"
+    ):
         graph.load_json(tmp_path / "a.json")
     with pytest.raises(SpaceError, match="not a nas_meta architecture document"):
         graph.from_json({"nodes": []})

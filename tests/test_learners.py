@@ -124,7 +124,7 @@ def reference_meta_gradient(learner: MAML, batch: Episodes, *, steps: int, secon
         for _ in range(steps):
             loss = F.cross_entropy(reference_forward(fast, batch.support_x[t]), batch.support_y[t])
             grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=second_order)
-            fast = {n: fast[n] - learner.inner_lr * g for n, g in zip(names, grads)}
+            fast = {n: fast[n] - learner.inner_lr * g for n, g in zip(names, grads, strict=True)}
         losses.append(F.cross_entropy(reference_forward(fast, batch.query_x[t]), batch.query_y[t]))
     return flat_grad(torch.stack(losses).mean(), [theta[n] for n in names])
 
@@ -318,7 +318,9 @@ def test_one_channel_images_really_go_nhwc() -> None:
 def test_nhwc_is_the_cpu_default_and_second_order_support_stays_nchw() -> None:
     batch = make_batch(2)
     maml = make_maml()
-    assert maml._use_channels_last(batch.support_x) and not make_maml(channels_last=False)._use_channels_last(batch.support_x)
+    assert maml._use_channels_last(batch.support_x) and not make_maml(channels_last=False)._use_channels_last(
+        batch.support_x
+    )
     assert ProtoNet(TinyConv(torch.Generator().manual_seed(0)))._use_channels_last(batch.query_x)
     sx, qx = maml._inputs(batch, create_graph=True)
     assert sx is batch.support_x and qx[0].stride(1) == 1
@@ -454,7 +456,7 @@ def test_every_learner_trains_on_one_batch(algo: str) -> None:
     loss, metric = learner.loss(make_batch(12))
     loss.backward()
     optimizer.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters(), strict=True))
     assert 0 <= metric <= 1
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_meta import graph, spaces
-from nas_meta.model import fusion, network
 from nas_meta.errors import SpaceError
 from nas_meta.learners.base import to_channels_last
+from nas_meta.model import fusion, network
 from nas_meta.model.ops import OPS, BatchNorm, Pool2x2
 
 
@@ -55,7 +55,14 @@ def tiny_concat_arch(slot_a: int = 0, slot_b: int = 1) -> nx.DiGraph:
             "bn": {"op": "batch_norm"},
             "gap": {"op": "global_avg_pool"},
         },
-        [("input", "a"), ("input", "b"), ("a", "cat", {"slot": slot_a}), ("b", "cat", {"slot": slot_b}), ("cat", "bn"), ("bn", "gap")],
+        [
+            ("input", "a"),
+            ("input", "b"),
+            ("a", "cat", {"slot": slot_a}),
+            ("b", "cat", {"slot": slot_b}),
+            ("cat", "bn"),
+            ("bn", "gap"),
+        ],
     )
 
 
@@ -95,7 +102,12 @@ def test_same_seed_same_weights_and_json_round_trip_keeps_them():
 
 def test_sum_of_different_shapes_is_a_space_error():
     arch = make_arch(
-        {"input": {"op": "input"}, "a": {"op": "conv_3x3", "c_out": 4}, "b": {"op": "conv_3x3", "c_out": 5}, "s": {"op": "identity"}},
+        {
+            "input": {"op": "input"},
+            "a": {"op": "conv_3x3", "c_out": 4},
+            "b": {"op": "conv_3x3", "c_out": 5},
+            "s": {"op": "identity"},
+        },
         [("input", "a"), ("input", "b"), ("a", "s"), ("b", "s")],
     )
     with pytest.raises(SpaceError, match=r"node 's' sums inputs of different shapes"):
@@ -130,7 +142,6 @@ def test_batch_norm_uses_batch_statistics_in_train_and_eval():
     torch.testing.assert_close(bn.eval()(x), reference, rtol=1e-5, atol=1e-5)
 
 
-
 def test_batch_norm_native_kernel_is_exact_to_second_order():
     """Outside vmap BatchNorm runs the native kernel; its double backward equals mean/var ops'."""
     torch.manual_seed(0)
@@ -151,13 +162,40 @@ def test_batch_norm_native_kernel_is_exact_to_second_order():
 
     native, reference = second_order(bn), second_order(mean_var)
     assert native[0].abs().max() > 1e-3  # not a vacuous comparison
-    for a, b in zip(native, reference):
+    for a, b in zip(native, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
+
 # Op table: every op keeps or halves the map as its stride says, and DARTS ops have DARTS' sizes.
-SHAPE_KEEPING = ["input", "identity", "batch_norm", "instance_norm", "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"]
-CONV_LIKE = ["skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
-             "conv_1x1", "conv_3x3", "conv_5x5", "conv_7x7", "relu_conv_bn_1x1", "conv_bn_3x3", "proj_1x1"]
+SHAPE_KEEPING = [
+    "input",
+    "identity",
+    "batch_norm",
+    "instance_norm",
+    "relu",
+    "leaky_relu",
+    "elu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+]
+CONV_LIKE = [
+    "skip_connect",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "conv_1x1",
+    "conv_3x3",
+    "conv_5x5",
+    "conv_7x7",
+    "relu_conv_bn_1x1",
+    "conv_bn_3x3",
+    "proj_1x1",
+]
 
 
 @pytest.mark.parametrize("name", CONV_LIKE)
@@ -193,15 +231,30 @@ def test_pool_2x2_passes_a_one_pixel_map_through():
 
 @OPS.register("test_double_conv_3x3")
 def build_test_double_conv(c_in: int, c_out: int, stride: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+    )
 
 
 def test_a_registered_user_op_is_usable_in_a_space(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("kind: cell\nops: [test_double_conv_3x3, skip_connect]\nnodes: 2\nlayout: [reduce]\nchannels: 4\nstem_channels: 4\n")
+    path.write_text(
+        "kind: cell\nops: [test_double_conv_3x3, skip_connect]\nnodes: 2\nlayout: [reduce]\n"
+        "channels: 4\nstem_channels: 4\n"
+    )
     space = spaces.load_space(path)
-    arch = space.from_params({"reduce_n2_inputs": "0-1", "reduce_n2_op0": "test_double_conv_3x3", "reduce_n2_op1": "skip_connect",
-                              "reduce_n3_inputs": "0-2", "reduce_n3_op0": "skip_connect", "reduce_n3_op1": "test_double_conv_3x3"})
+    arch = space.from_params(
+        {
+            "reduce_n2_inputs": "0-1",
+            "reduce_n2_op0": "test_double_conv_3x3",
+            "reduce_n2_op1": "skip_connect",
+            "reduce_n3_inputs": "0-2",
+            "reduce_n3_op0": "skip_connect",
+            "reduce_n3_op1": "test_double_conv_3x3",
+        }
+    )
     backbone = network.build(arch, (1, 8, 8))
     assert backbone(torch.randn(3, 1, 8, 8)).shape == (3, 16)  # 2 nodes x 8 channels after reduce
     with pytest.raises(ValueError, match="already registered"):
@@ -215,8 +268,12 @@ def test_second_order_meta_gradient_under_vmap_equals_a_per_task_loop():
 
     from nas_meta.spaces import build_cells
 
-    genotype = [[(0, "sep_conv_3x3"), (1, "sep_conv_5x5")], [(0, "dil_conv_3x3"), (2, "dil_conv_5x5")],
-                [(1, "max_pool_3x3"), (3, "avg_pool_3x3")], [(2, "skip_connect"), (4, "sep_conv_3x3")]]
+    genotype = [
+        [(0, "sep_conv_3x3"), (1, "sep_conv_5x5")],
+        [(0, "dil_conv_3x3"), (2, "dil_conv_5x5")],
+        [(1, "max_pool_3x3"), (3, "avg_pool_3x3")],
+        [(2, "skip_connect"), (4, "sep_conv_3x3")],
+    ]
     arch = build_cells({"normal": genotype, "reduce": genotype}, ["normal", "reduce"], channels=2, stem_channels=3)
     net = network.build(arch, (1, 8, 8), seed=0).double()
     params = dict(net.named_parameters())
@@ -259,7 +316,9 @@ def test_relu_then_max_pool_runs_pool_first_with_identical_numbers():
     assert len(net.pool_first) == 4 and set(net.pool_first.values()) == {f"b{i}_act" for i in range(1, 5)}
     assert net.norm_pool == {}
     params = list(net.parameters())
-    for a, b in zip(_output_and_second_order_grads(net, params), _output_and_second_order_grads(reference, params)):
+    for a, b in zip(
+        _output_and_second_order_grads(net, params), _output_and_second_order_grads(reference, params), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -270,15 +329,14 @@ def test_batch_norm_fused_with_its_max_pool_gives_the_same_numbers():
     params = list(net.parameters())
     fused = _output_and_second_order_grads(net, params)
     plain = _output_and_second_order_grads(reference, params)
-    for a, b in zip(fused, plain):
+    for a, b in zip(fused, plain, strict=True):
         # conv biases before BatchNorm have zero gradient: compare at the scale of all gradients
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * max(t.abs().max().item() for t in plain))
 
 
 def test_activation_with_two_consumers_is_not_moved_after_the_pool():
     arch = make_arch(
-        {"input": {"op": "input"}, "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"},
-         "out": {"op": "identity"}},
+        {"input": {"op": "input"}, "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity"}},
         [("input", "act"), ("act", "pool"), ("act", "out"), ("pool", "out")],
     )
     assert fusion.pool_first_pairs(arch, "out") == {}
@@ -286,11 +344,24 @@ def test_activation_with_two_consumers_is_not_moved_after_the_pool():
 
 def test_conv_feeding_something_else_is_not_fused_with_its_norm() -> None:
     arch = make_arch(
-        {"input": {"op": "input"}, "conv": {"op": "conv_3x3", "c_out": 4}, "norm": {"op": "batch_norm"},
-         "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity", "merge": "concat"},
-         "down": {"op": "max_pool_2x2"}},
-        [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("conv", "down"), ("down", "out"),
-         ("pool", "out")],
+        {
+            "input": {"op": "input"},
+            "conv": {"op": "conv_3x3", "c_out": 4},
+            "norm": {"op": "batch_norm"},
+            "act": {"op": "relu"},
+            "pool": {"op": "max_pool_2x2"},
+            "out": {"op": "identity", "merge": "concat"},
+            "down": {"op": "max_pool_2x2"},
+        },
+        [
+            ("input", "conv"),
+            ("conv", "norm"),
+            ("norm", "act"),
+            ("act", "pool"),
+            ("conv", "down"),
+            ("down", "out"),
+            ("pool", "out"),
+        ],
     )
     net = network.build(arch, (1, 8, 8), seed=0)
     assert net.norm_pool == {"pool": "norm"} and net.conv_norm_pool == {}
@@ -332,7 +403,7 @@ def test_fused_norm_pool_has_exact_first_and_second_derivatives(size: int) -> No
     grad = torch.randn(4, 3, size // 2, size // 2, dtype=torch.float64, generator=g)
     want = torch.autograd.grad(pool(norm(x)), inputs, grad)
     got = torch.autograd.grad(fused(*inputs), inputs, grad)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -371,8 +442,14 @@ def test_fused_norm_pool_falls_back_where_it_would_not_be_exact() -> None:
 
 def test_norm_feeding_something_else_is_not_fused() -> None:
     arch = make_arch(
-        {"input": {"op": "input"}, "conv": {"op": "conv_3x3", "c_out": 4}, "norm": {"op": "batch_norm"},
-         "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity", "merge": "concat"}},
+        {
+            "input": {"op": "input"},
+            "conv": {"op": "conv_3x3", "c_out": 4},
+            "norm": {"op": "batch_norm"},
+            "act": {"op": "relu"},
+            "pool": {"op": "max_pool_2x2"},
+            "out": {"op": "identity", "merge": "concat"},
+        },
         [("input", "conv"), ("conv", "norm"), ("norm", "act"), ("act", "pool"), ("norm", "out"), ("pool", "out")],
     )
     assert fusion.norm_pool_pairs(arch, "out", fusion.pool_first_pairs(arch, "out")) == {}
@@ -400,7 +477,7 @@ def test_first_conv_fused_with_norm_and_pool_gives_the_same_first_order_numbers(
     got = torch.autograd.grad(out.pow(2).sum(), params)
     plain = torch.autograd.grad(want.pow(2).sum(), params)
     scale = max(g.abs().max().item() for g in plain)
-    for a, b in zip(got, plain):
+    for a, b in zip(got, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * scale)
     assert got[1].abs().max().item() == 0.0  # the first conv's bias: BatchNorm removes any shift
     net.fuse(False)
@@ -437,7 +514,7 @@ def test_fused_conv_norm_pool_has_the_reference_derivatives(c_in: int, k: int, s
     grad = torch.randn(out.shape, dtype=torch.float64, generator=g)
     want = torch.autograd.grad(pool(norm(conv(x))), inputs, grad)
     got = torch.autograd.grad(fused(*inputs), inputs, grad)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -454,7 +531,7 @@ def test_fused_conv_norm_pool_sends_tied_gradients_where_max_pool_does() -> None
     params = list(conv.parameters()) + list(norm.parameters())
     got = torch.autograd.grad(conv_batch_norm_max_pool(conv, norm, pool, x), params, grad)
     want = torch.autograd.grad(pool(norm(conv(x))), params, grad)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -477,8 +554,14 @@ def test_fused_conv_norm_pool_falls_back_where_it_does_not_apply() -> None:
     negative = _norm_and_pool(3, weight=torch.tensor([1.0, -0.5, 2.0]))[0]
     assert ran(conv, negative, pool, x) == "MaxPool2DWithIndices"  # a negative scale: max -> min
     assert ran(conv, norm, Pool2x2("avg"), x) == "AvgPool2D"
-    for other in (_conv_norm_pool(4, 3, 3)[0], _conv_norm_pool(1, 3, 3, stride=2)[0], _conv_norm_pool(1, 3, 3, padding=0)[0],
-                  _conv_norm_pool(1, 3, 3, dilation=2, padding=2)[0]):
+    for other in (
+        _conv_norm_pool(4, 3, 3)[0],
+        _conv_norm_pool(1, 3, 3, stride=2)[0],
+        _conv_norm_pool(1, 3, 3, padding=0)[0],
+        _conv_norm_pool(1, 3, 3, dilation=2, padding=2)[0],
+    ):
         assert not fusable_conv(other)  # fan-in 36 > 32, a stride, a 'valid' conv, a dilation
     wide = _conv_norm_pool(4, 3, 3)[0]
-    assert ran(wide, norm, pool, to_channels_last(torch.rand(3, 4, 6, 6, dtype=torch.float64))) == "_BatchNormMaxPool2x2"
+    assert (
+        ran(wide, norm, pool, to_channels_last(torch.rand(3, 4, 6, 6, dtype=torch.float64))) == "_BatchNormMaxPool2x2"
+    )

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from nas_meta import spaces
-from nas_meta.model import network
 from nas_meta.config import DataConfig, LearnerConfig
 from nas_meta.data import Episodes, load_dataset
 from nas_meta.errors import ConfigError
 from nas_meta.learners import build_learner
+from nas_meta.model import network
 from nas_meta.search.proxies import PROXIES, ProxyInputs, compute_proxies, grad_norm, naswot, proto_acc, snip, synflow
 
 W1 = [[1.0, -2.0], [3.0, 0.0], [-1.0, 1.0]]
@@ -57,7 +57,7 @@ def test_synflow_leaves_the_backbone_alone():
     net = two_layer()
     before = [p.clone() for p in net.parameters()]
     synflow(net, (2,))
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert all(p.grad is None for p in net.parameters())
 
 
@@ -132,8 +132,9 @@ def conv_inputs():
     ds = load_dataset(DataConfig(glyph_classes=30, glyph_samples=6))
     arch = spaces.load_space("conv4").sample(random.Random(0))
     backbone = network.build(arch, ds.input_shape, seed=0)
-    learner = build_learner(LearnerConfig(algo="protonet"), backbone, feature_dim=backbone.feature_dim, ways=3,
-                            task="classification")
+    learner = build_learner(
+        LearnerConfig(algo="protonet"), backbone, feature_dim=backbone.feature_dim, ways=3, task="classification"
+    )
     batch = ds.sampler("train", ways=3, shots=1, queries=2, seed=0).sample(2)
     val = ds.sampler("val", ways=3, shots=1, queries=2, seed=1)
     return ProxyInputs(backbone, learner, batch, ds.input_shape, val, val_episodes=6)

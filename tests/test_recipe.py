@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from test_train import CFG, RandomEpisodes, make
 
 from nas_meta.cli import main
 from nas_meta.config import LearnerConfig, make_config
@@ -22,8 +23,6 @@ from nas_meta.learners.train import make_optimizer, make_schedule
 from nas_meta.search.objective import episode_samplers
 from nas_meta.search.runner import load_known_arch, run_search
 from nas_meta.search.study import load_study, stored_config
-
-from test_train import CFG, RandomEpisodes, make
 
 SIZE = 6
 
@@ -56,6 +55,7 @@ def rows_of(ds: ImageDataset, x: torch.Tensor) -> list[int]:
 
 # ---------------------------------------------------------------- rotated classes
 
+
 def test_rotated_classes_stay_in_their_split_and_keep_their_labels() -> None:
     ds = indexed_dataset()
     rot = rotate_classes(ds)
@@ -74,14 +74,19 @@ def test_rotated_classes_stay_in_their_split_and_keep_their_labels() -> None:
             assert torch.equal(rot.images[rot.labels == new], torch.rot90(originals, k, dims=(2, 3)))
     # No rotated image carries a validation or test class's label.
     held_out = torch.tensor(ds.splits["val"] + ds.splits["test"])
-    assert not torch.isin(rot.labels[len(ds.labels):], held_out).any()
+    assert not torch.isin(rot.labels[len(ds.labels) :], held_out).any()
 
 
 def test_rotations_are_not_added_twice_and_need_square_images() -> None:
     rot = rotate_classes(indexed_dataset())
     assert rotate_classes(rot) is rot  # the vinyals protocol's classes are rotations already
-    wide = ImageDataset("wide", torch.zeros(4, 1, 4, 6, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]),
-                        ["a/0", "a/1"], {"train": [0, 1], "val": [], "test": []})
+    wide = ImageDataset(
+        "wide",
+        torch.zeros(4, 1, 4, 6, dtype=torch.uint8),
+        torch.tensor([0, 0, 1, 1]),
+        ["a/0", "a/1"],
+        {"train": [0, 1], "val": [], "test": []},
+    )
     with pytest.raises(ConfigError, match="--rotations needs square images, dataset 'wide' has 4x6"):
         rotate_classes(wide)
 
@@ -103,6 +108,7 @@ def test_rotations_and_augment_refuse_a_dataset_without_images() -> None:
 
 # ---------------------------------------------------------------- affine jitter
 
+
 def test_affine_matrices_identity_and_exact_one_pixel_shift() -> None:
     assert torch.allclose(affine_matrices(torch.zeros(3, 5)), torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(3, 2, 3))
     x = torch.zeros(1, 1, SIZE, SIZE)
@@ -121,8 +127,9 @@ def test_jitter_moves_pixels_within_its_ranges() -> None:
     u = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0], [0, 0, 0, 1.0, -1.0]])
     m = affine_matrices(u)
     angle = math.radians(DEFAULT_JITTER.rotate)
-    assert torch.allclose(m[0, :, :2], torch.tensor([[math.cos(angle), -math.sin(angle)],
-                                                     [math.sin(angle), math.cos(angle)]]), atol=1e-6)
+    assert torch.allclose(
+        m[0, :, :2], torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]), atol=1e-6
+    )
     assert torch.allclose(m[1, :, :2], torch.eye(2) / (1 + DEFAULT_JITTER.scale))
     assert torch.allclose(m[2, :, 2], torch.tensor([2 * DEFAULT_JITTER.shift, -2 * DEFAULT_JITTER.shift]))
 
@@ -162,6 +169,7 @@ def test_augmentation_only_touches_training_episodes(tmp_path) -> None:
 
 # ---------------------------------------------------------------- best checkpoint, optimizer, schedule
 
+
 def test_best_checkpoint_weights_are_those_of_the_curves_best_point() -> None:
     cfg = LearnerConfig(**{**CFG.__dict__, "iterations": 6, "eval_every": 1, "checkpoint": "best"})
     states: dict[int, dict[str, torch.Tensor]] = {}
@@ -197,8 +205,14 @@ def test_the_best_checkpoint_is_chosen_even_when_it_is_not_last(monkeypatch) -> 
     cfg = LearnerConfig(**{**CFG.__dict__, "iterations": 3, "eval_every": 1, "checkpoint": "best"})
     learner = make("protonet", dropout=0.0)
     seen = {}
-    result = meta_train(learner, RandomEpisodes(1), RandomEpisodes(2), cfg, seed=0,
-                        report=lambda s, v: seen.setdefault(s, {k: t.clone() for k, t in learner.state_dict().items()}))
+    result = meta_train(
+        learner,
+        RandomEpisodes(1),
+        RandomEpisodes(2),
+        cfg,
+        seed=0,
+        report=lambda s, v: seen.setdefault(s, {k: t.clone() for k, t in learner.state_dict().items()}),
+    )
     assert result.best_step == result.weights_step == 2 and result.val_metric == pytest.approx(0.9)
     assert all(torch.equal(v, seen[2][k]) for k, v in learner.state_dict().items())
     assert not all(torch.equal(v, seen[3][k]) for k, v in learner.state_dict().items())
@@ -237,12 +251,15 @@ def test_cosine_schedule_and_adamw_decay_follow_their_formulas() -> None:
     assert type(make_optimizer(module, plain)) is torch.optim.Adam and make_schedule(opt, plain) is None
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("weight_decay", -1.0, "--weight-decay must be a number >= 0, got -1.0"),
-    ("lr_schedule", "step", "unknown lr schedule 'step'; choose from ['constant', 'cosine']"),
-    ("checkpoint", "first", "unknown checkpoint 'first'; choose from ['best', 'last']"),
-    ("train_ways", 1, "--train-ways must be an integer of at least 2, got 1"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("weight_decay", -1.0, "--weight-decay must be a number >= 0, got -1.0"),
+        ("lr_schedule", "step", "unknown lr schedule 'step'; choose from ['constant', 'cosine']"),
+        ("checkpoint", "first", "unknown checkpoint 'first'; choose from ['best', 'last']"),
+        ("train_ways", 1, "--train-ways must be an integer of at least 2, got 1"),
+    ],
+)
 def test_recipe_fields_are_validated(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_config("smoke", learner={field: value})
@@ -251,9 +268,13 @@ def test_recipe_fields_are_validated(field: str, value: object, message: str) ->
 
 # ---------------------------------------------------------------- refit
 
+
 def test_refit_trains_on_train_and_val_classes_for_the_chosen_steps_and_never_on_test(tmp_path, monkeypatch) -> None:
-    cfg = make_config("smoke", data={"cache_dir": str(tmp_path), "rotations": True},
-                      learner={"algo": "protonet", "iterations": 6, "eval_every": 2, "checkpoint": "best"})
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path), "rotations": True},
+        learner={"algo": "protonet", "iterations": 6, "eval_every": 2, "checkpoint": "best"},
+    )
     dataset = load_dataset(cfg.data)
     trained_on: list[set[int]] = []
     steps: list[int] = []
@@ -296,17 +317,50 @@ def test_merge_train_val_keeps_test_and_refuses_a_dataset_without_classes() -> N
 
 # ---------------------------------------------------------------- the recipe in the CLI and the study
 
+
 def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) -> None:
     results = tmp_path / "results"
-    args = ["search", "--preset", "smoke", "--space", "chain", "--algo", "protonet", "--study", "r", "--trials", "1",
-            "--results-dir", str(results), "--cache-dir", str(tmp_path / "cache"), "--rotations", "--augment",
-            "--train-ways", "6", "--weight-decay", "0.01", "--lr-schedule", "cosine", "--refit", "train+val",
-            "--checkpoint", "last"]
+    args = [
+        "search",
+        "--preset",
+        "smoke",
+        "--space",
+        "chain",
+        "--algo",
+        "protonet",
+        "--study",
+        "r",
+        "--trials",
+        "1",
+        "--results-dir",
+        str(results),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--rotations",
+        "--augment",
+        "--train-ways",
+        "6",
+        "--weight-decay",
+        "0.01",
+        "--lr-schedule",
+        "cosine",
+        "--refit",
+        "train+val",
+        "--checkpoint",
+        "last",
+    ]
     assert main(args) == 0
     study = load_study("r", f"sqlite:///{results / 'r' / 'study.db'}")
     cfg = stored_config(study)
-    assert cfg.recipe() == {"rotations": True, "augment": True, "train_ways": 6, "weight_decay": 0.01,
-                            "lr_schedule": "cosine", "checkpoint": "last", "refit": "train+val"}
+    assert cfg.recipe() == {
+        "rotations": True,
+        "augment": True,
+        "train_ways": 6,
+        "weight_decay": 0.01,
+        "lr_schedule": "cosine",
+        "checkpoint": "last",
+        "refit": "train+val",
+    }
     assert study.trials[0].user_attrs["weights_step"] == cfg.learner.iterations  # the last step's weights
     # Resuming under another recipe is refused: its scores would mean something else.
     assert main([*args[:-2], "--checkpoint", "best"]) == 2
@@ -316,8 +370,23 @@ def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) 
     assert main([*args[:-4], "--refit", "train", "--checkpoint", "last", "--trials", "1"]) == 0
     out = tmp_path / "export"
     # export --retrain refits because the study's recipe says so (no --refit here).
-    assert main(["export", "--study", "r", "--results-dir", str(results), "--retrain",
-                 "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--study",
+                "r",
+                "--results-dir",
+                str(results),
+                "--retrain",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "rank1" / "card.json").read_text())
     assert card["recipe"] == cfg.recipe()
     assert card["retrain"]["refit"]["splits"] == "train+val"
@@ -327,16 +396,29 @@ def test_recipe_options_reach_the_study_and_the_exported_card(tmp_path, capsys) 
     assert "refit on train+val classes" in (out / "rank1" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--weight-decay", "-0.1"], "--weight-decay must be a number >= 0, got -0.1"),
-    (["--lr-schedule", "linear"], "invalid choice: 'linear'"),
-    (["--train-ways", "1"], "--train-ways must be an integer of at least 2, got 1"),
-    (["--train-ways", "900"], "900"),  # more training ways than the split has classes
-    (["--dataset", "sinusoid", "--space", "mlp", "--rotations"], "--rotations is for image datasets"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--weight-decay", "-0.1"], "--weight-decay must be a number >= 0, got -0.1"),
+        (["--lr-schedule", "linear"], "invalid choice: 'linear'"),
+        (["--train-ways", "1"], "--train-ways must be an integer of at least 2, got 1"),
+        (["--train-ways", "900"], "900"),  # more training ways than the split has classes
+        (["--dataset", "sinusoid", "--space", "mlp", "--rotations"], "--rotations is for image datasets"),
+    ],
+)
 def test_recipe_mistakes_are_one_line(tmp_path, capsys, extra, expected) -> None:
-    args = ["search", "--preset", "smoke", "--results-dir", str(tmp_path / "results"),
-            "--cache-dir", str(tmp_path / "cache"), "--algo", "protonet", *extra]
+    args = [
+        "search",
+        "--preset",
+        "smoke",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--algo",
+        "protonet",
+        *extra,
+    ]
     if "sinusoid" in extra:
         args[args.index("protonet")] = "maml"
     assert main(args) == 2
@@ -346,11 +428,29 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys, extra, expected) -> None
 
 
 def test_refit_without_retrain_is_a_user_error(tmp_path, capsys) -> None:
-    cfg = make_config("smoke", data={"cache_dir": str(tmp_path / "cache")}, search={"space": "chain", "study": "q",
-                      "trials": 1}, results_dir=str(tmp_path / "results"))
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path / "cache")},
+        search={"space": "chain", "study": "q", "trials": 1},
+        results_dir=str(tmp_path / "results"),
+    )
     run_search(cfg, stream=io.StringIO())
-    assert main(["export", "--study", "q", "--results-dir", str(tmp_path / "results"), "--refit", "train+val",
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--study",
+                "q",
+                "--results-dir",
+                str(tmp_path / "results"),
+                "--refit",
+                "train+val",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 2
+    )
     assert "--refit train+val chooses what --retrain trains on; add --retrain" in capsys.readouterr().err
 
 

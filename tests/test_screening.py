@@ -14,10 +14,10 @@ from nas_meta.cli import main
 from nas_meta.config import LearnerConfig, RunConfig, make_config
 from nas_meta.errors import ConfigError
 from nas_meta.learners import build_learner, meta_train
+from nas_meta.record import counted_trials
 from nas_meta.search import screening as screening_module
 from nas_meta.search.proxies import compute_proxies
 from nas_meta.search.runner import SearchInterrupted, prepare, run_search
-from nas_meta.record import counted_trials
 from nas_meta.search.study import halving_rungs, load_study
 
 
@@ -121,8 +121,19 @@ def test_screening_options_are_checked(tmp_path):
 
 
 def test_cli_prescreen_mistakes_are_one_line(tmp_path, capsys):
-    code = main(["search", "--space", "chain", "--preset", "smoke", "--prescreen", "synfloww",
-                 "--results-dir", str(tmp_path / "r")])
+    code = main(
+        [
+            "search",
+            "--space",
+            "chain",
+            "--preset",
+            "smoke",
+            "--prescreen",
+            "synfloww",
+            "--results-dir",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "unknown proxy 'synfloww'" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
@@ -146,17 +157,24 @@ class _CountingSampler:
 
 
 def test_a_schedule_validates_each_checkpoint_on_its_episodes():
+    from torch import nn
+
     from nas_meta.config import DataConfig
     from nas_meta.data import load_dataset
-    from torch import nn
 
     ds = load_dataset(DataConfig(glyph_classes=30, glyph_samples=6))
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 8))
     learner = build_learner(LearnerConfig(algo="protonet"), backbone, feature_dim=8, ways=3, task="classification")
     val = _CountingSampler(ds.sampler("val", ways=3, shots=1, queries=2, seed=1))
     cfg = LearnerConfig(algo="protonet", iterations=4, meta_batch=2, eval_every=1, val_episodes=100)
-    result = meta_train(learner, ds.sampler("train", ways=3, shots=1, queries=2, seed=0), val, cfg, seed=0,
-                        checkpoints=[(1, 4), (3, 10)])
+    result = meta_train(
+        learner,
+        ds.sampler("train", ways=3, shots=1, queries=2, seed=0),
+        val,
+        cfg,
+        seed=0,
+        checkpoints=[(1, 4), (3, 10)],
+    )
     assert [step for step, _ in result.curve] == [1, 3]
     assert val.episodes == 4 + 10
 
@@ -178,8 +196,11 @@ def test_halving_trains_survivors_longer(tmp_path):
     # Survivors of a rung were among the best there: each pruned trial scored below a trial that went on.
     for t in pruned:
         step, value = t.user_attrs["curve"][-1]
-        went_on = [dict(u.user_attrs["curve"]).get(step) for u in done + pruned
-                   if len(u.user_attrs["curve"]) > len(t.user_attrs["curve"])]
+        went_on = [
+            dict(u.user_attrs["curve"]).get(step)
+            for u in done + pruned
+            if len(u.user_attrs["curve"]) > len(t.user_attrs["curve"])
+        ]
         assert any(v is not None and v >= value for v in went_on)
 
 
@@ -189,8 +210,9 @@ def test_optuna_pruned_trials_rank_behind_complete_ones_in_tpe():
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.2))
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.PRUNED,
-                                              intermediate_values={0: 1e9}))
+    study.add_trial(
+        optuna.trial.create_trial(params={}, distributions={}, state=TrialState.PRUNED, intermediate_values={0: 1e9})
+    )
     try:
         below, above = _split_trials(study, study.trials, 1)
     except TypeError:  # optuna 4.x had a constraints flag

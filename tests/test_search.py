@@ -135,8 +135,9 @@ def test_nsga2_scores_accuracy_and_size_and_keeps_a_pareto_front(tmp_path):
         assert t.values[1] == t.user_attrs["params"]
     front = {t.number for t in study.best_trials}
     for t in study.trials:
-        dominated = any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                        for o in study.trials)
+        dominated = any(
+            o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in study.trials
+        )
         assert (t.number in front) == (not dominated)
 
 

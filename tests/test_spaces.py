@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from itertools import product
 
 import networkx as nx
 import pytest
 import torch
 
 from nas_meta import graph, spaces
-from nas_meta.model import network
 from nas_meta.errors import SpaceError
+from nas_meta.model import network
 from nas_meta.model.ops import DARTS_OPS
 
 SHIPPED = spaces.list_spaces()
@@ -125,8 +124,12 @@ def write(tmp_path, text: str, name: str = "space.yaml"):
 
 
 def test_size_counts_the_reachable_architectures(tmp_path):
-    small_chain = write(tmp_path, "kind: chain\ndepth: [1, 2]\nwidth: [8, 16]\npool: [max, none]\nnorm: [batch, none]\n")
-    small_cell = write(tmp_path, "kind: cell\nops: [none, skip_connect, max_pool_3x3]\nnodes: 2\nlayout: [reduce]\n", "c.yaml")
+    small_chain = write(
+        tmp_path, "kind: chain\ndepth: [1, 2]\nwidth: [8, 16]\npool: [max, none]\nnorm: [batch, none]\n"
+    )
+    small_cell = write(
+        tmp_path, "kind: cell\nops: [none, skip_connect, max_pool_3x3]\nnodes: 2\nlayout: [reduce]\n", "c.yaml"
+    )
     for space in (spaces.load_space("mlp"), spaces.load_space(small_chain), spaces.load_space(small_cell)):
         params = enumerate_params(space)
         assert len(params) == space.size()
@@ -161,7 +164,9 @@ def test_conv4_is_one_point_of_the_chain_space():
 
 
 def test_maml_sinusoid_network_is_a_point_of_the_mlp_space():
-    arch = spaces.load_space("mlp").from_params({"depth": 2, "activation": "relu", "layer1_width": 40, "layer2_width": 40})
+    arch = spaces.load_space("mlp").from_params(
+        {"depth": 2, "activation": "relu", "layer1_width": 40, "layer2_width": 40}
+    )
     backbone = network.build(arch, (1,))
     assert backbone.feature_dim == 40
     assert network.count_params(backbone) == (1 * 40 + 40) + (40 * 40 + 40)
@@ -171,12 +176,32 @@ def test_maml_sinusoid_network_is_a_point_of_the_mlp_space():
 
 
 def cell_space(tmp_path):
-    return spaces.load_space(write(tmp_path, "kind: cell\nops: [none, skip_connect, sep_conv_3x3]\nnodes: 2\nlayout: [normal, reduce]\nchannels: 4\nstem_channels: 4\nstem_stride: 1\n"))
+    return spaces.load_space(
+        write(
+            tmp_path,
+            "kind: cell\nops: [none, skip_connect, sep_conv_3x3]\nnodes: 2\nlayout: [normal, reduce]\n"
+            "channels: 4\nstem_channels: 4\nstem_stride: 1\n",
+        )
+    )
 
 
 def params(n2=("none", "none"), n3=("none", "skip_connect"), n3_inputs="0-2", reduce=("sep_conv_3x3", "skip_connect")):
-    out = {"normal_n2_op0": n2[0], "normal_n2_op1": n2[1], "normal_n3_inputs": n3_inputs, "normal_n3_op0": n3[0], "normal_n3_op1": n3[1]}
-    out.update({"reduce_n2_op0": reduce[0], "reduce_n2_op1": reduce[1], "reduce_n3_inputs": "0-1", "reduce_n3_op0": "skip_connect", "reduce_n3_op1": "skip_connect"})
+    out = {
+        "normal_n2_op0": n2[0],
+        "normal_n2_op1": n2[1],
+        "normal_n3_inputs": n3_inputs,
+        "normal_n3_op0": n3[0],
+        "normal_n3_op1": n3[1],
+    }
+    out.update(
+        {
+            "reduce_n2_op0": reduce[0],
+            "reduce_n2_op1": reduce[1],
+            "reduce_n3_inputs": "0-1",
+            "reduce_n3_op0": "skip_connect",
+            "reduce_n3_op1": "skip_connect",
+        }
+    )
     return out
 
 
@@ -211,15 +236,27 @@ def test_cell_output_concatenates_only_live_nodes(tmp_path):
         ("depth: [2]\nwidth: 8\n", r"space.yaml: missing key 'kind'; choose from \['cell', 'chain', 'mlp'\]"),
         ("kind: dag\n", r"space.yaml: key 'kind' is 'dag'; choose from \['cell', 'chain', 'mlp'\]"),
         ("kind: chain\nwidth: 8\n", r"space.yaml: key 'depth' is missing"),
-        ("kind: chain\ndepth: four\nwidth: 8\n", r"space.yaml: key 'depth' must be a positive integer or a list of them, got 'four'"),
-        ("kind: chain\ndepth: []\nwidth: 8\n", r"space.yaml: key 'depth' must be a positive integer or a non-empty list"),
+        (
+            "kind: chain\ndepth: four\nwidth: 8\n",
+            r"space.yaml: key 'depth' must be a positive integer or a list of them, got 'four'",
+        ),
+        (
+            "kind: chain\ndepth: []\nwidth: 8\n",
+            r"space.yaml: key 'depth' must be a positive integer or a non-empty list",
+        ),
         ("kind: chain\ndepth: 2\nwidth: 8\npool: mean\n", r"space.yaml: key 'pool' must be 'max', 'avg' or 'none'"),
         ("kind: chain\ndepth: 2\nwidth: 8\nwidht: 9\n", r"space.yaml: key 'widht' is not a key of a chain space"),
-        ("kind: cell\nops: [sep_conv_3x3, sep_conv_9x9]\n", r"space.yaml: key 'ops' lists unknown op 'sep_conv_9x9'; choose from \["),
+        (
+            "kind: cell\nops: [sep_conv_3x3, sep_conv_9x9]\n",
+            r"space.yaml: key 'ops' lists unknown op 'sep_conv_9x9'; choose from \[",
+        ),
         ("kind: cell\nops: sep_conv_3x3\n", r"space.yaml: key 'ops' must be a non-empty list of op names"),
         ("kind: cell\nops: [none]\n", r"space.yaml: key 'ops' must list distinct ops, not only 'none'"),
         ("kind: cell\nnodes: 2.5\n", r"space.yaml: key 'nodes' must be a positive integer, got 2.5"),
-        ("kind: cell\nlayout: [normal, big]\n", r"space.yaml: key 'layout' must be a non-empty list of 'normal' / 'reduce'"),
+        (
+            "kind: cell\nlayout: [normal, big]\n",
+            r"space.yaml: key 'layout' must be a non-empty list of 'normal' / 'reduce'",
+        ),
         ("kind: mlp\ndepth: 2\nwidth: 40\nactivation: swish\n", r"space.yaml: key 'activation' must be one of \["),
         ("- just\n- a list\n", r"space.yaml: a space file must be a mapping with a 'kind' key, got list"),
         ("kind: [unclosed\n", r"space.yaml: not valid YAML"),
@@ -250,7 +287,11 @@ def test_from_params_rejects_missing_and_foreign_values():
 
 
 def test_user_copy_with_other_ops_nodes_and_widths(tmp_path):
-    path = write(tmp_path, "kind: cell\nops: [skip_connect, sep_conv_3x3]\nnodes: 3\nlayout: [reduce, reduce]\nchannels: [4, 6]\n", "mine.yaml")
+    path = write(
+        tmp_path,
+        "kind: cell\nops: [skip_connect, sep_conv_3x3]\nnodes: 3\nlayout: [reduce, reduce]\nchannels: [4, 6]\n",
+        "mine.yaml",
+    )
     space = spaces.load_space(str(path))
     assert space.name == "mine" and space.choices()["channels"] == [4, 6]
     arch = space.sample(random.Random(0))

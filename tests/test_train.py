@@ -206,7 +206,7 @@ def test_autocast_path_runs_with_a_cpu_dtype(algo: str) -> None:
         scaler=scaler,
     )
     assert math.isfinite(loss)
-    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters(), strict=True))
 
 
 def test_gradient_clipping_bounds_the_update() -> None:

@@ -16,10 +16,9 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_meta.config import make_config
+from nas_meta.record import Attr, counted_trials
 from nas_meta.search.runner import run_search
-from nas_meta.record import counted_trials
 from nas_meta.search.study import load_study
-from nas_meta.record import Attr
 from nas_meta.search.workers import recover_dead_trials, worker_identity
 
 POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
@@ -78,8 +77,23 @@ def test_two_local_workers_share_a_journal_study(tmp_path):
 def test_several_workers_need_a_concurrent_storage(tmp_path, capsys):
     from nas_meta.cli import main
 
-    args = ["search", "--preset", "smoke", "--space", "mlp", "--dataset", "sinusoid", "--study", "q",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--trials", "1"]
+    args = [
+        "search",
+        "--preset",
+        "smoke",
+        "--space",
+        "mlp",
+        "--dataset",
+        "sinusoid",
+        "--study",
+        "q",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--trials",
+        "1",
+    ]
     assert main(args) == 0  # a SQLite study
     capsys.readouterr()
     assert main([*args, "--trials", "2", "--n-workers", "2"]) == 2
@@ -87,8 +101,22 @@ def test_several_workers_need_a_concurrent_storage(tmp_path, capsys):
 
 
 def _worker(storage: str, study: str, index: int, tmp_path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "nas_meta", "worker", "--study", study, "--storage", storage,
-           "--worker-index", str(index), "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas_meta",
+        "worker",
+        "--study",
+        study,
+        "--storage",
+        storage,
+        "--worker-index",
+        str(index),
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

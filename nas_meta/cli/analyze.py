@@ -14,8 +14,12 @@ from .common import add_study_options
 def add_parsers(sub: Any) -> None:
     analyze = sub.add_parser("analyze", help="tables and plots of one or more studies")
     add_study_options(analyze, many=True)
-    analyze.add_argument("--format", default="md", choices=FORMATS,
-                         help="table format (default: md); csv with several studies gives their comparison table")
+    analyze.add_argument(
+        "--format",
+        default="md",
+        choices=FORMATS,
+        help="table format (default: md); csv with several studies gives their comparison table",
+    )
     analyze.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR")
     analyze.add_argument("--out", default=None, help="write the tables to this file instead of stdout")
 
@@ -40,8 +44,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         task = study_task(study)
         summary = study_summary(study, task)
         frame = ranked_frame(study, task, sampler=cfg.search.sampler)
-        heading = (f"study {study.study_name}: {cfg.search.space} / {cfg.learner.algo} / {cfg.data.dataset} "
-                   f"{cfg.data.ways}-way {cfg.data.shots}-shot, sampler {cfg.search.sampler}")
+        heading = (
+            f"study {study.study_name}: {cfg.search.space} / {cfg.learner.algo} / {cfg.data.dataset} "
+            f"{cfg.data.ways}-way {cfg.data.shots}-shot, sampler {cfg.search.sampler}"
+        )
         summary_text = ", ".join(f"{k}={v}" for k, v in summary.items())
         if args.format == "md":
             parts.append(f"## {heading}\n\n{summary_text}\n\n" + render(frame, "md"))

@@ -32,8 +32,12 @@ def default_cache_dir() -> str:
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default=None, choices=("lake", "vinyals"),
-                   help="omniglot protocol: lake (alphabets held out) or vinyals (+rotations) (default: lake)")
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=("lake", "vinyals"),
+        help="omniglot protocol: lake (alphabets held out) or vinyals (+rotations) (default: lake)",
+    )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the dataset's)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset (online only)")
 
@@ -48,36 +52,59 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
     # The training recipe; None means "the preset's / dataset's default" (see config.py).
-    p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                   help="training classes' 90/180/270-degree rotations as new training classes")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random affine jitter of training episodes (shift, rotation, scale, shear)")
-    p.add_argument("--train-ways", type=int, default=None,
-                   help="classes per training episode, e.g. 60 for ProtoNet (default: --ways)")
+    p.add_argument(
+        "--rotations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="training classes' 90/180/270-degree rotations as new training classes",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random affine jitter of training episodes (shift, rotation, scale, shear)",
+    )
+    p.add_argument(
+        "--train-ways",
+        type=int,
+        default=None,
+        help="classes per training episode, e.g. 60 for ProtoNet (default: --ways)",
+    )
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: 0, plain Adam)")
     p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="outer learning rate (default: constant)")
-    p.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
-                   help="keep the best validation checkpoint's weights or the last step's (default: last)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        choices=CHECKPOINTS,
+        help="keep the best validation checkpoint's weights or the last step's (default: last)",
+    )
     add_refit_option(p)
 
 
 def add_refit_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--refit", default=None, choices=REFITS,
-                   help="final models train on the train classes, or on train+val for the steps validation "
-                        "chose (default: train; export: the study's)")
+    p.add_argument(
+        "--refit",
+        default=None,
+        choices=REFITS,
+        help="final models train on the train classes, or on train+val for the steps validation "
+        "chose (default: train; export: the study's)",
+    )
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The learner's recipe options the user typed (the data ones go through data_overrides)."""
-    return {name: getattr(args, name)
-            for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint", "refit")
-            if getattr(args, name, None) is not None}
+    return {
+        name: getattr(args, name)
+        for name in ("train_ways", "weight_decay", "lr_schedule", "checkpoint", "refit")
+        if getattr(args, name, None) is not None
+    }
 
 
 def add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
     if many:
-        p.add_argument("--study", action="append", required=True,
-                       help="study name or shell glob; repeat for a comparison")
+        p.add_argument(
+            "--study", action="append", required=True, help="study name or shell glob; repeat for a comparison"
+        )
     else:
         p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", default=None, help="storage URL (default: the study folder in --results-dir)")

@@ -31,8 +31,11 @@ def add_parsers(sub: Any) -> None:
     pick = export.add_mutually_exclusive_group()
     pick.add_argument("--top", type=int, default=1, help="export the K best distinct architectures (default: 1)")
     pick.add_argument("--pareto", action="store_true", help="export the Pareto front of score and size")
-    export.add_argument("--retrain", action="store_true",
-                        help="meta-train from scratch with the study's recipe, meta-test on the test classes")
+    export.add_argument(
+        "--retrain",
+        action="store_true",
+        help="meta-train from scratch with the study's recipe, meta-test on the test classes",
+    )
     add_refit_option(export)
     add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
@@ -42,10 +45,14 @@ def add_parsers(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="meta-test one architecture on the test classes")
     evaluate.add_argument("arch", help="an arch.json file, an exported folder or a one-architecture space (conv4)")
     evaluate.add_argument("--weights", default=None, help="trained weights (weights.pt); without: train first")
-    evaluate.add_argument("--save-weights", default=None, metavar="PATH",
-                          help="after training, keep the weights here (for --weights)")
-    evaluate.add_argument("--within-alphabet", action="store_true",
-                          help="test episodes draw their classes from one alphabet (Lake et al.)")
+    evaluate.add_argument(
+        "--save-weights", default=None, metavar="PATH", help="after training, keep the weights here (for --weights)"
+    )
+    evaluate.add_argument(
+        "--within-alphabet",
+        action="store_true",
+        help="test episodes draw their classes from one alphabet (Lake et al.)",
+    )
     add_budget_options(evaluate)
     add_recipe_options(evaluate)
     evaluate.add_argument("--algo", default=None, choices=ALGOS, help="meta-learner (default: the card's, else maml)")
@@ -85,8 +92,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     trials = select_trials(study, task, top=args.top, pareto=args.pareto)
     out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    for item in export_trials(study, cfg, trials, out, retrain_them=args.retrain, log=log,
-                              progress=step_printer() if args.retrain else None):
+    for item in export_trials(
+        study, cfg, trials, out, retrain_them=args.retrain, log=log, progress=step_printer() if args.retrain else None
+    ):
         line = f"rank {item.rank}: trial #{item.trial} -> {item.folder}"
         if "retrain" in item.card:
             test = item.card["retrain"]["test"]
@@ -136,13 +144,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         arch = load_known_arch(args.arch)[1]
     if args.weights is not None and args.save_weights:
         raise ConfigError("--save-weights keeps weights trained here; with --weights nothing is trained")
-    test = evaluate_arch(cfg, arch, weights=args.weights, progress=step_printer(), save_to=args.save_weights,
-                         log=lambda text: print(text, file=sys.stderr))
+    test = evaluate_arch(
+        cfg,
+        arch,
+        weights=args.weights,
+        progress=step_printer(),
+        save_to=args.save_weights,
+        log=lambda text: print(text, file=sys.stderr),
+    )
     task = "classification" if test["metric"] == "accuracy" else "regression"
     d = cfg.data
-    print(f"{cfg.learner.algo} on {d.dataset} test classes, {d.ways}-way {d.shots}-shot, "
-          f"{test['episodes']} episodes{', within alphabets' if d.within_alphabet else ''}: "
-          f"{test['metric']} {format_test(test, task)} (95% CI)"
-          + (f", trained in {test['train_seconds']:.0f} s (weights of step {test['weights_step']})"
-             if "train_seconds" in test else ""))
+    print(
+        f"{cfg.learner.algo} on {d.dataset} test classes, {d.ways}-way {d.shots}-shot, "
+        f"{test['episodes']} episodes{', within alphabets' if d.within_alphabet else ''}: "
+        f"{test['metric']} {format_test(test, task)} (95% CI)"
+        + (
+            f", trained in {test['train_seconds']:.0f} s (weights of step {test['weights_step']})"
+            if "train_seconds" in test
+            else ""
+        )
+    )
     return 0

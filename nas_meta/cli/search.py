@@ -29,8 +29,12 @@ def add_parsers(sub: Any) -> None:
     worker = sub.add_parser("worker", help="join a study (from this or another machine)")
     worker.add_argument("--study", required=True, help="study name")
     worker.add_argument("--storage", required=True, help="the study's storage URL, e.g. postgresql://user@host/db")
-    worker.add_argument("--worker-index", type=int, default=1,
-                        help="distinct per worker: the sampler's seed is the run seed plus this (default: 1)")
+    worker.add_argument(
+        "--worker-index",
+        type=int,
+        default=1,
+        help="distinct per worker: the sampler's seed is the run seed plus this (default: 1)",
+    )
     worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     worker.add_argument("--data-root", default=None, help="where the dataset is on this machine")
     worker.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
@@ -53,14 +57,26 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     add_recipe_options(p)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
-    p.add_argument("--pruner", default="none", choices=PRUNERS,
-                   help="early stopping; halving: successive halving, 3 rungs (default: none)")
-    p.add_argument("--prescreen", default=None, metavar="PROXY",
-                   help="score --prescreen-pool candidates by this training-free proxy (README: Screening) "
-                        "and meta-train only the best of each pool (default: no screening)")
-    p.add_argument("--prescreen-pool", type=int, default=None, metavar="K",
-                   help="candidates screened per meta-trained one "
-                        f"(default with --prescreen: {DEFAULT_PRESCREEN_POOL})")
+    p.add_argument(
+        "--pruner",
+        default="none",
+        choices=PRUNERS,
+        help="early stopping; halving: successive halving, 3 rungs (default: none)",
+    )
+    p.add_argument(
+        "--prescreen",
+        default=None,
+        metavar="PROXY",
+        help="score --prescreen-pool candidates by this training-free proxy (README: Screening) "
+        "and meta-train only the best of each pool (default: no screening)",
+    )
+    p.add_argument(
+        "--prescreen-pool",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"candidates screened per meta-trained one (default with --prescreen: {DEFAULT_PRESCREEN_POOL})",
+    )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
     p.add_argument("--results-dir", default="results", help="output folder (default: results)")
@@ -68,16 +84,29 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, episodes and weights (default: 0)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when present (default: auto)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the learner's passes (pays only for long trainings)")
-    p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
-                   help="fail a candidate whose meta-training takes longer (default: no limit)")
-    p.add_argument("--enqueue", action="append", default=[], metavar="ARCH.json",
-                   help="train this architecture first (repeatable)")
-    p.add_argument("--baseline", action="append", default=[], metavar="SPACE",
-                   help="train this one-architecture space first, e.g. conv4 (repeatable)")
-    p.add_argument("--n-workers", type=int, default=1,
-                   help="worker processes on this machine sharing the study (default: 1)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the learner's passes (pays only for long trainings)"
+    )
+    p.add_argument(
+        "--trial-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a candidate whose meta-training takes longer (default: no limit)",
+    )
+    p.add_argument(
+        "--enqueue", action="append", default=[], metavar="ARCH.json", help="train this architecture first (repeatable)"
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="SPACE",
+        help="train this one-architecture space first, e.g. conv4 (repeatable)",
+    )
+    p.add_argument(
+        "--n-workers", type=int, default=1, help="worker processes on this machine sharing the study (default: 1)"
+    )
 
 
 def search_config(args: argparse.Namespace):
@@ -85,21 +114,38 @@ def search_config(args: argparse.Namespace):
     for name in ("ways", "shots", "queries"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
-    search: dict[str, Any] = {"space": args.space, "sampler": args.sampler, "pruner": args.pruner,
-                              "study": args.study, "storage": args.storage, "trial_timeout": args.trial_timeout,
-                              "enqueue": tuple(args.baseline) + tuple(args.enqueue),
-                              "prescreen": args.prescreen}
+    search: dict[str, Any] = {
+        "space": args.space,
+        "sampler": args.sampler,
+        "pruner": args.pruner,
+        "study": args.study,
+        "storage": args.storage,
+        "trial_timeout": args.trial_timeout,
+        "enqueue": tuple(args.baseline) + tuple(args.enqueue),
+        "prescreen": args.prescreen,
+    }
     if args.prescreen_pool is not None:
         search["prescreen_pool"] = args.prescreen_pool
     elif args.prescreen is not None:
         search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
     if args.trials is not None:
         search["trials"] = args.trials
-    learner: dict[str, Any] = {"algo": args.algo, "amp": args.amp, "compile": args.compile,
-                               **budget_overrides(args, make_config(args.preset).learner),
-                               **recipe_overrides(args)}
-    return make_config(args.preset, data=data, learner=learner, search=search,
-                       results_dir=args.results_dir, seed=args.seed, device=args.device)
+    learner: dict[str, Any] = {
+        "algo": args.algo,
+        "amp": args.amp,
+        "compile": args.compile,
+        **budget_overrides(args, make_config(args.preset).learner),
+        **recipe_overrides(args),
+    }
+    return make_config(
+        args.preset,
+        data=data,
+        learner=learner,
+        search=search,
+        results_dir=args.results_dir,
+        seed=args.seed,
+        device=args.device,
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -109,9 +155,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = search_config(args)
     if args.n_workers < 1:
         raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
-    print(f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
-          f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
-          f"preset {cfg.preset}, {cfg.search.trials} trials")
+    print(
+        f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
+        f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
+        f"preset {cfg.preset}, {cfg.search.trials} trials"
+    )
     try:
         with graceful_interrupt() as should_stop:
             outcome = run_search(cfg, workers=args.n_workers, should_stop=should_stop)
@@ -133,9 +181,11 @@ def print_table(outcome) -> None:
     print(summary_frame(outcome.table, outcome.task).to_string(index=False))
     best = best_trials(outcome.study, outcome.task, k=1)
     if best:
-        print(f"best: trial #{best[0].number}, validation score "
-              f"{format_score(best[0].values[0], outcome.task)}, "
-              f"params {format_count(best[0].user_attrs.get('params'))}")
+        print(
+            f"best: trial #{best[0].number}, validation score "
+            f"{format_score(best[0].values[0], outcome.task)}, "
+            f"params {format_count(best[0].user_attrs.get('params'))}"
+        )
     for line in baseline_report(outcome.study, outcome.task):
         print(line)
 
@@ -156,9 +206,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.device:
         overrides["device"] = args.device
     with graceful_interrupt() as should_stop:
-        outcome = run_worker(args.study, args.storage, worker_index=args.worker_index, overrides=overrides,
-                             should_stop=should_stop)
-    print(f"worker {args.worker_index} ran {outcome.ran} trials of study {args.study!r} "
-          f"in {redact_url(args.storage)}")
+        outcome = run_worker(
+            args.study, args.storage, worker_index=args.worker_index, overrides=overrides, should_stop=should_stop
+        )
+    print(f"worker {args.worker_index} ran {outcome.ran} trials of study {args.study!r} in {redact_url(args.storage)}")
     print_table(outcome)
     return 0

@@ -19,8 +19,16 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .sampler import EpisodeSampler
 
-__all__ = ["Dataset", "ImageDataset", "DATASETS", "SPLITS", "load_dataset", "split_by_fraction", "rotate_classes",
-           "merge_train_val"]
+__all__ = [
+    "Dataset",
+    "ImageDataset",
+    "DATASETS",
+    "SPLITS",
+    "load_dataset",
+    "split_by_fraction",
+    "rotate_classes",
+    "merge_train_val",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -204,8 +212,14 @@ def merge_train_val(dataset: Dataset) -> Dataset:
     if not isinstance(dataset, ImageDataset):
         raise ConfigError(f"a refit on train+val needs a dataset of classes; {dataset.name!r} has none")
     splits = {"train": dataset.splits["train"] + dataset.splits["val"], "val": [], "test": dataset.splits["test"]}
-    return ImageDataset(dataset.name, dataset.images, dataset.labels, dataset.class_names, splits,
-                        rotated_classes=dataset.rotated_classes)
+    return ImageDataset(
+        dataset.name,
+        dataset.images,
+        dataset.labels,
+        dataset.class_names,
+        splits,
+        rotated_classes=dataset.rotated_classes,
+    )
 
 
 def load_dataset(cfg: DataConfig, *, refit: bool = False) -> Dataset:

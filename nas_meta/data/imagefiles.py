@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def _read_one(path: Path, mode: str, size: int, invert: bool, crop: bool) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later in training
-            img = img.convert(mode)
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later in training
+            img = opened.convert(mode)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"unreadable image {path}: {exc}") from None
     if crop and img.width != img.height:
@@ -69,6 +70,6 @@ def encode_names(doc: object) -> Tensor:
     return torch.frombuffer(bytearray(json.dumps(doc).encode()), dtype=torch.uint8).clone()
 
 
-def decode_names(t: Tensor) -> object:
+def decode_names(t: Tensor) -> Any:
     """The inverse of :func:`encode_names`."""
     return json.loads(t.numpy().tobytes().decode())

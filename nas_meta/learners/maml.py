@@ -125,7 +125,7 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.execution = execution
         self.channels_last = channels_last
-        self.compile = compile
+        self.use_compile = compile  # not `compile`: nn.Module.compile is a method
         self._compiled: Callable[..., Tensor] | None = None
         self._thread_models: list[nn.Module] = []  # plain list: not submodules, not in state_dict
 
@@ -196,13 +196,15 @@ class MAML(nn.Module):
         for _ in range(steps):
             loss = task_loss(self._forward(model, params, x, twice=create_graph), y, self.task)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
-            params = {n: params[n] if g is None else params[n] - self.inner_lr * g for n, g in zip(names, grads)}
+            params = {
+                n: params[n] if g is None else params[n] - self.inner_lr * g for n, g in zip(names, grads, strict=True)
+            }
         return params
 
     # -- internals ------------------------------------------------------------------------------
 
     def _params(self, meta: bool) -> Params:
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        params: Params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not meta:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         return params
@@ -281,7 +283,7 @@ class MAML(nn.Module):
         if twice:  # fused ops would recompute their parts in the double backward: run them apart
             with unfused():
                 return functional_call(model, params, (x,))
-        if self.compile:
+        if self.use_compile:
             if self._compiled is None:
                 self._compiled = torch.compile(_call_model, dynamic=False)
             return self._compiled(model, params, x)
@@ -299,7 +301,7 @@ class MAML(nn.Module):
         return self.execution == "vmap"
 
     def _use_threads(self, x: Tensor, *, meta: bool) -> bool:
-        return use_threads(self.execution, x, self.model, compile=self.compile, needs_grad=meta)
+        return use_threads(self.execution, x, self.model, compile=self.use_compile, needs_grad=meta)
 
     def _use_channels_last(self, x: Tensor) -> bool:
         return use_channels_last(self.channels_last, x)

@@ -73,7 +73,7 @@ class ProtoNet(nn.Module):
         self.task = "classification"
         self.execution = execution
         self.channels_last = channels_last
-        self.compile = compile
+        self.use_compile = compile  # not `compile`: nn.Module.compile is a method
         self._compiled: Callable[[Tensor], Tensor] | None = None
 
     def embed(self, x: Tensor) -> Tensor:
@@ -82,8 +82,8 @@ class ProtoNet(nn.Module):
             x = to_channels_last(x)
         if self.execution == "vmap" or (self.execution == "auto" and x.device.type == "cuda"):
             return vmap(self.backbone)(x)
-        backbone = self.backbone
-        if self.compile:  # one graph for an episode's shape; pays over long runs only
+        backbone: Callable[[Tensor], Tensor] = self.backbone
+        if self.use_compile:  # one graph for an episode's shape; pays over long runs only
             if self._compiled is None:
                 self._compiled = torch.compile(self.backbone, dynamic=False)
             backbone = self._compiled
@@ -132,7 +132,7 @@ class ProtoNet(nn.Module):
         return combine_task_results(results, leaves)
 
     def _use_threads(self, x: Tensor) -> bool:
-        return use_threads(self.execution, x, self.backbone, compile=self.compile, needs_grad=True)
+        return use_threads(self.execution, x, self.backbone, compile=self.use_compile, needs_grad=True)
 
     def _use_channels_last(self, x: Tensor) -> bool:
         return use_channels_last(self.channels_last, x)

@@ -35,12 +35,12 @@ class PrecomputedGradient(torch.autograd.Function):
     """``value`` in the forward; ``grads * grad_output`` for ``params`` in the backward."""
 
     @staticmethod
-    def forward(ctx: Any, value: Tensor, grads: Sequence[Tensor | None], *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, value: Tensor, grads: Sequence[Tensor | None], *params: Tensor) -> Tensor:
         ctx.grads = grads
         return value.detach().clone()
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         return (None, None, *(None if g is None else g * grad_output for g in ctx.grads))
 
 

@@ -15,13 +15,14 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..config import LearnerConfig
 from ..errors import ConfigError
+from .base import Learner
 
 __all__ = [
     "Diverged",
@@ -108,7 +109,7 @@ def outer_step(
     device = next(learner.parameters()).device
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device, autocast_dtype):
-        loss, _ = learner.loss(batch)
+        loss, _ = cast(Learner, learner).loss(batch)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise Diverged(f"meta-training diverged: loss is {value} at step {step}")
@@ -270,7 +271,7 @@ def evaluate_episodes(learner: nn.Module, sampler: Sampler, episodes: int, *, ta
     try:
         while done < episodes:
             tasks = min(tasks_per_batch, episodes - done)
-            values.append(learner.evaluate(sampler.sample(tasks)).detach().float().cpu())
+            values.append(cast(Learner, learner).evaluate(sampler.sample(tasks)).detach().float().cpu())
             done += tasks
     finally:
         learner.train(was_training)

@@ -38,7 +38,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
         mean, var = torch.ops.aten.batch_norm_update_stats(x, None, None, 0.0)
         rstd = 1.0 / torch.sqrt(var + eps)
         pooled, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
@@ -48,7 +48,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         return torch.addcmul(_per_channel(bias - mean * scale), pooled, _per_channel(scale))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, rstd, pooled, indices = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the reference ops
             with torch.enable_grad():
@@ -142,7 +142,9 @@ def _patch_rows(x: Tensor, k: int) -> Tensor:
     n, c, h, w = x.shape
     p = k // 2
     xp = F.pad(x, (p, p, p, p))
-    return torch.stack([xp[:, ci, i : i + h, j : j + w] for ci in range(c) for i in range(k) for j in range(k)]).view(c * k * k, -1)
+    return torch.stack([xp[:, ci, i : i + h, j : j + w] for ci in range(c) for i in range(k) for j in range(k)]).view(
+        c * k * k, -1
+    )
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -170,7 +172,9 @@ class _ConvBatchNormMaxPool2x2(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, eps: float
+    ) -> Tensor:
         y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2).contiguous(memory_format=torch.channels_last)
         mean, var = torch.ops.aten.batch_norm_update_stats(_rows(y), None, None, 0.0)
         best, indices = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
@@ -181,7 +185,7 @@ class _ConvBatchNormMaxPool2x2(torch.autograd.Function):
         return torch.addcmul(_per_channel(beta - mean * scale), best, _per_channel(scale))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, gamma, beta, best, indices, mean, rstd = ctx.saved_tensors
         n, _, h, w = x.shape
         c_out, k = weight.shape[0], weight.shape[-1]
@@ -198,7 +202,9 @@ class _ConvBatchNormMaxPool2x2(torch.autograd.Function):
         d_beta = g.sum(0)
         d_gamma = ((g * _rows(best)).sum(0) - mean * d_beta) * rstd
         like = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        scattered = torch.ops.aten.max_pool2d_with_indices_backward(grad, like, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+        scattered = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, like, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        )
         cols = _patch_rows(x, k)  # (K, P)
         winners = torch.mm(cols, _rows(scattered))  # (K, C): sum_q g_q c_argmax(q)
         shift = cols[:, : min(cols.shape[1], 4096)].mean(1, keepdim=True)  # centred: a well-conditioned Gram
@@ -236,5 +242,3 @@ def conv_batch_norm_max_pool(conv: nn.Conv2d, norm: BatchNorm, pool: Pool2x2, x:
     ):
         return batch_norm_max_pool(norm, pool, conv(x))
     return _ConvBatchNormMaxPool2x2.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
-
-

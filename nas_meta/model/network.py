@@ -1,12 +1,12 @@
 """The one compiler: architecture graph -> ``nn.Module``; parameter and FLOP counts.
 
-    >>> import random
-    >>> from nas_meta import spaces
-    >>> from nas_meta.model import network
-    >>> arch = spaces.load_space("conv4").sample(random.Random(0))
-    >>> backbone = network.build(arch, (1, 28, 28), seed=0)
-    >>> backbone.feature_dim, network.count_params(backbone)
-    (64, 111936)
+>>> import random
+>>> from nas_meta import spaces
+>>> from nas_meta.model import network
+>>> arch = spaces.load_space("conv4").sample(random.Random(0))
+>>> backbone = network.build(arch, (1, 28, 28), seed=0)
+>>> backbone.feature_dim, network.count_params(backbone)
+(64, 111936)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from contextlib import nullcontext
+from typing import cast
 
 import networkx as nx
 import torch
@@ -43,7 +44,7 @@ class Backbone(nn.Module):
 
     def __init__(self, arch: nx.DiGraph, input_shape: tuple[int, ...]) -> None:
         super().__init__()
-        graph.validate(arch)
+        graph.validate(arch, OPS)
         self.arch = arch.copy()
         self.input_shape = tuple(int(d) for d in input_shape)
         # Lexicographic order makes module creation (hence seeded init and state_dict keys)
@@ -70,12 +71,18 @@ class Backbone(nn.Module):
                 try:
                     module = OPS.get(attrs["op"])(c_in, c_out, stride)
                 except (ValueError, TypeError) as exc:
-                    raise SpaceError(f"node {node!r} (op {attrs['op']!r}) cannot be built with c_in={c_in}, c_out={c_out}, stride={stride}: {exc}") from None
+                    raise SpaceError(
+                        f"node {node!r} (op {attrs['op']!r}) cannot be built with "
+                        f"c_in={c_in}, c_out={c_out}, stride={stride}: {exc}"
+                    ) from None
                 try:
                     out = module(merged)
                 except RuntimeError as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise SpaceError(f"node {node!r} (op {attrs['op']!r}) does not fit its input of shape {tuple(merged.shape[1:])}: {first}") from None
+                    raise SpaceError(
+                        f"node {node!r} (op {attrs['op']!r}) does not fit its input of shape "
+                        f"{tuple(merged.shape[1:])}: {first}"
+                    ) from None
                 self.nodes[self.keys[node]] = module
                 dummy[node] = out
                 self.shapes[node] = tuple(out.shape[1:])
@@ -103,7 +110,9 @@ class Backbone(nn.Module):
             if fusable_conv(self.nodes[self.keys[conv]])
         }
         self._run_later = (
-            frozenset(self.pool_first.values()) | frozenset(self.norm_pool.values()) | frozenset(self.conv_norm_pool.values())
+            frozenset(self.pool_first.values())
+            | frozenset(self.norm_pool.values())
+            | frozenset(self.conv_norm_pool.values())
         )
         return self
 
@@ -113,11 +122,15 @@ class Backbone(nn.Module):
         if self.merges[node] == "concat":
             shapes = {tuple(v.shape[2:]) for v in values}
             if len(shapes) > 1:
-                raise SpaceError(f"node {node!r} concatenates inputs of different sizes {sorted(shapes)} (from {self.inputs[node]})")
+                raise SpaceError(
+                    f"node {node!r} concatenates inputs of different sizes {sorted(shapes)} (from {self.inputs[node]})"
+                )
             return torch.cat(values, dim=1)
         shapes = {tuple(v.shape[1:]) for v in values}
         if len(shapes) > 1:
-            raise SpaceError(f"node {node!r} sums inputs of different shapes {sorted(shapes)} (from {self.inputs[node]})")
+            raise SpaceError(
+                f"node {node!r} sums inputs of different shapes {sorted(shapes)} (from {self.inputs[node]})"
+            )
         total = values[0]
         for value in values[1:]:
             total = total + value
@@ -136,10 +149,12 @@ class Backbone(nn.Module):
                 if norm is None:
                     out = pool(merged)
                 elif node in self.conv_norm_pool:  # merged is the conv's input
-                    conv = self.nodes[self.keys[self.conv_norm_pool[node]]]
-                    out = conv_batch_norm_max_pool(conv, self.nodes[self.keys[norm]], pool, merged)
+                    conv = cast(nn.Conv2d, self.nodes[self.keys[self.conv_norm_pool[node]]])
+                    out = conv_batch_norm_max_pool(
+                        conv, cast(BatchNorm, self.nodes[self.keys[norm]]), cast(Pool2x2, pool), merged
+                    )
                 else:
-                    out = batch_norm_max_pool(self.nodes[self.keys[norm]], pool, merged)
+                    out = batch_norm_max_pool(cast(BatchNorm, self.nodes[self.keys[norm]]), cast(Pool2x2, pool), merged)
                 act = self.pool_first.get(node)
                 values[node] = out if act is None else self.nodes[self.keys[act]](out)
             else:

@@ -18,6 +18,7 @@ edge whose op is ``none`` instead of making a node of it (see ``nas_meta.spaces`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,17 @@ from torch import Tensor, nn
 from ..errors import SpaceError
 from ..registry import Registry
 
-__all__ = ["OPS", "ZERO", "DARTS_OPS", "ACTIVATIONS", "BatchNorm", "InstanceNorm", "Pool2x2", "OpBuilder", "functorch_wrapped"]
+__all__ = [
+    "OPS",
+    "ZERO",
+    "DARTS_OPS",
+    "ACTIVATIONS",
+    "BatchNorm",
+    "InstanceNorm",
+    "Pool2x2",
+    "OpBuilder",
+    "functorch_wrapped",
+]
 
 OpBuilder = Callable[[int, int, int], nn.Module]
 OPS: Registry[OpBuilder] = Registry("op", error=SpaceError)
@@ -124,7 +135,6 @@ class Pool2x2(nn.Module):
         return F.max_pool2d(x, 2) if self.kind == "max" else F.avg_pool2d(x, 2)
 
 
-
 class GlobalAvgPool(nn.Module):
     """(B, C, H, W) -> (B, C)."""
 
@@ -162,7 +172,9 @@ def _dil_conv(c_in: int, c_out: int, kernel: int, stride: int, dilation: int) ->
     # ReLU, depthwise conv, pointwise conv, BN (DARTS DilConv).
     return nn.Sequential(
         nn.ReLU(),
-        nn.Conv2d(c_in, c_in, kernel, stride, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=c_in, bias=False),
+        nn.Conv2d(
+            c_in, c_in, kernel, stride, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=c_in, bias=False
+        ),
         nn.Conv2d(c_in, c_out, 1, bias=False),
         BatchNorm(c_out),
     )
@@ -214,16 +226,28 @@ def build_avg_pool_3x3(c_in: int, c_out: int, stride: int) -> nn.Module:
     return _to_channels(nn.AvgPool2d(3, stride, padding=1, count_include_pad=False), c_in, c_out)
 
 
+def _sep_conv_op(c_in: int, c_out: int, stride: int, *, kernel: int) -> nn.Module:
+    return _sep_conv(c_in, c_out, kernel, stride)
+
+
+def _dil_conv_op(c_in: int, c_out: int, stride: int, *, kernel: int) -> nn.Module:
+    return _dil_conv(c_in, c_out, kernel, stride, 2)
+
+
+def _plain_conv(c_in: int, c_out: int, stride: int, *, kernel: int) -> nn.Module:
+    return nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2)
+
+
 def _register_darts_convs() -> None:
     for kernel in (3, 5):
-        OPS.add(f"sep_conv_{kernel}x{kernel}", lambda c_in, c_out, stride, k=kernel: _sep_conv(c_in, c_out, k, stride))
-        OPS.add(f"dil_conv_{kernel}x{kernel}", lambda c_in, c_out, stride, k=kernel: _dil_conv(c_in, c_out, k, stride, 2))
+        OPS.add(f"sep_conv_{kernel}x{kernel}", functools.partial(_sep_conv_op, kernel=kernel))
+        OPS.add(f"dil_conv_{kernel}x{kernel}", functools.partial(_dil_conv_op, kernel=kernel))
 
 
 def _register_plain_convs() -> None:
     # Conv with bias, as in the MAML/ProtoNet Conv-4 (its published 111,936 parameters count them).
     for kernel in (1, 3, 5, 7):
-        OPS.add(f"conv_{kernel}x{kernel}", lambda c_in, c_out, stride, k=kernel: nn.Conv2d(c_in, c_out, k, stride, padding=k // 2))
+        OPS.add(f"conv_{kernel}x{kernel}", functools.partial(_plain_conv, kernel=kernel))
 
 
 _register_darts_convs()

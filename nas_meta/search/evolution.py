@@ -112,4 +112,3 @@ class RegularizedEvolutionSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._plans.pop(trial._trial_id, None)
-

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from .. import graph
-from ..model import network
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..learners import build_learner, evaluate_episodes, meta_train
+from ..model import network
 from .proxies import ProxyInputs, compute_proxies
 
 __all__ = [
@@ -143,15 +143,25 @@ def score_architecture(
         return dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val, device=device)
 
     if proxies:
-        batch = dataset.sampler("train", ways=lc.train_ways or ways, shots=d.shots, queries=d.queries, seed=seed,
-                                device=device).sample(lc.meta_batch)
-        inputs = ProxyInputs(backbone, learner, batch, tuple(dataset.input_shape), val_sampler(val_seed),
-                             val_episodes=lc.val_episodes)
-        record["proxies"] = {name: {"value": v, "cpu_s": round(s, 3)}
-                             for name, (v, s) in compute_proxies(inputs, proxies).items()}
+        batch = dataset.sampler(
+            "train", ways=lc.train_ways or ways, shots=d.shots, queries=d.queries, seed=seed, device=device
+        ).sample(lc.meta_batch)
+        inputs = ProxyInputs(
+            backbone, learner, batch, tuple(dataset.input_shape), val_sampler(val_seed), val_episodes=lc.val_episodes
+        )
+        record["proxies"] = {
+            name: {"value": v, "cpu_s": round(s, 3)} for name, (v, s) in compute_proxies(inputs, proxies).items()
+        }
 
-    train = dataset.sampler("train", ways=lc.train_ways or ways, shots=d.shots, queries=d.queries, seed=seed,
-                            device=device, augment=d.augment)
+    train = dataset.sampler(
+        "train",
+        ways=lc.train_ways or ways,
+        shots=d.shots,
+        queries=d.queries,
+        seed=seed,
+        device=device,
+        augment=d.augment,
+    )
     by_step: dict[int, list[Budget]] = {}
     for b in budgets:
         by_step.setdefault(b.steps, []).append(b)
@@ -170,19 +180,31 @@ def score_architecture(
         for b, val in todo:
             train_cpu = time.process_time() - start - eval_cpu
             t0 = time.process_time()
-            score = float(evaluate_episodes(learner, val_sampler(val), b.val_episodes,
-                                            tasks_per_batch=lc.meta_batch).mean())
+            score = float(
+                evaluate_episodes(learner, val_sampler(val), b.val_episodes, tasks_per_batch=lc.meta_batch).mean()
+            )
             spent = time.process_time() - t0
             eval_cpu += spent
-            entry = {"steps": b.steps, "val_episodes": b.val_episodes, "score": score,
-                     "cpu_s": round(train_cpu + spent, 2)}
+            entry = {
+                "steps": b.steps,
+                "val_episodes": b.val_episodes,
+                "score": score,
+                "cpu_s": round(train_cpu + spent, 2),
+            }
             if b is reference and val == reference_seed:
                 ref.update(entry)
             else:
                 results.append(entry)
 
-    meta_train(learner, train, None, dataclasses.replace(lc, iterations=reference.steps),
-               seed=seed, device=device, progress=checkpoint)
+    meta_train(
+        learner,
+        train,
+        None,
+        dataclasses.replace(lc, iterations=reference.steps),
+        seed=seed,
+        device=device,
+        progress=checkpoint,
+    )
     record["budgets"] = results
     record["reference"] = ref
     return record

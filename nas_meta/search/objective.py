@@ -16,20 +16,18 @@ import torch
 from optuna.trial import TrialState
 
 from .. import graph
-from ..model import network
 from ..config import RunConfig
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
-from .proxies import ProxyInputs
+from ..model import network
 from ..record import Attr, counted_trials
+from .proxies import ProxyInputs
 from .study import halving_rungs
 
 __all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "VAL_SEED_OFFSET"]
 
 # Every candidate is validated on the same episodes, so their scores compare like with like.
 VAL_SEED_OFFSET = 7_919
-
-
 
 
 class _TrialTimeout(Exception):
@@ -51,8 +49,9 @@ def episode_samplers(
     classification = dataset.task == "classification"
     ways = d.ways if classification else 1
     train_ways = (cfg.learner.train_ways or ways) if classification else 1
-    train = dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed,
-                            device=device, augment=d.augment)
+    train = dataset.sampler(
+        "train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed, device=device, augment=d.augment
+    )
     if not validate:
         return train, None
     val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val_seed, device=device)
@@ -81,8 +80,9 @@ class TrialHooks:
 class Objective:
     """Callable for ``study.optimize``; holds the loaded space and dataset for all its trials."""
 
-    def __init__(self, cfg: RunConfig, space: Any, dataset: Any, device: torch.device,
-                 hooks: TrialHooks | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, space: Any, dataset: Any, device: torch.device, hooks: TrialHooks | None = None
+    ) -> None:
         self.cfg = cfg
         self.space = space
         self.dataset = dataset
@@ -105,13 +105,15 @@ class Objective:
         validation episodes (the same for every candidate)."""
         seed = trial_seed(self.cfg.seed, trial_number)
         backbone = network.build(arch, self.dataset.input_shape, seed=seed)
-        learner = build_learner(self.cfg.learner, backbone, feature_dim=backbone.feature_dim,
-                                ways=self.ways, task=self.dataset.task).to(self.device)
+        learner = build_learner(
+            self.cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
+        ).to(self.device)
         d, lc = self.cfg.data, self.cfg.learner
         classification = self.dataset.task == "classification"
         train_ways = (lc.train_ways or self.ways) if classification else 1
-        batch = self.dataset.sampler("train", ways=train_ways, shots=d.shots, queries=d.queries, seed=seed,
-                                     device=self.device).sample(lc.meta_batch)
+        batch = self.dataset.sampler(
+            "train", ways=train_ways, shots=d.shots, queries=d.queries, seed=seed, device=self.device
+        ).sample(lc.meta_batch)
         val = self.make_samplers(seed)[1] if classification else None
         return ProxyInputs(backbone, learner, batch, tuple(self.dataset.input_shape), val, lc.val_episodes)
 
@@ -157,8 +159,9 @@ class Objective:
         trial.set_user_attr(Attr.PARAMS, n_params)
         trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
 
-        learner = build_learner(self.cfg.learner, backbone, feature_dim=backbone.feature_dim,
-                                ways=self.ways, task=self.dataset.task).to(self.device)
+        learner = build_learner(
+            self.cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
+        ).to(self.device)
         train_sampler, val_sampler = self.make_samplers(seed)
         curve: list[list[float]] = []
 
@@ -187,8 +190,16 @@ class Objective:
         if schedule is not None:
             trial.set_user_attr(Attr.RUNGS, schedule)  # (step, validation episodes) of each rung
         try:
-            result = meta_train(learner, train_sampler, val_sampler, self.cfg.learner, seed=seed,
-                                report=report, progress=progress, checkpoints=schedule)
+            result = meta_train(
+                learner,
+                train_sampler,
+                val_sampler,
+                self.cfg.learner,
+                seed=seed,
+                report=report,
+                progress=progress,
+                checkpoints=schedule,
+            )
         except Diverged as exc:
             self._fail(trial, f"diverged: {exc}")
         except torch.OutOfMemoryError as exc:

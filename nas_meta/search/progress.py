@@ -82,9 +82,7 @@ class SearchProgress:
         if trial.state == TrialState.PRUNED and trial.user_attrs.get(Attr.CURVE):
             value = trial.user_attrs[Attr.CURVE][-1][1]
         best = next(iter(best_trials(study, self.task, k=1)), None)
-        best_text = (
-            f"best {format_score(best.values[0], self.task)} (#{best.number})" if best else "best -"
-        )
+        best_text = f"best {format_score(best.values[0], self.task)} (#{best.number})" if best else "best -"
         self._write(
             f"trial {self.index}/{self.total} (#{trial.number})  {self.metric} "
             f"{format_score(value, self.task)}  {best_text}  "

@@ -42,14 +42,14 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..model import network
 from ..errors import ConfigError
-from ..learners import ProtoNet, evaluate_episodes
+from ..learners import Learner, ProtoNet, evaluate_episodes
+from ..model import network
 from ..model.ops import BatchNorm, InstanceNorm
 from ..registry import Registry
 
@@ -79,7 +79,7 @@ PROXIES: Registry[Proxy] = Registry("proxy")
 def synflow(backbone: nn.Module, input_shape: Sequence[int]) -> float:
     """Tanaka et al.'s synaptic flow of ``backbone`` (see the module docstring); data-free."""
     net = copy.deepcopy(backbone).double()
-    if hasattr(net, "fuse"):
+    if isinstance(net, network.Backbone):
         net.fuse(False)  # op by op, so the norms below are the ones that run
     for module in net.modules():
         if isinstance(module, (BatchNorm, InstanceNorm)):
@@ -94,7 +94,7 @@ def synflow(backbone: nn.Module, input_shape: Sequence[int]) -> float:
         return float(sum((p * p.grad).sum() for p in net.parameters() if p.grad is not None))
 
 
-def _affine_only(self: nn.Module, x: Tensor) -> Tensor:
+def _affine_only(self: BatchNorm | InstanceNorm, x: Tensor) -> Tensor:
     shape = [1, -1] + [1] * (x.dim() - 2)
     return x * self.weight.view(shape) + self.bias.view(shape)
 
@@ -126,7 +126,7 @@ def _loss_gradients(learner: nn.Module, batch: Any) -> list[tuple[Tensor, Tensor
     clone = copy.deepcopy(learner)
     clone.train()
     clone.zero_grad(set_to_none=True)
-    loss, _ = clone.loss(batch)
+    loss, _ = cast(Learner, clone).loss(batch)
     loss.backward()
     return [(p.detach(), p.grad.detach()) for p in clone.parameters() if p.grad is not None]
 

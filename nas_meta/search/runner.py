@@ -1,9 +1,9 @@
 """Run (or resume, or join) a search: what the ``search`` and ``worker`` commands do, as library calls.
 
-    >>> from nas_meta.config import make_config
-    >>> cfg = make_config("smoke", search={"space": "chain", "trials": 2}, results_dir="/tmp/r")
-    >>> outcome = run_search(cfg)            # doctest: +SKIP
-    >>> outcome.table[["number", "val_acc", "params"]]   # doctest: +SKIP
+>>> from nas_meta.config import make_config
+>>> cfg = make_config("smoke", search={"space": "chain", "trials": 2}, results_dir="/tmp/r")
+>>> outcome = run_search(cfg)            # doctest: +SKIP
+>>> outcome.table[["number", "val_acc", "params"]]   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import optuna
 import pandas as pd
 
 from .. import graph
-from ..record import Attr, best_trials, trials_frame
 from ..config import RunConfig
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
+from ..record import Attr, best_trials, trials_frame
 from ..spaces import load_space
 from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
@@ -73,6 +73,7 @@ class Prepared:
     objective: Objective
     hooks: TrialHooks
     enqueued: list[tuple[str, dict]]  # (name, arch JSON) of --enqueue / --baseline
+
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate everything a search needs before anything is written: the config, the space, the
@@ -216,9 +217,18 @@ def _spawn_workers(prepared: Prepared, url: str, workers: int) -> list[subproces
     for index in range(1, workers):
         log = open(prepared.directory / f"worker-{index}.log", "w")
         cmd = [
-            sys.executable, "-m", "nas_meta", "worker", "--study", prepared.study_name,
-            "--storage", url, "--worker-index", str(index),
-            "--threads", str(_threads_per_worker(workers)),
+            sys.executable,
+            "-m",
+            "nas_meta",
+            "worker",
+            "--study",
+            prepared.study_name,
+            "--storage",
+            url,
+            "--worker-index",
+            str(index),
+            "--threads",
+            str(_threads_per_worker(workers)),
         ]
         children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         log.close()
@@ -259,4 +269,3 @@ def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, 
 
         draw_arch(arch, directory / "best" / "arch.png")
     return SearchOutcome(study, prepared.study_name, directory, url, task, table, ran)
-

@@ -26,14 +26,13 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import graph
-from ..model import network
 from ..config import RunConfig
-from .proxies import compute_proxies
+from ..model import network
 from ..record import Attr
+from .proxies import compute_proxies
 from .workers import worker_identity
 
 __all__ = ["screen"]
-
 
 
 def screen(study: optuna.Study, objective: Any) -> int:
@@ -41,7 +40,9 @@ def screen(study: optuna.Study, objective: Any) -> int:
     cfg: RunConfig = objective.cfg
     proxy, pool = cfg.search.prescreen, cfg.search.prescreen_pool
     assert proxy is not None
-    trained = {t.user_attrs.get(Attr.FINGERPRINT) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    trained = {
+        t.user_attrs.get(Attr.FINGERPRINT) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
     open_trials: list[optuna.Trial] = []
     scored: list[tuple[float, bool, optuna.Trial]] = []  # (proxy value, new architecture, trial)
     seen: set[str] = set()
@@ -83,8 +84,11 @@ def screen(study: optuna.Study, objective: Any) -> int:
         study.tell(trial, state=TrialState.PRUNED)
     promoted = {"trial": winner.number, "proxy": proxy, "value": scored[order[0]][0], "pool": pool}
     study.enqueue_trial(winner.params, user_attrs={Attr.PROMOTED_FROM: promoted})
-    queued = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-              if t.user_attrs.get(Attr.PROMOTED_FROM) == promoted]
+    queued = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if t.user_attrs.get(Attr.PROMOTED_FROM) == promoted
+    ]
     winner.set_user_attr(Attr.PROMOTED_TO, queued[-1] if queued else None)
     study.tell(winner, state=TrialState.FAIL)
     return winner.number

@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
 
 from ..config import RunConfig
 from ..errors import ConfigError, StudyError
@@ -96,8 +95,9 @@ def _hyperband(cfg: RunConfig) -> optuna.pruners.BasePruner:
 @PRUNER_BUILDERS.register("halving")
 def _halving(cfg: RunConfig) -> optuna.pruners.BasePruner:
     first_rung = halving_rungs(cfg)[0][0]
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=HALVING_RATE,
-                                                  min_early_stopping_rate=0)
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=first_rung, reduction_factor=HALVING_RATE, min_early_stopping_rate=0
+    )
 
 
 def halving_rungs(cfg: RunConfig) -> list[tuple[int, int]]:
@@ -128,9 +128,7 @@ def default_study_name(cfg: RunConfig) -> str:
 
 def study_dir(results_dir: str | Path, study_name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", study_name) or study_name in (".", ".."):
-        raise ConfigError(
-            f"bad study name {study_name!r}: use letters, digits, '.', '_' and '-' only"
-        )
+        raise ConfigError(f"bad study name {study_name!r}: use letters, digits, '.', '_' and '-' only")
     return Path(results_dir) / study_name
 
 
@@ -167,7 +165,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         # workers.recover_dead_trials retries a dead local worker's trial instead).
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal://"):])
+        path = Path(url[len("journal://") :])
         if not path.parent.is_dir():
             raise StudyError(f"cannot open storage {url!r}: no folder {str(path.parent)!r}")
         return JournalStorage(JournalFileBackend(str(path)))
@@ -189,13 +187,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StudyError(f"cannot open storage {redact_url(url)!r}: {redact_url(reason)}") from None
     raise ConfigError(
-        f"unsupported storage URL {redact_url(url)!r}; use sqlite:///PATH, journal:///PATH "
-        "or postgresql://USER@HOST/DB"
+        f"unsupported storage URL {redact_url(url)!r}; use sqlite:///PATH, journal:///PATH or postgresql://USER@HOST/DB"
     )
 
 
-def directions(cfg: RunConfig, task: str) -> list[str]:
-    metric = "maximize" if task == "classification" else "minimize"
+def directions(cfg: RunConfig, task: str) -> list[Literal["minimize", "maximize"]]:
+    metric: Literal["minimize", "maximize"] = "maximize" if task == "classification" else "minimize"
     if cfg.search.sampler == "nsga2":
         return [metric, "minimize"]  # validation score, parameter count: a Pareto front
     return [metric]
@@ -250,7 +247,8 @@ def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None
         "sampler": (stored.search.sampler, cfg.search.sampler),
         # Halving validates on its rungs' episodes, so its scores are on another footing.
         "pruner": (stored.search.pruner, cfg.search.pruner)
-        if "halving" in (stored.search.pruner, cfg.search.pruner) else (None, None),
+        if "halving" in (stored.search.pruner, cfg.search.pruner)
+        else (None, None),
     }
     # The training recipe gives a score its meaning as much as the budget does.
     old_recipe, new_recipe = stored.recipe(), cfg.recipe()

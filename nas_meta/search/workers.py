@@ -94,8 +94,12 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     retry = _retry_callback()
     queued = []
     for t in trials:
-        if (t.state == TrialState.FAIL and Attr.INTERRUPTED in t.user_attrs and t.number not in retried
-                and Attr.SCREENING not in t.user_attrs):
+        if (
+            t.state == TrialState.FAIL
+            and Attr.INTERRUPTED in t.user_attrs
+            and t.number not in retried
+            and Attr.SCREENING not in t.user_attrs
+        ):
             retry(study, t)
             queued.append(t.number)
     return queued

@@ -14,5 +14,16 @@ from .base import KINDS, SPACES_DIR, Choose, Space, draw_space, list_spaces, loa
 from .cell import CellSpace, build_cells
 from .stacks import ChainSpace, MlpSpace
 
-__all__ = ["Space", "CellSpace", "ChainSpace", "MlpSpace", "KINDS", "SPACES_DIR", "Choose", "load_space",
-           "list_spaces", "draw_space", "build_cells"]
+__all__ = [
+    "Space",
+    "CellSpace",
+    "ChainSpace",
+    "MlpSpace",
+    "KINDS",
+    "SPACES_DIR",
+    "Choose",
+    "load_space",
+    "list_spaces",
+    "draw_space",
+    "build_cells",
+]

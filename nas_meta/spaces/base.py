@@ -27,6 +27,7 @@ import yaml
 
 from .. import graph
 from ..errors import SpaceError
+from ..model.ops import OPS
 from ..registry import Registry
 
 __all__ = ["Space", "KINDS", "SPACES_DIR", "Choose", "load_space", "list_spaces", "draw_space"]
@@ -43,6 +44,7 @@ def _find_spaces_dir() -> Path:
 
 SPACES_DIR = _find_spaces_dir()
 KINDS: Registry[type[Space]] = Registry("space kind", error=SpaceError)
+
 
 class Reader:
     """Typed access to a YAML mapping; every error names the file and the key."""
@@ -137,7 +139,7 @@ class Space:
         out = "output" if "output" in arch else graph.sink(arch)
         arch.remove_nodes_from(set(arch) - nx.ancestors(arch, out) - {out})
         arch.graph.update(space=self.name, kind=self.kind, params=params)
-        graph.validate(arch)
+        graph.validate(arch, OPS)
         return arch
 
     def sample(self, rng: random.Random) -> nx.DiGraph:

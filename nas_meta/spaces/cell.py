@@ -76,13 +76,20 @@ class CellSpace(Space):
         return math.prod(len(options) for options in self._choices.values())
 
     def template(self) -> nx.DiGraph:
-        g = nx.DiGraph(title=f"{self.name}: one cell (normal and reduce cells each pick their own genotype)",
-                       legend=f"Every solid edge carries one op from: {', '.join(self.ops)}.  Each node keeps 2 of its "
-                       f"incoming edges and sums them; dotted: concatenated into the output.  Layout {self.layout}; "
-                       f"C = {options_text(self.channels)}, doubled at each reduce cell.")
+        g = nx.DiGraph(
+            title=f"{self.name}: one cell (normal and reduce cells each pick their own genotype)",
+            legend=f"Every solid edge carries one op from: {', '.join(self.ops)}.  Each node keeps 2 of its "
+            f"incoming edges and sums them; dotted: concatenated into the output.  Layout {self.layout}; "
+            f"C = {options_text(self.channels)}, doubled at each reduce cell.",
+        )
         names = ["in0", "in1", *(f"n{k}" for k in range(2, self.nodes + 2)), "out"]
-        labels = ["c_{k-2}", "c_{k-1}", *(f"node {k}\n(sum of 2)" for k in range(2, self.nodes + 2)), "cell output\n(concat)"]
-        for i, (name, label) in enumerate(zip(names, labels)):
+        labels = [
+            "c_{k-2}",
+            "c_{k-1}",
+            *(f"node {k}\n(sum of 2)" for k in range(2, self.nodes + 2)),
+            "cell output\n(concat)",
+        ]
+        for i, (name, label) in enumerate(zip(names, labels, strict=True)):
             # All nodes on one ellipse: every edge is a chord, so none runs through a node.
             angle = math.radians(215 - 250 * i / (len(names) - 1))
             g.add_node(name, label=label, pos=(6.0 * math.cos(angle), 3.2 * math.sin(angle)))
@@ -97,7 +104,7 @@ class CellSpace(Space):
         for k in range(2, self.nodes + 2):
             pair = choose(f"{cell_type}_n{k}_inputs", [f"{i}-{j}" for i, j in combinations(range(k), 2)])
             ops = [choose(f"{cell_type}_n{k}_op{e}", self.ops) for e in (0, 1)]
-            genotype.append(list(zip(map(int, pair.split("-")), ops)))
+            genotype.append(list(zip(map(int, pair.split("-")), ops, strict=True)))
         return genotype
 
     def _build(self, choose: Choose) -> nx.DiGraph:
@@ -105,7 +112,9 @@ class CellSpace(Space):
         stem_channels = choose("stem_channels", self.stem_channels)
         stem_stride = choose("stem_stride", self.stem_stride)
         genotypes = {t: self._genotype(choose, t) for t in self.cell_types}
-        return build_cells(genotypes, self.layout, channels=channels, stem_channels=stem_channels, stem_stride=stem_stride)
+        return build_cells(
+            genotypes, self.layout, channels=channels, stem_channels=stem_channels, stem_stride=stem_stride
+        )
 
 
 def build_cells(

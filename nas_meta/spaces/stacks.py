@@ -18,7 +18,9 @@ __all__ = ["ChainSpace", "MlpSpace"]
 def _stack_template(space: Space, unit: str, edge_text: Callable[[int], str]) -> nx.DiGraph:
     """A chain or mlp space drawn as input -> unit 1 -> ... -> unit D_max, options on the edges."""
     depths: list[int] = space.depth  # type: ignore[attr-defined]
-    g = nx.DiGraph(title=f"{space.name}: {space.kind} of {options_text(depths)} {unit}s (options on the edges)", legend="")
+    g = nx.DiGraph(
+        title=f"{space.name}: {space.kind} of {options_text(depths)} {unit}s (options on the edges)", legend=""
+    )
     g.add_node("input", label="input", pos=(0.0, 0.0))
     for b in range(1, max(depths) + 1):
         note = "" if b <= min(depths) else f"\n(if depth >= {b})"
@@ -81,7 +83,11 @@ class ChainSpace(Space):
 
         def block(b: int) -> str:
             skip = f"\nresidual {options_text(p['skip'])}" if p["skip"] != [False] else ""
-            return f"conv {kernels}, width {options_text(p['width'])}\nnorm {options_text(self.norm)}, {options_text(self.activation)}\npool {options_text(p['pool'])}{skip}"
+            return (
+                f"conv {kernels}, width {options_text(p['width'])}\n"
+                f"norm {options_text(self.norm)}, {options_text(self.activation)}\n"
+                f"pool {options_text(p['pool'])}{skip}"
+            )
 
         g = _stack_template(self, "block", block)
         g.graph["legend"] = "every block: conv -> norm -> activation (+ the block input if residual) -> 2x2 pool"
@@ -95,7 +101,9 @@ class ChainSpace(Space):
         arch.add_node("input", op="input")
         prev = "input"
         for b in range(1, depth + 1):
-            width, kernel, pool, skip = (choose(f"block{b}_{k}", self.per_block[k]) for k in ("width", "kernel", "pool", "skip"))
+            width, kernel, pool, skip = (
+                choose(f"block{b}_{k}", self.per_block[k]) for k in ("width", "kernel", "pool", "skip")
+            )
             tag = {"group": f"block{b}"}
             chain = [(f"b{b}_conv", {"op": f"conv_{kernel}x{kernel}", "c_out": width})]
             if norm != "none":
@@ -140,7 +148,9 @@ class MlpSpace(Space):
         return _conditional_size(self, ["activation"], self.per_block, self.depth)
 
     def template(self) -> nx.DiGraph:
-        return _stack_template(self, "layer", lambda _: f"linear {options_text(self.per_block['width'])}\n{options_text(self.activation)}")
+        return _stack_template(
+            self, "layer", lambda _: f"linear {options_text(self.per_block['width'])}\n{options_text(self.activation)}"
+        )
 
     def _build(self, choose: Choose) -> nx.DiGraph:
         depth = choose("depth", self.depth)
@@ -152,7 +162,10 @@ class MlpSpace(Space):
         prev = "flatten"
         for layer in range(1, depth + 1):
             width = choose(f"layer{layer}_width", self.per_block["width"])
-            for node, attrs in ((f"l{layer}_linear", {"op": "linear", "c_out": width}), (f"l{layer}_act", {"op": activation})):
+            for node, attrs in (
+                (f"l{layer}_linear", {"op": "linear", "c_out": width}),
+                (f"l{layer}_act", {"op": activation}),
+            ):
                 arch.add_node(node, **attrs, group=f"layer{layer}")
                 arch.add_edge(prev, node)
                 prev = node

@@ -1,9 +1,9 @@
 """Pictures of architectures and of search spaces (matplotlib, PNG).
 
-    >>> from nas_meta import spaces
-    >>> from nas_meta.viz import arch as draw
-    >>> draw.draw_arch(spaces.load_space("cell").sample(random.Random(0)), "arch.png")  # doctest: +SKIP
-    >>> draw.draw_space(spaces.load_space("cell"), "cell.png")                          # doctest: +SKIP
+>>> from nas_meta import spaces
+>>> from nas_meta.viz import arch as draw
+>>> draw.draw_arch(spaces.load_space("cell").sample(random.Random(0)), "arch.png")  # doctest: +SKIP
+>>> draw.draw_space(spaces.load_space("cell"), "cell.png")                          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from ..graph import fingerprint
 from .style import DPI, SMALL_SIZE, TEXT_SIZE, TITLE_SIZE, save_png
 
 __all__ = ["draw_arch", "draw_space", "draw_panels", "node_text", "layered_positions", "grouped_positions"]
-
 
 
 def node_text(attrs: dict[str, Any]) -> str:
@@ -51,7 +50,9 @@ def layered_positions(g: nx.DiGraph, *, horizontal: bool = True, spread: float =
     rank: dict[Any, float] = {}
     for x in sorted(columns):
         nodes = columns[x]
-        nodes.sort(key=lambda n: sum(rank[p] for p in g.predecessors(n)) / max(1, g.in_degree(n)) if g.in_degree(n) else 0.0)
+        nodes.sort(
+            key=lambda n: sum(rank[p] for p in g.predecessors(n)) / max(1, g.in_degree(n)) if g.in_degree(n) else 0.0
+        )
         for i, node in enumerate(nodes):
             rank[node] = i - (len(nodes) - 1) / 2
     pos = {}
@@ -95,18 +96,22 @@ def _cell_panels(arch: nx.DiGraph) -> list[dict[str, Any]]:
             macro.add_edge(gu, gv, rad=0.35 if order.index(gv) - (order.index(gu) if gu in order else -1) > 1 else 0.0)
     for i, group in enumerate(["input", *order]):
         macro.nodes[group]["pos"] = (float(i), 0.0)
-    panels.append({"graph": macro, "title": "network: cells in order (arcs: a cell's input from two back)", "height": 1.6})
+    panels.append(
+        {"graph": macro, "title": "network: cells in order (arcs: a cell's input from two back)", "height": 1.6}
+    )
     for cell_type in ("normal", "reduce"):
         members = [n for n in arch if types.get(n) == cell_type]
         if not members:
             continue
         first = groups[members[0]]
         cell = arch.subgraph(n for n in arch if groups.get(n) == first).copy()
-        for node, attrs in cell.nodes(data=True):
+        for _node, attrs in cell.nodes(data=True):
             attrs["label"] = node_text(attrs)
         for node in cell:
             if node.endswith("_in0") or node.endswith("_in1"):
-                cell.nodes[node]["label"] = ("c_{k-2}" if node.endswith("0") else "c_{k-1}") + "\n" + cell.nodes[node]["label"]
+                cell.nodes[node]["label"] = (
+                    ("c_{k-2}" if node.endswith("0") else "c_{k-1}") + "\n" + cell.nodes[node]["label"]
+                )
             elif "_n" in node and cell.nodes[node].get("op") == "identity" and "_e" not in node.rsplit("_n", 1)[1]:
                 cell.nodes[node]["label"] = f"node {node.rsplit('_n', 1)[1]}\n(sum)"
             elif node.endswith("_out"):
@@ -133,14 +138,21 @@ def draw_arch(arch: nx.DiGraph, path: str | Path, title: str | None = None) -> N
         panels = _cell_panels(arch)
     else:
         g = arch.copy()
-        for node, attrs in g.nodes(data=True):
+        for _node, attrs in g.nodes(data=True):
             attrs["label"] = node_text(attrs)
         grouped = bool(nx.get_node_attributes(g, "group"))
         pos = grouped_positions(g) if grouped else layered_positions(g, horizontal=False)
         for node, xy in pos.items():
             g.nodes[node]["pos"] = xy
         rows = max(y for _, y in pos.values()) - min(y for _, y in pos.values())
-        panels = [{"graph": g, "title": "one column per block, top to bottom" if grouped else "top to bottom", "height": 1.5 + 0.8 * rows, "unit": 1.0}]
+        panels = [
+            {
+                "graph": g,
+                "title": "one column per block, top to bottom" if grouped else "top to bottom",
+                "height": 1.5 + 0.8 * rows,
+                "unit": 1.0,
+            }
+        ]
     params = arch.graph.get("params", {})
     where = f"space {arch.graph['space']} ({arch.graph.get('kind', '?')})  " if "space" in arch.graph else ""
     head = title or f"{where}architecture {fingerprint(arch)[:12]}"
@@ -171,24 +183,52 @@ def draw_panels(panels: list[dict[str, Any]], path: str | Path, title: str, foot
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     fig.suptitle(title, fontsize=TITLE_SIZE)
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=True):
         g = panel["graph"]
         pos = nx.get_node_attributes(g, "pos")
         for u, v, attrs in g.edges(data=True):
             style = attrs.get("style", "solid")
-            ax.add_patch(FancyArrowPatch(pos[u], pos[v], arrowstyle="-|>", mutation_scale=12, color="#555555", lw=1.0,
-                                         linestyle={"solid": "-", "dashed": "--", "dotted": ":"}[style],
-                                         connectionstyle=f"arc3,rad={attrs.get('rad', 0.0)}", zorder=1,
-                                         shrinkA=_box_shrink(g.nodes[u], pos[u], pos[v]), shrinkB=_box_shrink(g.nodes[v], pos[v], pos[u])))
+            ax.add_patch(
+                FancyArrowPatch(
+                    pos[u],
+                    pos[v],
+                    arrowstyle="-|>",
+                    mutation_scale=12,
+                    color="#555555",
+                    lw=1.0,
+                    linestyle={"solid": "-", "dashed": "--", "dotted": ":"}[style],
+                    connectionstyle=f"arc3,rad={attrs.get('rad', 0.0)}",
+                    zorder=1,
+                    shrinkA=_box_shrink(g.nodes[u], pos[u], pos[v]),
+                    shrinkB=_box_shrink(g.nodes[v], pos[v], pos[u]),
+                )
+            )
             if attrs.get("label"):
                 (x0, y0), (x1, y1) = pos[u], pos[v]
                 f = attrs.get("label_pos", 0.5)
-                ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0), attrs["label"], fontsize=SMALL_SIZE, ha="center", va="center", color="#1f3d7a",
-                        bbox={"boxstyle": "round,pad=0.2", "fc": "#eef3ff", "ec": "none", "alpha": 0.9}, zorder=2)
+                ax.text(
+                    x0 + f * (x1 - x0),
+                    y0 + f * (y1 - y0),
+                    attrs["label"],
+                    fontsize=SMALL_SIZE,
+                    ha="center",
+                    va="center",
+                    color="#1f3d7a",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "#eef3ff", "ec": "none", "alpha": 0.9},
+                    zorder=2,
+                )
         for node, (x, y) in pos.items():
             label = g.nodes[node].get("label", str(node))
-            ax.text(x, y, label, ha="center", va="center", fontsize=TEXT_SIZE, zorder=3,
-                    bbox={"boxstyle": "round,pad=0.35", "fc": _node_color(g.nodes[node]), "ec": "#333333", "lw": 0.8})
+            ax.text(
+                x,
+                y,
+                label,
+                ha="center",
+                va="center",
+                fontsize=TEXT_SIZE,
+                zorder=3,
+                bbox={"boxstyle": "round,pad=0.35", "fc": _node_color(g.nodes[node]), "ec": "#333333", "lw": 0.8},
+            )
         xs, ys = [x for x, _ in pos.values()], [y for _, y in pos.values()]
         ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
         ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
@@ -230,4 +270,9 @@ def draw_space(space: Any, path: str | Path) -> None:
     """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
     g = space.template()
     panel = {"graph": g, "title": g.graph["title"], "height": 7.0 if space.kind == "cell" else 3.0, "unit": 1.0}
-    draw_panels([panel], path, f"search space {space.name!r} ({space.kind}): {space.size():,} architectures", footer=g.graph["legend"])
+    draw_panels(
+        [panel],
+        path,
+        f"search space {space.name!r} ({space.kind}): {space.size():,} architectures",
+        footer=g.graph["legend"],
+    )

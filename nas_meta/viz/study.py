@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-
 from typing import Any
 
 import optuna
@@ -22,14 +21,27 @@ __all__ = ["write_plots", "plot_best_so_far", "plot_score_vs_params", "plot_op_f
 
 # Ops every architecture of a space has (inputs, merges, stems, a cell's preprocessing): they
 # say nothing about which choices the best architectures made.
-STRUCTURAL_OPS = {"input", "output", "identity", "concat", "sum", "flatten", "global_avg_pool",
-                  "relu_conv_bn_1x1", "conv_bn_3x3", "factorized_reduce"}
+STRUCTURAL_OPS = {
+    "input",
+    "output",
+    "identity",
+    "concat",
+    "sum",
+    "flatten",
+    "global_avg_pool",
+    "relu_conv_bn_1x1",
+    "conv_bn_3x3",
+    "factorized_reduce",
+}
 
 
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-         if not t.user_attrs.get(Attr.SURPLUS)),
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not t.user_attrs.get(Attr.SURPLUS)
+        ),
         key=lambda t: t.number,
     )
 
@@ -62,11 +74,12 @@ def plot_best_so_far(studies: list[tuple[optuna.Study, str]], path: Path) -> Pat
             continue
         better = max if task == "classification" else min
         best, xs, ts, ys = None, [], [], []
-        t0 = min(t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start)
+        t0 = min(t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None)
         for t in trials:
             best = t.values[0] if best is None else better(best, t.values[0])
             xs.append(t.number + 1)
-            ts.append((t.datetime_complete - t0).total_seconds() / 60.0)
+            done = t.datetime_complete or t0  # a completed trial has its time; the fallback is for the type checker
+            ts.append((done - t0).total_seconds() / 60.0)
             ys.append(best * _scale(task))
         by_trial.step(xs, ys, where="post", marker="o", ms=3, label=study.study_name)
         by_time.step(ts, ys, where="post", marker="o", ms=3, label=study.study_name)
@@ -94,15 +107,24 @@ def plot_score_vs_params(studies: list[tuple[optuna.Study, str]], path: Path) ->
     """Each completed trial's validation score against its parameter count; the Pareto front."""
     fig, ax = new_figure(6.5, 4.5)
     for study, task in studies:
-        pts = [(t.user_attrs[Attr.PARAMS], t.values[0]) for t in _completed(study)
-               if Attr.PARAMS in t.user_attrs and Attr.DUPLICATE_OF not in t.user_attrs]
+        pts = [
+            (t.user_attrs[Attr.PARAMS], t.values[0])
+            for t in _completed(study)
+            if Attr.PARAMS in t.user_attrs and Attr.DUPLICATE_OF not in t.user_attrs
+        ]
         if not pts:
             continue
         s = _scale(task)
         sc = ax.scatter([p for p, _ in pts], [v * s for _, v in pts], s=18, alpha=0.6, label=study.study_name)
         front = pareto_front(pts, maximize=task == "classification")
-        ax.step([p for p, _ in front], [v * s for _, v in front], where="post", color=sc.get_facecolor()[0],
-                lw=1.5, label=f"{study.study_name}: Pareto front")
+        ax.step(
+            [p for p, _ in front],
+            [v * s for _, v in front],
+            where="post",
+            color=sc.get_facecolor()[0],
+            lw=1.5,
+            label=f"{study.study_name}: Pareto front",
+        )
         ax.set_ylabel(_ylabel(task))
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
@@ -134,8 +156,12 @@ def plot_op_frequency(study: optuna.Study, task: str, path: Path, top_fraction: 
     fig, ax = new_figure(max(6.0, 0.7 * len(ops) + 2), 4.2)
     xs = range(len(ops))
     ax.bar([x - 0.2 for x in xs], [100 * every[o] / n_all for o in ops], width=0.4, label=f"all {len(trials)} trials")
-    ax.bar([x + 0.2 for x in xs], [100 * best[o] / n_top for o in ops], width=0.4,
-           label=f"top {100 * top_fraction:.0f}% ({len(top)} trial{'s' if len(top) != 1 else ''})")
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [100 * best[o] / n_top for o in ops],
+        width=0.4,
+        label=f"top {100 * top_fraction:.0f}% ({len(top)} trial{'s' if len(top) != 1 else ''})",
+    )
     ax.set_xticks(list(xs), ops, rotation=30, ha="right")
     ax.set_ylabel("share of ops (%)")
     ax.set_title(f"ops in the best architectures: {study.study_name}")
@@ -147,8 +173,10 @@ def write_plots(studies: list[tuple[optuna.Study, str]], out: str | Path) -> lis
     """All plots for these studies into ``out``; returns the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_best_so_far(studies, out / "best_so_far.png"),
-             plot_score_vs_params(studies, out / "score_vs_params.png")]
+    paths = [
+        plot_best_so_far(studies, out / "best_so_far.png"),
+        plot_score_vs_params(studies, out / "score_vs_params.png"),
+    ]
     for study, task in studies:
         paths.append(plot_op_frequency(study, task, out / f"ops_{study.study_name}.png"))
     return paths
