@@ -24,9 +24,6 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "make_config",
-    "ALGOS",
-    "SAMPLERS",
-    "PRUNERS",
     "DEVICES",
     "LR_SCHEDULES",
     "CHECKPOINTS",
@@ -34,9 +31,9 @@ __all__ = [
     "DEFAULT_PRESCREEN_POOL",
 ]
 
-ALGOS = ("fomaml", "maml", "protonet")
-SAMPLERS = ("evolution", "nsga2", "random", "tpe")
-PRUNERS = ("halving", "hyperband", "median", "none")
+# Learners, samplers and pruners are named by their registries (learners.LEARNERS,
+# search.study.SAMPLER_BUILDERS / PRUNER_BUILDERS), so one registered from outside the package is
+# accepted here; search.runner.check_names refuses an unknown name before anything is written.
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
@@ -109,8 +106,8 @@ class LearnerConfig:
     refit: str = "train"
 
     def validate(self) -> None:
-        if self.algo not in ALGOS:
-            raise ConfigError(f"unknown algo {self.algo!r}; choose from {list(ALGOS)}")
+        if not isinstance(self.algo, str) or not self.algo:
+            raise ConfigError(f"algo must be a learner's name, got {self.algo!r}")
         for name in ("meta_batch", "iterations", "eval_every", "val_episodes", "test_episodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -160,10 +157,9 @@ class SearchConfig:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))  # JSON gives a list
 
     def validate(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {list(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"unknown pruner {self.pruner!r}; choose from {list(PRUNERS)}")
+        for name in ("sampler", "pruner"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
         if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
             raise ConfigError(f"--trials must be a positive integer, got {self.trials!r}")
         pool = self.prescreen_pool

@@ -44,6 +44,13 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` and return its object (a test or a plugin undoing its registration)."""
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise self._error(f"unknown {self.kind} {name!r}; choose from {self.names()}") from None
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

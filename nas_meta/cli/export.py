@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ALGOS, DEVICES, PRESETS, make_config
+from ..config import DEVICES, PRESETS, make_config
 from ..errors import ConfigError
 from .common import (
     add_budget_options,
@@ -55,7 +55,11 @@ def add_parsers(sub: Any) -> None:
     )
     add_budget_options(evaluate)
     add_recipe_options(evaluate)
-    evaluate.add_argument("--algo", default=None, choices=ALGOS, help="meta-learner (default: the card's, else maml)")
+    from ..learners import LEARNERS
+
+    evaluate.add_argument(
+        "--algo", default=None, choices=LEARNERS.names(), help="meta-learner (default: the card's, else maml)"
+    )
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the card's, else glyphs)")
     evaluate.add_argument("--data-root", default=None)
     add_data_options(evaluate)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import ALGOS, DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, PRUNERS, SAMPLERS, make_config
+from ..config import DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, make_config
 from ..errors import ConfigError
 from .common import (
     PROG,
@@ -45,7 +45,11 @@ def add_parsers(sub: Any) -> None:
 def add_search_options(p: argparse.ArgumentParser) -> None:
     # None means "the preset's value": only what the user typed overrides the preset.
     p.add_argument("--space", default="cell", help="space name in search_spaces/ or a YAML path (default: cell)")
-    p.add_argument("--algo", default="maml", choices=ALGOS, help="meta-learner (default: maml)")
+    # The registries are the one list of names (a learner or sampler registered by the user is offered too).
+    from ..learners import LEARNERS
+    from ..search.study import PRUNER_BUILDERS, SAMPLER_BUILDERS
+
+    p.add_argument("--algo", default="maml", choices=LEARNERS.names(), help="meta-learner (default: maml)")
     p.add_argument("--dataset", default="glyphs", help="dataset name (default: glyphs, built in, offline)")
     p.add_argument("--data-root", default=None, help="folder of a real dataset (omniglot, folder, cifar_fs)")
     add_data_options(p)
@@ -56,11 +60,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     add_budget_options(p)
     add_recipe_options(p)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
-    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="controller (default: tpe)")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLER_BUILDERS.names(), help="controller (default: tpe)")
     p.add_argument(
         "--pruner",
         default="none",
-        choices=PRUNERS,
+        choices=PRUNER_BUILDERS.names(),
         help="early stopping; halving: successive halving, 3 rungs (default: none)",
     )
     p.add_argument(

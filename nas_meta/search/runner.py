@@ -43,7 +43,7 @@ from .study import (
 )
 from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
-__all__ = ["SearchOutcome", "SearchInterrupted", "prepare", "run_search", "run_worker", "write_outputs"]
+__all__ = ["SearchOutcome", "SearchInterrupted", "check_names", "prepare", "run_search", "run_worker", "write_outputs"]
 
 
 @dataclass
@@ -75,14 +75,26 @@ class Prepared:
     enqueued: list[tuple[str, dict]]  # (name, arch JSON) of --enqueue / --baseline
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate everything a search needs before anything is written: the config, the space, the
-    data and its splits, the device.  A user mistake raises here, and no folder exists yet."""
-    cfg.validate()
-    if cfg.search.prescreen is not None:
-        from .proxies import PROXIES
+def check_names(cfg: RunConfig) -> None:
+    """The learner, sampler, pruner and proxy of ``cfg`` are registered (ConfigError naming the
+    registered ones otherwise): the registries are the one list of names."""
+    from ..learners import LEARNERS
+    from .proxies import PROXIES
+    from .study import PRUNER_BUILDERS, SAMPLER_BUILDERS
 
-        PROXIES.get(cfg.search.prescreen)  # ConfigError naming the proxies
+    LEARNERS.get(cfg.learner.algo)
+    SAMPLER_BUILDERS.get(cfg.search.sampler)
+    PRUNER_BUILDERS.get(cfg.search.pruner)
+    if cfg.search.prescreen is not None:
+        PROXIES.get(cfg.search.prescreen)
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate everything a search needs before anything is written: the config and its names,
+    the space, the data and its splits, the device.  A user mistake raises here, and no folder
+    exists yet."""
+    cfg.validate()
+    check_names(cfg)
     space = load_space(cfg.search.space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
