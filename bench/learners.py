@@ -173,7 +173,7 @@ def check_gradients(
             ours = meta_gradient(
                 nas_meta_maml(m64, first_order=first_order, lr=lr, compile=compiled).to(torch.float64), b64
             )
-            ok = torch.allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+            ok = torch.allclose(ours, ref, rtol=1e-9, atol=1e-12 * ref.abs().max().item())
             label = name + ("+c" if compiled else "")
             print(
                 f"meta-gradient {label} vs learn2learn, float64: max rel error {_relative_error(ours, ref):.1e} -> "
@@ -237,12 +237,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time the torch.compile'd learners (+c); the last line then quotes them",
     )
+    parser.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="run nas_meta's backbone op by op (Backbone.fuse(False)): the fused CPU kernels' share of the speed",
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a log
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     batch = make_batch(args.meta_batch, device)
     model, l2l_model = make_models(0, device)
+    if args.no_fuse:
+        model[0].fuse(False)
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
         f"learn2learn {l2l.__version__ if l2l else 'not importable (run in bench/.venv-l2l)'}"

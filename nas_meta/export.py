@@ -90,7 +90,7 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
 
 
 def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
-    ways = cfg.data.ways if dataset.task == "classification" else 1
+    ways = cfg.data.episode_ways(dataset.task)
     d = cfg.data
     return dataset.sampler(
         "test",
@@ -135,7 +135,7 @@ def evaluate_arch(
         if save_to is not None:
             save_weights(learner, Path(save_to))
         return {**result["test"], "train_seconds": result["train_seconds"], "weights_step": result["weights_step"]}
-    ways = cfg.data.ways if dataset.task == "classification" else 1
+    ways = cfg.data.episode_ways(dataset.task)
     backbone = network.build(arch, dataset.input_shape)
     state = load_weights(weights)
     try:
@@ -212,7 +212,7 @@ def retrain(
 def _train_arch(
     cfg: RunConfig, arch: Any, dataset: Any, device: torch.device, progress: Any, *, validate: bool = True
 ) -> tuple[nn.Module, Any]:
-    ways = cfg.data.ways if dataset.task == "classification" else 1
+    ways = cfg.data.episode_ways(dataset.task)
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(
         device

@@ -149,3 +149,41 @@ def test_compare_frame_one_row_per_study(tmp_path):
     assert list(frame["study"]) == ["x", "y"]
     assert list(frame["best"]) == [a.best_value, b.best_value]
     assert list(frame["space"]) == ["chain", "chain"]
+
+
+def test_the_baseline_gap_is_reported_with_the_studys_numbers(tmp_path, capsys):
+    from nas_meta.search.study import load_study
+
+    code = main(
+        [
+            "search",
+            "--space",
+            "chain",
+            "--algo",
+            "protonet",
+            "--preset",
+            "smoke",
+            "--trials",
+            "3",
+            "--baseline",
+            "conv4",
+            "--study",
+            "b",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    study = load_study("b", f"sqlite:///{tmp_path}/r/b/study.db")
+    base = next(t for t in study.trials if t.user_attrs.get("baseline") == "conv4")
+    searched = [t for t in study.trials if "baseline" not in t.user_attrs and t.values]
+    best = max(searched, key=lambda t: (t.values[0], -t.number))
+    gap = 100 * (best.values[0] - base.values[0])
+    line = next(x for x in out.splitlines() if x.startswith("baseline conv4"))
+    assert line == (
+        f"baseline conv4 (trial #{base.number}): {100 * base.values[0]:.1f}%, params 111.9k; "
+        f"best searched (trial #{best.number}) {100 * best.values[0]:.1f}% ({gap:+.1f} points)"
+    )

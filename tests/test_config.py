@@ -65,3 +65,8 @@ def test_registry_refuses_duplicates_and_lists_choices():
     with pytest.raises(ConfigError, match=r"unknown learner 'mamll'; choose from \['maml', 'protonet'\]"):
         reg.get("mamll")
     assert reg.names() == ["maml", "protonet"] and "maml" in reg and len(reg) == 2
+
+
+def test_the_dataclass_defaults_are_the_quick_preset():
+    assert make_config("quick") == RunConfig().validate()
+    assert make_config() == RunConfig()

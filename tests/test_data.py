@@ -93,8 +93,11 @@ def test_same_seed_same_episodes_other_seed_differs(indexed):
 
 def test_episodes_to_device(indexed):
     batch = indexed.sampler("val", ways=2, shots=1, queries=1, seed=0).sample(2)
-    moved = batch.to("cpu")
-    assert moved.ways == 2 and torch.equal(moved.support_x, batch.support_x)
+    moved = batch.to("meta")  # a real move on a CPU-only machine: shapes kept, data left behind
+    assert moved.ways == 2 and moved.support_x.device.type == "meta" and moved.query_y.device.type == "meta"
+    assert moved.support_x.shape == batch.support_x.shape and moved.query_y.dtype == batch.query_y.dtype
+    back = batch.to("cpu")
+    assert back.support_x is batch.support_x  # already there: no copy
 
 
 def test_more_ways_than_classes_is_a_data_error(indexed):

@@ -46,12 +46,7 @@ def test_parent_always_comes_from_the_most_recent_population():
         assert child.number - population <= parent_number < child.number
 
 
-def test_tournament_of_whole_population_picks_the_best_member():
-    # With S = P drawn with replacement the best member is not always drawn; with P = S = 1 the
-    # single newest trial is always the parent (pure aging).
-    study = run(seed=2, n=20, population=1, tournament=1)
-    for child in study.trials[1:]:
-        assert child.system_attrs["evolution:parent"] == child.number - 1
+# The tournament's choice in both directions: tests/test_samplers.py.
 
 
 def test_same_seed_same_trials_and_different_seed_differs():

@@ -138,25 +138,16 @@ def test_damaged_weights_are_a_clear_error(tmp_path, searched, capsys):
     bad.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match="cannot read weights .*weights.pt"):
         load_weights(bad)
-    export = root / "top2" / "rank1"
-    if export.exists():
-        assert (
-            main(
-                [
-                    "evaluate",
-                    str(export),
-                    "--weights",
-                    str(bad),
-                    "--preset",
-                    "smoke",
-                    "--cache-dir",
-                    str(root / "cache"),
-                ]
-            )
-            == 2
-        )
-        err = capsys.readouterr().err
-        assert "weights.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # An exported folder of its own (this test does not lean on another test's output).
+    out = tmp_path / "exported"
+    assert main(["export", "--study", "e", "--results-dir", str(root / "results"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    code = main(
+        ["evaluate", str(out / "rank1"), "--weights", str(bad), "--preset", "smoke", "--cache-dir", str(root / "cache")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "weights.pt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_export_of_a_missing_study_is_one_line(tmp_path, capsys):

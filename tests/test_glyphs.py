@@ -82,9 +82,8 @@ def test_pixel_nearest_neighbour_is_far_from_solved():
     # The default 600 characters; 6 drawings each are enough for 1-shot 5-query episodes.
     ds = load_dataset(DataConfig(glyph_samples=6))
     acc = pixel_nn_accuracy(ds, "test", episodes=1000, seed=0)
+    # Far below a trained Conv-4, yet far above chance (0.2): drawings of one character look alike.
     assert 0.35 < acc < 0.60, acc
-    # ... yet far above chance: drawings of one character do look alike.
-    assert acc > 0.3
 
 
 def test_cache_hit_and_corrupt_rebuild(tmp_path, monkeypatch):

@@ -486,8 +486,9 @@ def test_batched_meta_gradients_agree_on_compiled_backbones(space: str) -> None:
             learner.head.weight.copy_(torch.linspace(-1, 1, learner.head.weight.numel()).view_as(learner.head.weight))
         learner.double()
         grads[execution] = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
-    torch.testing.assert_close(grads["vmap"], grads["loop"], rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(grads["threads"], grads["loop"], rtol=1e-4, atol=1e-9)
+    # float64: the three agree to rounding (worst element ~1e-8 relative, where terms cancel).
+    torch.testing.assert_close(grads["vmap"], grads["loop"], rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(grads["threads"], grads["loop"], rtol=1e-7, atol=1e-10)
 
 
 def test_maml_regression_on_an_mlp_space_backbone() -> None:

@@ -47,7 +47,7 @@ def episode_samplers(
     config's shots and queries; no validation sampler with ``validate=False`` (a refit)."""
     d = cfg.data
     classification = dataset.task == "classification"
-    ways = d.ways if classification else 1
+    ways = d.episode_ways(dataset.task)
     train_ways = (cfg.learner.train_ways or ways) if classification else 1
     train = dataset.sampler(
         "train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed, device=device, augment=d.augment
@@ -92,7 +92,7 @@ class Objective:
 
     @property
     def ways(self) -> int:
-        return self.cfg.data.ways if self.dataset.task == "classification" else 1
+        return self.cfg.data.episode_ways(self.dataset.task)
 
     def make_samplers(self, seed: int) -> tuple[Any, Any]:
         """Train and validation episode samplers; raises DataError before any training if the

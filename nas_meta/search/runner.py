@@ -28,6 +28,7 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
+from ..learners.train import amp_dtype
 from ..record import Attr, best_trials, trials_frame
 from ..spaces import load_space
 from .objective import CandidateFailure, Objective, TrialHooks
@@ -98,8 +99,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     space = load_space(cfg.search.space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
-    if cfg.learner.amp and device.type != "cuda":
-        raise ConfigError(f"--amp needs a CUDA device, and the device is {device.type!r}; drop --amp")
+    amp_dtype(device, cfg.learner.amp)  # --amp off CUDA: refused now, by the one rule the trainer applies
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
