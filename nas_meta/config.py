@@ -99,7 +99,7 @@ class LearnerConfig:
     val_episodes: int = 40  # episodes per validation checkpoint
     test_episodes: int = 600  # meta-test episodes (the papers' 600; CI = 1.96 std / sqrt(n))
     amp: bool = False  # autocast to bf16/fp16 on CUDA only
-    compile: bool = False  # torch.compile the once-differentiated passes: ~1.1x, tens of s per arch
+    compile: bool = False  # torch.compile the once-differentiated passes: pays only over long runs
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the outer optimizer; 0 = plain Adam
     lr_schedule: str = "constant"  # one of LR_SCHEDULES; cosine decays outer_lr to 0 over `iterations`
     # Which weights training ends with: the best validation checkpoint's, or the last step's.  The

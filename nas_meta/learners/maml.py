@@ -10,7 +10,7 @@ Three execution paths compute the same numbers (tests compare each with a per-ta
 written with plain ``torch.autograd.grad``):
 
 * ``loop``: the T tasks one after the other with ``torch.autograd.grad``; the default on one
-  CPU thread.  On the CPU batching tasks with ``vmap`` ran at half the loop's speed (measured).
+  CPU thread.  On the CPU batching tasks with ``vmap`` is slower than the loop (bench/README.md).
 * ``threads``: the loop's per-task work on worker threads, one core each, meta-gradients
   averaged in task order (threads.py); the default on a multi-core CPU.  Each worker calls
   ``functional_call`` on its own tensor-less replica of the module (created once), because
@@ -213,8 +213,7 @@ class MAML(nn.Module):
         """Support and query images, NHWC where it pays (see ``channels_last``).
 
         A support set that is differentiated twice (second order) stays NCHW: BatchNorm's double
-        backward is a chain of reductions over (N, H, W), slow on NHWC tensors; second-order MAML
-        on Conv-4 ran 5-8% faster so (measured, 2-core CPU).
+        backward is a chain of reductions over (N, H, W), slow on NHWC tensors (bench/README.md).
         """
         sx, qx = batch.support_x, batch.query_x
         if self._use_channels_last(sx):

@@ -9,9 +9,9 @@ other episodes share its meta-batch.  The T episodes go through the backbone as
 * ``vmap`` -- one batched forward pass over all T episodes (the default on CUDA);
 * ``threads`` -- episodes on worker threads, one core each (the default on a multi-core CPU,
   see threads.py);
-* ``loop`` -- one forward pass per episode (the default on one CPU thread).  Measured on the 2-core CPU
-  (Conv-4/64, 5-way 1-shot, T=8): 2x faster than one (T*80)-image pass, whose 128 MB activations
-  exceed glibc's largest mmap threshold (32 MB) and page-fault on every allocation.
+* ``loop`` -- one forward pass per episode (the default on one CPU thread); faster than one
+  (T*80)-image pass, whose activations exceed glibc's largest mmap threshold (32 MB) and
+  page-fault on every allocation (bench/README.md).
 
 Both give the same numbers (tested).
 

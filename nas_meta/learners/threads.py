@@ -2,12 +2,9 @@
 
 A MAML task is a chain of small convolutions (5 support images) and one medium one (75 query
 images).  Splitting every op over 2 cores (intra-op parallelism) synchronises the cores hundreds
-of times per task; running two whole tasks at once, each on one core, does not.  Measured on the
-2-core machines (bench/learners.py, T=8): second-order MAML on Conv-4/64 runs 12.3 tasks/s with
-2 intra-op threads and 14.0 with 2 single-threaded task workers; on sampled DARTS cells (many
-small ops) the workers are 1.4-1.7x faster for every learner.  With Conv-4's large first layer,
-first-order MAML and ProtoNets gain less or lose up to 10% (memory bandwidth is shared); the
-default stays the same for every learner.  torch ops release the GIL, so Python threads suffice.
+of times per task; running two whole tasks at once, each on one core, does not (the measured
+gains, largest on cells of many small ops, are in bench/README.md); the default is the same for
+every learner.  torch ops release the GIL, so Python threads suffice.
 
 Each task's meta-gradient is computed on its worker with ``torch.autograd.grad`` and the T
 gradients are averaged in task order (deterministic, independent of scheduling).  The loss handed

@@ -79,7 +79,7 @@ def unfused() -> Iterator[None]:
     """In this thread, batch_norm_max_pool runs the two ops apart.
 
     For passes that are differentiated twice (second-order MAML's support pass): there the fused
-    backward would recompute the two ops anyway, and measured slower.
+    backward would recompute the two ops anyway, and is slower (bench/README.md).
     """
     previous = getattr(_UNFUSED, "on", False)
     _UNFUSED.on = True
@@ -92,8 +92,8 @@ def unfused() -> Iterator[None]:
 def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
     """``pool(norm(x))`` for a 2x2 max-pool, fused where that is exact and pays (CPU).
 
-    Measured on a 2-core CPU for Conv-4's first layer (75 images, 64 x 28 x 28, NHWC): forward and
-    backward take about half the time of the two native ops.  Falls back to them inside
+    Only the pooled quarter is normalised and the backward is one scatter plus one pass (measured
+    gains in bench/README.md).  Falls back to them inside
     vmap/grad, off the CPU, for maps the pool passes through, under :func:`unfused`, and when a
     scale is not positive (a negative scale turns the max into a min).  See _BatchNormMaxPool2x2.
     """
@@ -224,10 +224,8 @@ def conv_batch_norm_max_pool(conv: nn.Conv2d, norm: BatchNorm, pool: Pool2x2, x:
     """``pool(norm(conv(x)))`` as one op where that is exact and pays: a conv that passes
     :func:`fusable_conv`, on an NHWC input without gradient (the image batch on the CPU).
 
-    Measured on the 2-core CPU for Conv-4's first layer (75 images, NHWC, one thread): forward and
-    backward 26 ms against 36-37 ms for the conv followed by batch_norm_max_pool; whole training
-    steps (bench/learners.py shapes, paired rounds) 4.7% faster for MAML, 2.6% for first-order
-    MAML, 5.9% for ProtoNets.  Falls back to that pair wherever this does not hold, and so to the
+    Why: the layer's full-size output is neither kept nor read again in the backward (measured
+    gains in bench/README.md).  Falls back to that pair wherever this does not hold, and so to the
     separate ops wherever batch_norm_max_pool would not fuse.  See _ConvBatchNormMaxPool2x2.
     """
     if (
