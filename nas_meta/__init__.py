@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": ("export", "load"),
     "load_space": ("spaces", "load_space"),
-    "build": ("network", "build"),
+    "build": ("model.network", "build"),
 }
 
 

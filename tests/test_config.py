@@ -70,3 +70,12 @@ def test_registry_refuses_duplicates_and_lists_choices():
 def test_the_dataclass_defaults_are_the_quick_preset():
     assert make_config("quick") == RunConfig().validate()
     assert make_config() == RunConfig()
+
+
+def test_the_top_level_names_resolve():
+    import nas_meta
+    from nas_meta.export import load
+    from nas_meta.model.network import build
+    from nas_meta.spaces import load_space
+
+    assert (nas_meta.build, nas_meta.load, nas_meta.load_space) == (build, load, load_space)

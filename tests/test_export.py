@@ -13,7 +13,8 @@ from nas_meta import graph
 from nas_meta.cli import main
 from nas_meta.config import make_config
 from nas_meta.errors import DataError
-from nas_meta.export import load_weights, retrain, save_weights, select_trials
+from nas_meta.export import select_trials
+from nas_meta.retrain import load_weights, retrain, save_weights
 from nas_meta.search.runner import run_search
 
 PNG = b"\x89PNG\r\n\x1a\n"

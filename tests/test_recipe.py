@@ -17,7 +17,7 @@ from nas_meta.data import ImageDataset, load_dataset
 from nas_meta.data.augment import DEFAULT_JITTER, Jitter, affine_matrices, random_affine
 from nas_meta.data.base import merge_train_val, rotate_classes
 from nas_meta.errors import ConfigError
-from nas_meta.export import retrain
+from nas_meta.retrain import retrain
 from nas_meta.learners import meta_train
 from nas_meta.learners.train import make_optimizer, make_schedule
 from nas_meta.search.objective import episode_samplers
@@ -278,7 +278,7 @@ def test_refit_trains_on_train_and_val_classes_for_the_chosen_steps_and_never_on
     dataset = load_dataset(cfg.data)
     trained_on: list[set[int]] = []
     steps: list[int] = []
-    import nas_meta.export as export_module
+    import nas_meta.retrain as export_module
 
     real_samplers, real_train = export_module.episode_samplers, export_module.meta_train
 

@@ -108,7 +108,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..export import evaluate_arch, read_card
+    from ..export import read_card
+    from ..retrain import evaluate_arch
     from ..graph import load_json
 
     for name in ("ways", "shots", "queries", "episodes"):
