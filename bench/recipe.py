@@ -126,8 +126,8 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
 
     from nas_meta.config import make_config
     from nas_meta.data import load_dataset
-    from nas_meta.retrain import TEST_SEED_OFFSET, retrain
     from nas_meta.learners import evaluate_episodes
+    from nas_meta.retrain import TEST_SEED_OFFSET, retrain
     from nas_meta.search.runner import load_known_arch
 
     spec = row_specs()[name]

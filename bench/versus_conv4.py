@@ -41,9 +41,9 @@ def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, ca
     from nas_meta import graph
     from nas_meta.config import make_config
     from nas_meta.data import load_dataset
-    from nas_meta.retrain import TEST_SEED_OFFSET, retrain
     from nas_meta.learners import evaluate_episodes
     from nas_meta.model import network
+    from nas_meta.retrain import TEST_SEED_OFFSET, retrain
     from nas_meta.search.runner import load_known_arch
 
     ways, shots = parse_task(task)

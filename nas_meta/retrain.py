@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import REFITS, RunConfig
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .learners import build_learner, meta_test, meta_train, resolve_device
@@ -24,7 +24,7 @@ __all__ = ["retrain", "evaluate_arch", "save_weights", "load_weights", "TEST_SEE
 TEST_SEED_OFFSET = 104_729  # test episodes are the same for every architecture evaluated
 
 
-def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
+def _test_sampler(cfg: RunConfig, dataset: Dataset, device: torch.device) -> Any:
     ways = cfg.data.episode_ways(dataset.task)
     d = cfg.data
     return dataset.sampler(
@@ -38,7 +38,7 @@ def _test_sampler(cfg: RunConfig, dataset: Any, device: torch.device) -> Any:
     )
 
 
-def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Any, test: Any) -> dict[str, Any]:
+def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Dataset, test: Any) -> dict[str, Any]:
     mean, ci95 = meta_test(learner, test, cfg.learner.test_episodes)
     return {
         "mean": mean,
@@ -91,7 +91,7 @@ def retrain(
     cfg: RunConfig,
     arch: Any,
     *,
-    dataset: Any = None,
+    dataset: Dataset | None = None,
     progress: Any = None,
     device: torch.device | None = None,
     test: Any = None,
@@ -145,7 +145,7 @@ def retrain(
 
 
 def _train_arch(
-    cfg: RunConfig, arch: Any, dataset: Any, device: torch.device, progress: Any, *, validate: bool = True
+    cfg: RunConfig, arch: Any, dataset: Dataset, device: torch.device, progress: Any, *, validate: bool = True
 ) -> tuple[nn.Module, Any]:
     ways = cfg.data.episode_ways(dataset.task)
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)

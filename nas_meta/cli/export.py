@@ -109,8 +109,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..export import read_card
-    from ..retrain import evaluate_arch
     from ..graph import load_json
+    from ..retrain import evaluate_arch
 
     for name in ("ways", "shots", "queries", "episodes"):
         positive(name, getattr(args, name))

@@ -33,9 +33,11 @@ import torch
 
 from .. import graph
 from ..config import RunConfig
+from ..data import Dataset
 from ..errors import ConfigError
 from ..learners import build_learner, evaluate_episodes, meta_train
 from ..model import network
+from ..spaces import Space
 from .proxies import ProxyInputs, compute_proxies
 
 __all__ = [
@@ -72,7 +74,7 @@ class Budget:
         return f"{self.steps}:{self.val_episodes}"
 
 
-def draw_architectures(space: Any, n: int, seed: int, *, include: Sequence[nx.DiGraph] = ()) -> list[nx.DiGraph]:
+def draw_architectures(space: Space, n: int, seed: int, *, include: Sequence[nx.DiGraph] = ()) -> list[nx.DiGraph]:
     """``n`` architectures with distinct fingerprints: ``include`` first, then uniform draws of
     ``space`` from ``random.Random(seed)``.  The same arguments give the same list, in order."""
     rng = random.Random(seed)
@@ -99,7 +101,7 @@ def draw_architectures(space: Any, n: int, seed: int, *, include: Sequence[nx.Di
 def score_architecture(
     cfg: RunConfig,
     arch: nx.DiGraph,
-    dataset: Any,
+    dataset: Dataset,
     *,
     budgets: Sequence[Budget],
     reference: Budget,

@@ -17,10 +17,12 @@ from optuna.trial import TrialState
 
 from .. import graph
 from ..config import RunConfig
+from ..data import Dataset
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
 from ..model import network
 from ..record import Attr, counted_trials
+from ..spaces import Space
 from .proxies import ProxyInputs
 from .study import halving_rungs
 
@@ -40,7 +42,7 @@ class CandidateFailure(RuntimeError):
 
 
 def episode_samplers(
-    cfg: RunConfig, dataset: Any, train_seed: int, val_seed: int, device: Any, *, validate: bool = True
+    cfg: RunConfig, dataset: Dataset, train_seed: int, val_seed: int, device: Any, *, validate: bool = True
 ) -> tuple[Any, Any]:
     """Train episodes (``train_ways`` for ProtoNet's wider training episodes, jittered with
     ``cfg.data.augment``) and validation episodes (the evaluation ways, never jittered) with the
@@ -81,7 +83,7 @@ class Objective:
     """Callable for ``study.optimize``; holds the loaded space and dataset for all its trials."""
 
     def __init__(
-        self, cfg: RunConfig, space: Any, dataset: Any, device: torch.device, hooks: TrialHooks | None = None
+        self, cfg: RunConfig, space: Space, dataset: Dataset, device: torch.device, hooks: TrialHooks | None = None
     ) -> None:
         self.cfg = cfg
         self.space = space
