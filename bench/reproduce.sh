@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the rows of results/README.md (issue 9): Conv-4 baselines and searched backbones on
+# Reproduce the rows of results/README.md: Conv-4 baselines and searched backbones on
 # the minimal Omniglot sets, and the same pipeline on glyphs and sinusoid.
 #
 #   bash bench/reproduce.sh OMNIGLOT_ROOT [ROW ...]     # no ROW: every row, one after another
@@ -58,6 +58,7 @@ run() {
     echo "row: $row"
     echo "seed: $SEED"
     echo "command: $*"
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no AVX-512'); $(nproc) cores"
   } > "$log.partial"
   t0=$(date +%s)
   # CPU seconds of the command (user + sys) from GNU time; the output's last lines hold the result.
