@@ -89,10 +89,9 @@ class CellSpace(Space):
             *(f"node {k}\n(sum of 2)" for k in range(2, self.nodes + 2)),
             "cell output\n(concat)",
         ]
-        for i, (name, label) in enumerate(zip(names, labels, strict=True)):
-            # All nodes on one ellipse: every edge is a chord, so none runs through a node.
-            angle = math.radians(215 - 250 * i / (len(names) - 1))
-            g.add_node(name, label=label, pos=(6.0 * math.cos(angle), 3.2 * math.sin(angle)))
+        g.graph["layout"] = "ellipse"  # how viz.arch places the nodes (in this order)
+        for name, label in zip(names, labels, strict=True):
+            g.add_node(name, label=label)
         for k in range(2, self.nodes + 2):
             for j in range(k):
                 g.add_edge(names[j], f"n{k}", label=f"1 of {len(self.ops)} ops", label_pos=0.7)

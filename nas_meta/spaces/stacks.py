@@ -21,12 +21,13 @@ def _stack_template(space: Space, unit: str, edge_text: Callable[[int], str]) ->
     g = nx.DiGraph(
         title=f"{space.name}: {space.kind} of {options_text(depths)} {unit}s (options on the edges)", legend=""
     )
-    g.add_node("input", label="input", pos=(0.0, 0.0))
+    g.graph["layout"] = "row"  # how viz.arch places the nodes (in this order)
+    g.add_node("input", label="input")
     for b in range(1, max(depths) + 1):
         note = "" if b <= min(depths) else f"\n(if depth >= {b})"
-        g.add_node(b, label=f"{unit} {b}{note}", pos=(3.4 * b, 0.0))
+        g.add_node(b, label=f"{unit} {b}{note}")
         g.add_edge(b - 1 if b > 1 else "input", b, label=edge_text(b), label_pos=0.45)
-    g.add_node("output", label="features", pos=(3.4 * (max(depths) + 1), -1.6))
+    g.add_node("output", label="features")
     for d in depths:
         g.add_edge(d, "output", label=f"depth {d}" if len(depths) > 1 else "", style="dotted")
     return g

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,24 @@ def _node_color(attrs: dict[str, Any]) -> str:
     return "#fbe0e0"
 
 
+def template_positions(g: nx.DiGraph) -> None:
+    """Set ``pos`` on a space template's nodes, in their order, by ``g.graph["layout"]``: "ellipse"
+    (every edge a chord, so none runs through a node: DARTS cells) or "row" (a chain left to right,
+    its last node, the output, below the end)."""
+    nodes = list(g.nodes)
+    if g.graph.get("layout") == "ellipse":
+        for i, node in enumerate(nodes):
+            angle = math.radians(215 - 250 * i / max(1, len(nodes) - 1))
+            g.nodes[node]["pos"] = (6.0 * math.cos(angle), 3.2 * math.sin(angle))
+        return
+    for i, node in enumerate(nodes):
+        g.nodes[node]["pos"] = (3.4 * i, 0.0) if i < len(nodes) - 1 else (3.4 * i, -1.6)
+
+
 def draw_space(space: Any, path: str | Path) -> None:
     """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
     g = space.template()
+    template_positions(g)
     panel = {"graph": g, "title": g.graph["title"], "height": 7.0 if space.kind == "cell" else 3.0, "unit": 1.0}
     draw_panels(
         [panel],
