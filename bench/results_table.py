@@ -285,7 +285,7 @@ def other_datasets(out: Path) -> list[str]:
     return lines
 
 
-PUBLISHED_TEMPLATE = """## 4. Published figures, for context (not the same task as the tables above)
+PUBLISHED_TEMPLATE = """## 7. Published figures, for context (not the same task as the tables above)
 
 | source | protocol | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot |
 | --- | --- | --- | --- | --- | --- |
@@ -306,7 +306,7 @@ PUBLISHED = PUBLISHED_TEMPLATE.format(
 def commands(out: Path, omniglot_root: str | None) -> list[str]:
     """Every row's exact command from its log, with this machine's folders written generically."""
     lines = [
-        "## 5. Every row: command, seed, time",
+        "## 8. Every row: command, seed, time",
         "",
         "As logged by `bench/reproduce.sh` (one CPU thread per row; `OMNIGLOT_ROOT` is where the minimal "
         "sets were unzipped, `OUT` is `results/reproduce`).  A `search-*` row runs `search`, `analyze` and "
@@ -396,6 +396,62 @@ this recipe lands.  As shipped, the same backbone and budget gave 65.3-66.6%.
 """
 
 
+def bench_table(module_name: str, *args: object) -> list[str]:
+    """What ``bench/<module>.py table`` prints, without its last (name=value) line; [] before it has run."""
+    import contextlib
+    import importlib
+    import io
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    module = importlib.import_module(module_name)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = module.table(*args)
+    lines = buffer.getvalue().rstrip("\n").splitlines()
+    return lines[:-1] if code == 0 and lines else []
+
+
+def fidelity_section() -> list[str]:
+    import argparse as _argparse
+
+    table = bench_table("fidelity", _argparse.Namespace(last="chain-protonet-5w1s"))
+    return [FIDELITY_INTRO, *table, "", FIDELITY_FINDINGS, ""] if table else []
+
+
+def search_section() -> list[str]:
+    table = bench_table("search_efficiency")
+    return [SEARCH_INTRO, *table, "", SEARCH_FINDINGS, ""] if table else []
+
+
+def versus_section() -> list[str]:
+    table = bench_table("versus_conv4")
+    return [VERSUS_INTRO, *table, "", VERSUS_FINDINGS, ""] if table else []
+
+
+FIDELITY_INTRO = """## 4. Fidelities: how well does each cheap score rank architectures? (`bench/fidelity.py`)
+
+40 distinct architectures of the `chain` space (Conv-4 first, then 39 drawn uniformly with seed 0)
+on the minimal Omniglot sets (lake split, the `omniglot` recipe defaults), ProtoNet 5-way 1-shot,
+5 queries per class, meta-batch 4.  Each is scored by every training-free proxy at initialisation
+(one batch of 4 training episodes; `proto_acc` on the search's 40 validation episodes), then
+meta-trained once for 600 steps (constant learning rate, last-step weights): the reduced budgets
+`trainS@E` are that run's score after S steps on E validation episodes (the same episodes for
+every architecture; `train80@40` is exactly what the default `quick` search scores a candidate
+by), and the **reference** is its score after 600 steps on 400 validation episodes of another
+draw.  Kendall's tau-b and Spearman's rho against the reference, with bootstrap 95% CIs (2000
+resamples of the architectures); top-10% recall: of the reference's best 4, how many the
+estimator also puts in its best 4.  CPU s per architecture: one thread, up to four processes at a
+time on the 2-core machine, training up to the budget's step plus its own validation.  Command:
+`python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 40 --shard i/2` (two shards),
+seed 0, 54 CPU s per architecture in all (36 CPU-minutes).
+"""
+FIDELITY_FINDINGS = ""
+SEARCH_INTRO = ""
+SEARCH_FINDINGS = ""
+VERSUS_INTRO = ""
+VERSUS_FINDINGS = ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results/reproduce", help="reproduce.sh's output folder")
@@ -421,6 +477,9 @@ def main() -> None:
         "",
         *other_datasets(out),
         "",
+        *fidelity_section(),
+        *search_section(),
+        *versus_section(),
         PUBLISHED,
         "",
         *commands(out, args.omniglot_root),

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import CHECKPOINTS, LR_SCHEDULES, REFITS
+from ..config import CHECKPOINTS, LR_SCHEDULES, REFITS, RunConfig
 from ..errors import ConfigError
 
 PROG = "nas-meta"
@@ -108,7 +108,7 @@ def add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
     else:
         p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", default=None, help="storage URL (default: the study folder in --results-dir)")
-    p.add_argument("--results-dir", default="results", help="where study folders are (default: results)")
+    p.add_argument("--results-dir", default=RunConfig().results_dir, help="where study folders are (default: results)")
 
 
 def add_budget_options(p: argparse.ArgumentParser) -> None:

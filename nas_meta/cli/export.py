@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import DEVICES, PRESETS, make_config
+from ..config import DEVICES, PRESETS, RunConfig, make_config
 from ..errors import ConfigError
 from .common import (
     add_budget_options,
@@ -23,6 +23,8 @@ from .common import (
     recipe_overrides,
     step_printer,
 )
+
+D = RunConfig()  # the defaults the options show and fall back to
 
 
 def add_parsers(sub: Any) -> None:
@@ -67,10 +69,12 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument("--shots", type=int, default=None)
     evaluate.add_argument("--queries", type=int, default=None)
     evaluate.add_argument("--episodes", type=int, default=None, help="test episodes (default: 600)")
-    evaluate.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="training budget (default: quick)")
+    evaluate.add_argument(
+        "--preset", default=D.preset, choices=sorted(PRESETS), help=f"training budget (default: {D.preset})"
+    )
     evaluate.add_argument("--cache-dir", default=None)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default="auto", choices=DEVICES)
+    evaluate.add_argument("--seed", type=int, default=D.seed)
+    evaluate.add_argument("--device", default=D.device, choices=DEVICES)
     export.set_defaults(run=cmd_export)
     evaluate.set_defaults(run=cmd_evaluate)
 

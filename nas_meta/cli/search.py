@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, make_config
+from ..config import DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, RunConfig, make_config
 from ..errors import ConfigError
 from .common import (
     PROG,
@@ -19,6 +19,8 @@ from .common import (
     graceful_interrupt,
     recipe_overrides,
 )
+
+D = RunConfig()  # the defaults the options show and fall back to: the config's own, not copies
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,13 +46,21 @@ def add_parsers(sub: Any) -> None:
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
     # None means "the preset's value": only what the user typed overrides the preset.
-    p.add_argument("--space", default="cell", help="space name in search_spaces/ or a YAML path (default: cell)")
+    p.add_argument(
+        "--space",
+        default=D.search.space,
+        help=f"space name in search_spaces/ or a YAML path (default: {D.search.space})",
+    )
     # The registries are the one list of names (a learner or sampler registered by the user is offered too).
     from ..learners import LEARNERS
     from ..search.study import PRUNER_BUILDERS, SAMPLER_BUILDERS
 
-    p.add_argument("--algo", default="maml", choices=LEARNERS.names(), help="meta-learner (default: maml)")
-    p.add_argument("--dataset", default="glyphs", help="dataset name (default: glyphs, built in, offline)")
+    p.add_argument(
+        "--algo", default=D.learner.algo, choices=LEARNERS.names(), help=f"meta-learner (default: {D.learner.algo})"
+    )
+    p.add_argument(
+        "--dataset", default=D.data.dataset, help=f"dataset name (default: {D.data.dataset}, built in, offline)"
+    )
     p.add_argument("--data-root", default=None, help="folder of a real dataset (omniglot, folder, cifar_fs)")
     add_data_options(p)
     p.add_argument("--ways", type=int, default=None, help="classes per episode (default: 5)")
@@ -59,11 +69,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
     add_budget_options(p)
     add_recipe_options(p)
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="budget (default: quick)")
-    p.add_argument("--sampler", default="tpe", choices=SAMPLER_BUILDERS.names(), help="controller (default: tpe)")
+    p.add_argument("--preset", default=D.preset, choices=sorted(PRESETS), help=f"budget (default: {D.preset})")
+    p.add_argument(
+        "--sampler",
+        default=D.search.sampler,
+        choices=SAMPLER_BUILDERS.names(),
+        help=f"controller (default: {D.search.sampler})",
+    )
     p.add_argument(
         "--pruner",
-        default="none",
+        default=D.search.pruner,
         choices=PRUNER_BUILDERS.names(),
         help="early stopping; halving: successive halving, 3 rungs (default: none)",
     )
@@ -83,10 +98,14 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
-    p.add_argument("--results-dir", default="results", help="output folder (default: results)")
+    p.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
     p.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler, episodes and weights (default: 0)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA when present (default: auto)")
+    p.add_argument(
+        "--seed", type=int, default=D.seed, help=f"seed of the sampler, episodes and weights (default: {D.seed})"
+    )
+    p.add_argument(
+        "--device", default=D.device, choices=DEVICES, help=f"auto = CUDA when present (default: {D.device})"
+    )
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the learner's passes (pays only for long trainings)"
