@@ -457,7 +457,7 @@ time on the 2-core machine, training up to the budget's step plus its own valida
 seed 0, 54 CPU s per architecture in all (36 CPU-minutes).
 """
 FIDELITY_FINDINGS = ""
-SEARCH_INTRO = """## 5. Does search pay? Samplers, halving and screening at equal CPU time (`bench/search_efficiency.py`)
+SEARCH_INTRO = """## 5. Does search pay? Samplers, halving, screening at equal CPU time (`bench/search_efficiency.py`)
 
 The task: the `chain` space, ProtoNet, 5-way 1-shot on the minimal Omniglot sets (lake split,
 `omniglot` recipe defaults), candidates as the `quick` preset trains them (80 steps, 40
