@@ -13,29 +13,13 @@ from torch import nn
 
 from .config import REFITS, RunConfig
 from .data import Dataset, load_dataset
+from .data.episodes import TEST_SEED_OFFSET, episode_samplers, test_sampler
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .learners import build_learner, meta_test, meta_train, resolve_device
 from .model import network
-from .search.objective import episode_samplers
 
 __all__ = ["retrain", "evaluate_arch", "save_weights", "load_weights", "TEST_SEED_OFFSET"]
-
-TEST_SEED_OFFSET = 104_729  # test episodes are the same for every architecture evaluated
-
-
-def _test_sampler(cfg: RunConfig, dataset: Dataset, device: torch.device) -> Any:
-    ways = cfg.data.episode_ways(dataset.task)
-    d = cfg.data
-    return dataset.sampler(
-        "test",
-        ways=ways,
-        shots=d.shots,
-        queries=d.queries,
-        seed=cfg.seed + TEST_SEED_OFFSET,
-        device=device,
-        within_alphabet=d.within_alphabet,
-    )
 
 
 def _test_result(cfg: RunConfig, learner: nn.Module, dataset: Dataset, test: Any) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def evaluate_arch(
     Returns ``{"mean", "ci95", "episodes", "metric"}``, plus ``train_seconds`` after training."""
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
-    test = _test_sampler(cfg, dataset, device)  # episodes that cannot be drawn: refused before anything
+    test = test_sampler(cfg, dataset, device)  # episodes that cannot be drawn: refused before anything
     if weights is None:
         if log is not None:
             log(f"no weights: meta-training first ({cfg.preset} budget, {cfg.learner.iterations} steps)")
@@ -115,7 +99,7 @@ def retrain(
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
     device = device or resolve_device(cfg.device)
     if test is None:  # made before training: episodes that cannot be drawn are refused first
-        test = _test_sampler(cfg, dataset, device)
+        test = test_sampler(cfg, dataset, device)
     merged = load_dataset(cfg.data, refit=True) if refit == "train+val" else None  # refused before training
     learner, result = _train_arch(cfg, arch, dataset, device, progress)
     out: dict[str, Any] = {

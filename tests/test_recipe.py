@@ -16,11 +16,11 @@ from nas_meta.config import LearnerConfig, make_config
 from nas_meta.data import ImageDataset, load_dataset
 from nas_meta.data.augment import DEFAULT_JITTER, Jitter, affine_matrices, random_affine
 from nas_meta.data.base import merge_train_val, rotate_classes
+from nas_meta.data.episodes import episode_samplers
 from nas_meta.errors import ConfigError
 from nas_meta.learners import meta_train
 from nas_meta.learners.train import make_optimizer, make_schedule
 from nas_meta.retrain import retrain
-from nas_meta.search.objective import episode_samplers
 from nas_meta.search.runner import load_known_arch, run_search
 from nas_meta.search.study import load_study, stored_config
 

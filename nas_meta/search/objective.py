@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from .. import graph
 from ..config import RunConfig
 from ..data import Dataset
+from ..data.episodes import episode_samplers
 from ..errors import SpaceError
 from ..learners import Diverged, build_learner, meta_train
 from ..model import network
@@ -26,7 +27,7 @@ from ..spaces import Space
 from .proxies import ProxyInputs
 from .study import halving_rungs
 
-__all__ = ["Objective", "CandidateFailure", "episode_samplers", "trial_seed", "VAL_SEED_OFFSET"]
+__all__ = ["Objective", "CandidateFailure", "trial_seed", "VAL_SEED_OFFSET"]
 
 # Every candidate is validated on the same episodes, so their scores compare like with like.
 VAL_SEED_OFFSET = 7_919
@@ -39,25 +40,6 @@ class _TrialTimeout(Exception):
 class CandidateFailure(RuntimeError):
     """The candidate, not the search, failed (diverged, out of memory, invalid graph): the trial
     is recorded as FAIL with its reason and the search goes on."""
-
-
-def episode_samplers(
-    cfg: RunConfig, dataset: Dataset, train_seed: int, val_seed: int, device: Any, *, validate: bool = True
-) -> tuple[Any, Any]:
-    """Train episodes (``train_ways`` for ProtoNet's wider training episodes, jittered with
-    ``cfg.data.augment``) and validation episodes (the evaluation ways, never jittered) with the
-    config's shots and queries; no validation sampler with ``validate=False`` (a refit)."""
-    d = cfg.data
-    classification = dataset.task == "classification"
-    ways = d.episode_ways(dataset.task)
-    train_ways = (cfg.learner.train_ways or ways) if classification else 1
-    train = dataset.sampler(
-        "train", ways=train_ways, shots=d.shots, queries=d.queries, seed=train_seed, device=device, augment=d.augment
-    )
-    if not validate:
-        return train, None
-    val = dataset.sampler("val", ways=ways, shots=d.shots, queries=d.queries, seed=val_seed, device=device)
-    return train, val
 
 
 def trial_seed(run_seed: int, trial_number: int) -> int:
