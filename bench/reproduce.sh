@@ -82,7 +82,8 @@ searched() {  # searched ROW ALGO SPACE TRIALS SEARCH-OPTIONS...: search, analyz
   local row="$1" algo="$2" space="$3" trials="$4"; shift 4
   local q_py q_cli q_out opts export_root=""
   q_py=$(printf %q "$py"); q_cli=$(printf %q "$root/cli.py"); q_out=$(printf %q "$out")
-  opts=$(printf '%q ' "$@")
+  opts=""  # printf '%q ' with no arguments would print '' (an empty argument)
+  [[ $# -gt 0 ]] && opts=$(printf '%q ' "$@")
   [[ " $* " == *" --data-root "* ]] && export_root="--data-root $(printf %q "$omniglot")"
   run "$row" bash -c "set -e
     $q_py $q_cli search --space $space --algo $algo --preset $PRESET --trials $trials --sampler tpe --cache-dir $q_out/cache $opts --results-dir $q_out --seed $SEED --study $row

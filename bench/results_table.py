@@ -474,6 +474,12 @@ cost under a second, reduced budgets their training time):
   `proto_acc` (0.14, our few-shot-aware proxy) do not rank at all.  These sit where Ning et al.
   (2021) put the same proxies on NAS-Bench-201 (parameter count 0.61, synflow 0.57), not above.
   Synflow is the screening proxy: for its cost it is the best, but it cannot replace training.
+- **Ranking transfers poorly to MAML**: first-order MAML (5-way 1-shot, 300 steps, 200 validation
+  episodes; the first 12 of the 40 architectures, all the CPU time allowed) ranks them with tau
+  0.38 [-0.18, 0.80] against ProtoNet's reference; at that budget and MAML's inner step of 0.4,
+  8 of the 12 backbones (every one without normalisation, every two-block one) stay near chance
+  (20-29%), where ProtoNet trains them all to 65-93%: a ProtoNet search's ranking says little
+  about MAML's.
 - **The space is not too narrow**: 9 of the 39 sampled architectures beat Conv-4's reference
   score (90.75%; Conv-4 ranks 10th of 40, the best sampled 92.88% with 41k parameters, a third
   of Conv-4's).
