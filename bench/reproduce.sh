@@ -58,7 +58,7 @@ run() {
     echo "row: $row"
     echo "seed: $SEED"
     echo "command: $*"
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no AVX-512'); $(nproc) cores"
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no AVX-512'); $(nproc --all) cores"
   } > "$log.partial"
   t0=$(date +%s)
   # CPU seconds of the command (user + sys) from GNU time; the output's last lines hold the result.

@@ -89,7 +89,7 @@ def protocol(out: Path, iterations: int, omniglot_root: str | None, machine: str
     recipe = cfg.recipe()
     lc = cfg.learner
     return {
-        "machine": "; ".join(machines) or machine or "not logged",
+        "machine": machine or "; ".join(machines) or "not logged",
         "torch": torch.__version__,
         "data": data,
         "recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()),
@@ -510,7 +510,8 @@ average (ratio 0.986), by a margin no larger than its noise.  Screening by synfl
 fewer candidates (10-12 of 107 drawn) and did not pick better ones: synflow's tau of 0.54 favours
 large networks, which the flat top does not reward.  Evolution's warm-up equals random search's
 first draws (same seed), and its seed-1 pick was its first trial.  Seed 2 ran for random search
-(and where listed) only: the session ran out of CPU time, so the comparison is at 2-3 seeds.
+and TPE only (the session's CPU time ran out): the comparison is at 3 seeds for those two, 2 for
+the others.
 **Defaults unchanged** (`tpe`, no pruner, no screening): no variant showed a win at equal CPU.
 """
 VERSUS_INTRO = """## 6. The searched ProtoNet backbone against Conv-4 on the test alphabets (`bench/versus_conv4.py`)
@@ -542,7 +543,7 @@ def main() -> None:
     parser.add_argument(
         "--keep-recipe", default=None, metavar="README", help="take section 0 (the recipe ablation) from this file"
     )
-    parser.add_argument("--machine", default=None, help="the CPU the rows ran on, for logs that do not say")
+    parser.add_argument("--machine", default=None, help="the CPU the rows ran on (default: as their logs say)")
     parser.add_argument("--omniglot-root", default=None, help="the OMNIGLOT_ROOT the rows ran with")
     args = parser.parse_args()
     out = Path(args.results)
