@@ -498,21 +498,19 @@ search's pick of the same seed.  Last column: the picks' mean reference error (1
 random's; below 1 the variant picks better backbones than random search.  Command:
 `python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds S --budget 180`.
 """
-SEARCH_FINDINGS = """**What the rows say: at this budget no controller beats random search.**  Every variant's picks
-land at 90.4-92.8% at the reference budget, where random search's land at 92.1-92.5%; the
-differences (-1.1 to +0.1 points on average) are inside the reference score's own noise (about
-+-1 point on 400 episodes) and inside the spread between seeds.  Why, from section 4: 180 CPU s
-train 10-27 candidates, a quarter of the space's architectures beat Conv-4 and its top is flat
-(the best ten within about 1.5 points), and the score that picks (`train80@40`) tells the top
-apart only half the time; random search's best of about 24 draws is already in that flat top.
-Successive halving (26 trials for the same CPU) is the only variant at or above random on
-average (ratio 0.986), by a margin no larger than its noise.  Screening by synflow meta-trained
-fewer candidates (10-12 of 107 drawn) and did not pick better ones: synflow's tau of 0.54 favours
-large networks, which the flat top does not reward.  Evolution's warm-up equals random search's
-first draws (same seed), and its seed-1 pick was its first trial.  Seed 2 ran for random search
-and TPE only (the session's CPU time ran out): the comparison is at 3 seeds for those two, 2 for
-the others.
-**Defaults unchanged** (`tpe`, no pruner, no screening): no variant showed a win at equal CPU.
+SEARCH_FINDINGS = """**What the rows say: at this budget no controller beats random search.**  Over 3 seeds every
+variant's picks land at 90.4-92.8% at the reference budget, random search's at 92.1-92.5%; the
+mean differences (-0.7 to -0.2 points) are inside the reference score's own noise (about +-1
+point on 400 episodes) and inside the spread between seeds.  Why, from section 4: 180 CPU s train
+10-50 candidates, a quarter of the space's architectures beat Conv-4 and its top is flat (the
+best ten within about 1.5 points), and the score that picks (`train80@40`) tells the top apart
+only half the time; random search's best of about 24 draws is already in that flat top.
+Successive halving trains the most candidates for the CPU (34 on average) and screening by
+synflow meta-trains the fewest (12 of about 110 drawn): neither picks better, because neither
+changes how well the final score separates the top (synflow, tau 0.54, favours large networks,
+which the flat top does not reward).  Evolution's warm-up equals random search's first draws
+(same seed), and its seed-1 pick was its first trial.  **Defaults unchanged** (`tpe`, no
+pruner, no screening): no variant showed a win at equal CPU.
 """
 VERSUS_INTRO = """## 6. The searched ProtoNet backbone against Conv-4 on the test alphabets (`bench/versus_conv4.py`)
 
