@@ -76,9 +76,7 @@ def protocol(out: Path, iterations: int, omniglot_root: str | None, machine: str
         from nas_meta.data import load_dataset
 
         ds = load_dataset(
-            cfg.data.__class__(
-                **{**cfg.data.__dict__, "data_root": omniglot_root, "cache_dir": str(out / "cache"), "rotations": False}
-            )
+            cfg.replace(data={"data_root": omniglot_root, "cache_dir": str(out / "cache"), "rotations": False}).data
         )
         chars = {split: len(ds.splits[split]) for split in ("train", "val", "test")}
         data += (

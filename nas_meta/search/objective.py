@@ -92,14 +92,15 @@ class Objective:
         learner = build_learner(
             self.cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
         ).to(self.device)
-        d, lc = self.cfg.data, self.cfg.learner
-        classification = self.dataset.task == "classification"
-        train_ways = (lc.train_ways or self.ways) if classification else 1
-        batch = self.dataset.sampler(
-            "train", ways=train_ways, shots=d.shots, queries=d.queries, seed=seed, device=self.device
-        ).sample(lc.meta_batch)
-        val = self.make_samplers(seed)[1] if classification else None
-        return ProxyInputs(backbone, learner, batch, tuple(self.dataset.input_shape), val, lc.val_episodes)
+        lc = self.cfg.learner
+        # The trial's own samplers (one rule for the episodes' shape), without the jitter.
+        train, val = episode_samplers(
+            self.cfg.replace(data={"augment": False}), self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device
+        )
+        val = val if self.dataset.task == "classification" else None
+        return ProxyInputs(
+            backbone, learner, train.sample(lc.meta_batch), tuple(self.dataset.input_shape), val, lc.val_episodes
+        )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._step = 0
