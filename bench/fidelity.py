@@ -3,6 +3,7 @@
     .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 [--shard 0/2]
     .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 --algo fomaml \\
         --reference 300:200 --budgets "" --proxies ""          # the same architectures under MAML
+    .venv/bin/python bench/fidelity.py supernet OMNIGLOT_ROOT --space chain --steps 1000  # + inherited weights
     .venv/bin/python bench/fidelity.py table                    # markdown + last line
 
 ``run`` draws ``--archs`` distinct architectures of the space (seeded; Conv-4 first in ``chain``)
@@ -13,6 +14,10 @@ initialisation, then one meta-training of ``--reference`` steps that is scored a
 reference's own (differently drawn) validation episodes.  One JSON per architecture goes to
 ``results/fidelity/<space>-<algo>-<ways>w<shots>s/`` (git-ignored), so a rerun resumes and
 ``--archs`` can grow later; ``--shard i/k`` lets k processes (one thread each) split the work.
+
+``supernet`` meta-trains one weight-sharing supernet of the space (``search --strategy supernet``'s
+single-path training, checkpointed in the folder) and adds to every architecture already scored
+the ``supernet<steps>@<episodes>`` estimator: its validation score with inherited weights.
 
 ``table`` gives, per estimator and space: Kendall's tau-b and Spearman's rho against the reference
 with bootstrap 95% CIs (architectures resampled), the top-10% recall, and the CPU seconds per
@@ -45,21 +50,11 @@ def folder(space: str, algo: str, ways: int, shots: int) -> Path:
     return RESULTS / f"{space}-{algo}-{ways}w{shots}s"
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
+def bench_config(args: argparse.Namespace, reference: Any) -> Any:
+    """The run's config: minimal Omniglot (lake split, recipe defaults), the bench's episodes."""
     from nas_meta.config import make_config
-    from nas_meta.data import load_dataset
-    from nas_meta.fileio import atomic_write_json
-    from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
-    from nas_meta.search.runner import load_known_arch
-    from nas_meta.spaces import load_space
 
-    budgets = [Budget.parse(b) for b in args.budgets.split(",") if b]
-    reference = Budget.parse(args.reference)
-    proxies = [p for p in args.proxies.split(",") if p]
-    shard, shards = (int(v) for v in args.shard.split("/"))
-    cfg = make_config(
+    return make_config(
         "quick",
         data={
             "dataset": "omniglot",
@@ -80,6 +75,22 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device="cpu",
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_meta.data import load_dataset
+    from nas_meta.fileio import atomic_write_json
+    from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
+    from nas_meta.search.runner import load_known_arch
+    from nas_meta.spaces import load_space
+
+    budgets = [Budget.parse(b) for b in args.budgets.split(",") if b]
+    reference = Budget.parse(args.reference)
+    proxies = [p for p in args.proxies.split(",") if p]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    cfg = bench_config(args, reference)
     dataset = load_dataset(cfg.data)
     space = load_space(args.space)
     include = [load_known_arch("conv4")[1]] if args.space == "chain" else []
@@ -124,6 +135,75 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def supernet(args: argparse.Namespace) -> int:
+    """The inherited-weight estimator: one supernet of the space meta-trained for ``--steps``
+    (single path per meta-batch, checkpointed beside the results, so a rerun resumes), then every
+    architecture already in the folder scored with the weights it inherits, on the search's
+    validation episodes.  Its CPU seconds per architecture are the scoring plus the supernet's
+    training amortised over the architectures scored."""
+    import torch
+
+    from nas_meta import graph
+    from nas_meta.data import load_dataset
+    from nas_meta.fileio import atomic_write_json
+    from nas_meta.learners import build_learner, evaluate_episodes
+    from nas_meta.model import network
+    from nas_meta.search.fidelity import Budget
+    from nas_meta.search.supernet import inherit_learner, train_supernet
+    from nas_meta.spaces import load_space
+
+    cfg = bench_config(args, Budget.parse(DEFAULT_REFERENCE))
+    dataset = load_dataset(cfg.data)
+    space = load_space(args.space)
+    out = folder(args.space, args.algo, args.ways, args.shots)
+    paths = sorted(out.glob("[0-9]*.json"))
+    if not paths:
+        print(f"no architectures in {out}: run `fidelity.py run` first", file=sys.stderr)
+        return 2
+    device = torch.device("cpu")
+    trained, record = train_supernet(
+        cfg,
+        space,
+        dataset,
+        device,
+        args.steps,
+        out / f"supernet-{args.steps}.pt",
+        progress=lambda step, total, loss: step % 100 == 0 and print(f"supernet step {step}/{total} loss {loss:.3f}"),
+    )
+    print(f"supernet: {record['steps']} steps, {record['cpu_seconds']:.0f} CPU s, bank from {record['paths']} paths")
+    name = f"supernet{args.steps}@{args.val_episodes}"
+    ways = cfg.data.episode_ways(dataset.task)
+    for path in paths:
+        doc = json.loads(path.read_text())
+        if name in doc.get("inherited", {}):
+            continue
+        t0 = time.process_time()
+        # Rebuilt from its choices, so that it carries the space's weight slots as built today.
+        arch = space.from_params(graph.from_json(doc["arch"]).graph["params"])
+        backbone = network.build(arch, dataset.input_shape, seed=args.seed)
+        learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
+        inherit_learner(learner, trained)
+        val = dataset.sampler(
+            "val",
+            ways=ways,
+            shots=cfg.data.shots,
+            queries=cfg.data.queries,
+            seed=args.seed + VAL_SEED_OFFSET,
+            device=device,
+        )
+        score = float(evaluate_episodes(learner, val, args.val_episodes).mean())
+        doc.setdefault("inherited", {})[name] = {
+            "value": score,
+            "cpu_s": round(time.process_time() - t0, 2),
+            "train_cpu_s": round(record["cpu_seconds"], 1),
+            "steps": record["steps"],
+            "val_episodes": args.val_episodes,
+        }
+        atomic_write_json(path, doc)
+        print(f"{doc['index']:3d} inherited {100 * score:.2f}%  reference {100 * doc['reference']['score']:.2f}%")
+    return 0
+
+
 def load(path: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(path.glob("[0-9]*.json"))]
 
@@ -133,6 +213,11 @@ def estimators(records: list[dict[str, Any]]) -> dict[str, tuple[list[float], li
     out: dict[str, tuple[list[float], list[float]]] = {}
     for name in records[0].get("proxies", {}):
         out[name] = ([r["proxies"][name]["value"] for r in records], [r["proxies"][name]["cpu_s"] for r in records])
+    for name in records[0].get("inherited", {}):
+        if all(name in r.get("inherited", {}) for r in records):
+            scored = [r["inherited"][name] for r in records]
+            # Scoring, plus the supernet's training shared by the architectures it scored.
+            out[name] = ([e["value"] for e in scored], [e["cpu_s"] + e["train_cpu_s"] / len(records) for e in scored])
     for i, b in enumerate(records[0].get("budgets", [])):
         out[f"train{b['steps']}@{b['val_episodes']}"] = (
             [r["budgets"][i]["score"] for r in records],
@@ -222,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    w = sub.add_parser("supernet", help="add the inherited-weight estimator to the architectures run so far")
+    w.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    w.add_argument("--space", default="chain")
+    w.add_argument("--algo", default="protonet")
+    w.add_argument("--ways", type=int, default=5)
+    w.add_argument("--shots", type=int, default=1)
+    w.add_argument("--steps", type=int, default=1000, help="meta-training steps of the supernet")
+    w.add_argument("--val-episodes", type=int, default=40, help="validation episodes per architecture")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     t = sub.add_parser("table", help="the rank table and last line")
     t.add_argument("--last", default="chain-protonet-5w1s", help="the results folder of the last line")
     parser.add_argument("--results", default=str(RESULTS), help="where the per-architecture JSON live")
@@ -232,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.root).is_dir():
         print(f"fidelity.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
         return 2
-    return run(args)
+    return supernet(args) if args.command == "supernet" else run(args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ __all__ = [
     "CHECKPOINTS",
     "REFITS",
     "DEFAULT_PRESCREEN_POOL",
+    "STRATEGIES",
+    "DEFAULT_SUPERNET_POOL",
+    "DEFAULT_SUPERNET_STEPS",
 ]
 
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
@@ -39,6 +42,11 @@ LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
 REFITS = ("train", "train+val")
 DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --prescreen is given
+# How candidates are scored before one is meta-trained: "scratch" (each from its own
+# initialisation) or "supernet" (weights inherited from one meta-trained supernet of the space).
+STRATEGIES = ("scratch", "supernet")
+DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
+DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet (single path per meta-batch)
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,10 @@ class SearchConfig:
     # others stay in the study as pruned trials with their proxy score.  None = no screening.
     prescreen: str | None = None
     prescreen_pool: int = 1
+    # Weight sharing (search/supernet.py): with "supernet", a supernet of the space is meta-trained
+    # for ``supernet_steps`` first and ``prescreen`` is "supernet" (inherited-weight scores).
+    strategy: str = "scratch"
+    supernet_steps: int = DEFAULT_SUPERNET_STEPS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))  # JSON gives a list
@@ -175,6 +187,17 @@ class SearchConfig:
             raise ConfigError(f"--prescreen-pool {pool} needs --prescreen PROXY (the score that picks from the pool)")
         if self.prescreen is not None and pool < 2:
             raise ConfigError(f"--prescreen {self.prescreen!r} needs --prescreen-pool of at least 2, got {pool}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
+        steps = self.supernet_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ConfigError(f"--supernet-steps must be a positive integer, got {steps!r}")
+        if self.strategy == "supernet" and self.prescreen != "supernet":
+            raise ConfigError(
+                f"--strategy supernet scores candidates by their inherited weights; drop --prescreen {self.prescreen!r}"
+            )
+        if self.prescreen == "supernet" and self.strategy != "supernet":
+            raise ConfigError("--prescreen supernet needs a trained supernet: use --strategy supernet")
         if self.trial_timeout is not None and not (
             isinstance(self.trial_timeout, (int, float)) and 0 < self.trial_timeout < float("inf")
         ):

@@ -5,7 +5,8 @@ An architecture is a plain ``networkx.DiGraph``:
 - ``arch.graph``: ``{"space": name, "kind": "cell"|"chain"|"mlp", "params": {choice: value}}``;
 - node ids are strings; node attributes ``op`` (a name in ``nas_meta.model.ops.OPS``; the one source has
   ``op="input"``), ``merge`` ("sum" default, or "concat"), ``c_out`` (absent = as merged input),
-  ``stride`` (default 1); optional ``group`` (e.g. "cell2") and ``cell_type`` only for pictures;
+  ``stride`` (default 1); optional ``group`` (e.g. "cell2") and ``cell_type`` only for pictures,
+  and ``share``: the node's weight slot in a supernet (default: its id; model/supernet.py);
 - edge attribute ``slot`` (int) orders a concat's inputs;
 - the one sink is the output.
 

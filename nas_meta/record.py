@@ -62,6 +62,7 @@ class StudyAttr(StrEnum):
     CONFIG = "nas_meta:config"  # the run's whole config (RunConfig.to_dict)
     TASK = "nas_meta:task"  # "classification" (score: accuracy, up) or "regression" (MSE, down)
     FORMAT = "nas_meta:format"  # FORMAT_VERSION of the record
+    SUPERNET = "nas_meta:supernet"  # --strategy supernet: its steps, CPU seconds and last loss
 
 
 FORMAT_VERSION = 1

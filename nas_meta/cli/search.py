@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import DEFAULT_PRESCREEN_POOL, DEVICES, PRESETS, RunConfig, make_config
+from ..config import (
+    DEFAULT_PRESCREEN_POOL,
+    DEFAULT_SUPERNET_POOL,
+    DEVICES,
+    PRESETS,
+    STRATEGIES,
+    RunConfig,
+    make_config,
+)
 from ..errors import ConfigError
 from .common import (
     PROG,
@@ -96,6 +104,21 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"candidates screened per meta-trained one (default with --prescreen: {DEFAULT_PRESCREEN_POOL})",
     )
+    p.add_argument(
+        "--strategy",
+        default=D.search.strategy,
+        choices=STRATEGIES,
+        help="supernet: meta-train one weight-sharing supernet of the space first and pick each "
+        "meta-trained candidate from --prescreen-pool scored on inherited weights (README: Weight sharing) "
+        f"(default: {D.search.strategy})",
+    )
+    p.add_argument(
+        "--supernet-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"meta-training steps of the supernet (default: {D.search.supernet_steps})",
+    )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
     p.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
@@ -147,8 +170,14 @@ def search_config(args: argparse.Namespace):
         "enqueue": tuple(args.baseline) + tuple(args.enqueue),
         "prescreen": args.prescreen,
     }
+    if args.strategy == "supernet":
+        search.update(strategy="supernet", prescreen=args.prescreen or "supernet")
+    if args.supernet_steps is not None:
+        search["supernet_steps"] = args.supernet_steps
     if args.prescreen_pool is not None:
         search["prescreen_pool"] = args.prescreen_pool
+    elif args.strategy == "supernet":
+        search["prescreen_pool"] = DEFAULT_SUPERNET_POOL
     elif args.prescreen is not None:
         search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
     if args.trials is not None:

@@ -73,6 +73,7 @@ class Objective:
         self.device = device
         self.hooks = hooks or TrialHooks()
         self.multi_objective = cfg.search.sampler == "nsga2"
+        self.supernet: torch.nn.Module | None = None  # the trained supernet's learner (--strategy supernet)
 
     @property
     def ways(self) -> int:
@@ -97,9 +98,14 @@ class Objective:
         train, val = episode_samplers(
             self.cfg.replace(data={"augment": False}), self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device
         )
-        val = val if self.dataset.task == "classification" else None
         return ProxyInputs(
-            backbone, learner, train.sample(lc.meta_batch), tuple(self.dataset.input_shape), val, lc.val_episodes
+            backbone,
+            learner,
+            train.sample(lc.meta_batch),
+            tuple(self.dataset.input_shape),
+            val,
+            lc.val_episodes,
+            supernet=self.supernet,
         )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:

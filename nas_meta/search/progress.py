@@ -17,6 +17,8 @@ from ..record import Attr, best_trials, counted_trials, format_count, format_sco
 
 __all__ = ["SearchProgress", "format_seconds"]
 
+SUPERNET_LINE_EVERY = 50  # supernet steps between lines in a log (a terminal shows every step)
+
 
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -65,6 +67,18 @@ class SearchProgress:
         elif val is not None and val != self._last_val:
             self._write(f"{head} step {step}/{total} val {self.metric} {format_score(val, self.task)}")
         self._last_val = val
+
+    def supernet_step(self, step: int, total: int, loss: float) -> None:
+        """Meta-training of the supernet (search --strategy supernet): in place on a terminal,
+        a line per checkpoint block in a log."""
+        elapsed = format_seconds(time.perf_counter() - self.start)
+        text = f"  supernet step {step}/{total} loss {loss:.3f}  elapsed {elapsed}"
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+            self._dirty = True
+        elif step % SUPERNET_LINE_EVERY == 0 or step == total:
+            self._write(text)
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(Attr.SURPLUS):

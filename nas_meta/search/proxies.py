@@ -16,6 +16,8 @@ candidates are worth meta-training.
   Images that the untrained net already tells apart score high.
 * ``grad_norm``: sum over parameter tensors of the L2 norm of the loss gradient (Abdelfattah et al.).
 * ``snip``: sum over weights of |w * dL/dw| (Lee et al. 2019, as a proxy in Abdelfattah et al.).
+* ``supernet``: not training-free: the validation score of the candidate with the weights it
+  inherits from a meta-trained supernet of the space (``search --strategy supernet``).
 * ``proto_acc``: few-shot aware, of this project: the untrained embedding's nearest-prototype
   accuracy on validation episodes (ProtoNet's classifier with no training at all), averaged over
   ``val_episodes`` episodes, so it measures the task the search is scored on.
@@ -52,6 +54,7 @@ from ..learners import Learner, ProtoNet, evaluate_episodes
 from ..model import network
 from ..model.ops import BatchNorm, InstanceNorm
 from ..registry import Registry
+from .supernet import inherit_learner
 
 __all__ = ["PROXIES", "ProxyInputs", "compute_proxies", "synflow", "naswot", "grad_norm", "snip", "proto_acc"]
 
@@ -68,8 +71,9 @@ class ProxyInputs:
     learner: nn.Module  # the learner around it (its loss defines the gradient proxies)
     batch: Any  # Episodes: one batch of training episodes
     input_shape: tuple[int, ...]
-    val_sampler: Any = None  # for proto_acc
+    val_sampler: Any = None  # for proto_acc and supernet
     val_episodes: int = 100
+    supernet: nn.Module | None = None  # for supernet: the learner around a trained supernet (search/supernet.py)
 
 
 Proxy = Callable[[ProxyInputs], float]
@@ -167,9 +171,20 @@ PROXIES.add("snip", lambda p: snip(p.learner, p.batch))
 
 @PROXIES.register("proto_acc")
 def _proto_acc(p: ProxyInputs) -> float:
-    if p.val_sampler is None:
-        raise ConfigError("proxy 'proto_acc' needs validation episodes (a classification dataset)")
+    if p.val_sampler is None or getattr(p.learner, "task", "classification") != "classification":
+        raise ConfigError("proxy 'proto_acc' needs validation episodes of a classification dataset")
     return proto_acc(p.backbone, p.val_sampler, p.val_episodes)
+
+
+@PROXIES.register("supernet")
+def _supernet(p: ProxyInputs) -> float:
+    """The candidate's validation score with the weights it inherits from the trained supernet
+    (accuracy; minus the MSE for regression, so that higher is better as for every proxy)."""
+    if p.supernet is None or p.val_sampler is None:
+        raise ConfigError("proxy 'supernet' scores inherited weights: it needs --strategy supernet")
+    learner = inherit_learner(copy.deepcopy(p.learner), p.supernet)
+    score = float(evaluate_episodes(learner, p.val_sampler, p.val_episodes).mean())
+    return score if getattr(learner, "task", "classification") == "classification" else -score
 
 
 def compute_proxies(inputs: ProxyInputs, names: Sequence[str]) -> dict[str, tuple[float, float]]:

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
 from ..learners.train import amp_dtype
-from ..record import Attr, best_trials, trials_frame
+from ..record import Attr, StudyAttr, best_trials, trials_frame
 from ..spaces import load_space
 from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
@@ -42,6 +42,7 @@ from .study import (
     stored_config,
     study_dir,
 )
+from .supernet import SUPERNET_FILE, train_supernet
 from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
 __all__ = ["SearchOutcome", "SearchInterrupted", "check_names", "prepare", "run_search", "run_worker", "write_outputs"]
@@ -139,6 +140,8 @@ def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) ->
     progress = SearchProgress(total=cfg.search.trials, task=task, stream=stream)
     prepared.hooks.started, prepared.hooks.step = progress.trial_started, progress.step
     queue_next = None
+    if cfg.search.strategy == "supernet":
+        _train_supernet(study, prepared, progress)
     if cfg.search.prescreen is not None:
         from .screening import screen
 
@@ -153,6 +156,23 @@ def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) ->
         catch=(CandidateFailure,),
         queue_next=queue_next,
     )
+
+
+def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchProgress) -> None:
+    """Meta-train (or continue, or load) the supernet beside the study; record what it cost."""
+    cfg, objective = prepared.cfg, prepared.objective
+    learner, record = train_supernet(
+        cfg,
+        objective.space,
+        objective.dataset,
+        objective.device,
+        cfg.search.supernet_steps,
+        prepared.directory / SUPERNET_FILE,
+        progress=progress.supernet_step,
+        should_stop=prepared.hooks.should_stop,
+    )
+    objective.supernet = learner
+    study.set_user_attr(StudyAttr.SUPERNET, {**record, "file": SUPERNET_FILE})
 
 
 def run_search(

@@ -157,7 +157,10 @@ def build_cells(
             arch.add_node(node, op="identity", merge="sum", **tag)
             for e, (j, op) in enumerate(kept):
                 op_node = f"{node}_e{e}"
-                arch.add_node(op_node, op=op, c_out=c, stride=2 if reduce and j < 2 else 1, **tag)
+                # In a supernet the op of edge j -> k keeps one set of weights, whichever of the
+                # node's two slots it fills (model/supernet.py).
+                share = f"{node}<-{states[j]}"
+                arch.add_node(op_node, op=op, c_out=c, stride=2 if reduce and j < 2 else 1, share=share, **tag)
                 arch.add_edge(states[j], op_node)
                 arch.add_edge(op_node, node)
         out = f"{cell}_out"
