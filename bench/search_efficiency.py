@@ -44,6 +44,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "evolution": {"sampler": "evolution"},
     "tpe_halving": {"sampler": "tpe", "pruner": "halving"},
     "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8},
+    # Weight sharing: a 400-step supernet first (inside the budget), then 32 candidates scored on
+    # inherited weights per meta-trained one.
+    "tpe_supernet": {
+        "sampler": "tpe",
+        "strategy": "supernet",
+        "prescreen": "supernet",
+        "prescreen_pool": 32,
+        "supernet_steps": 400,
+    },
 }
 
 
