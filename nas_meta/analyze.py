@@ -90,6 +90,8 @@ def summary_frame(frame: pd.DataFrame, task: str) -> pd.DataFrame:
             return f"screened out, {row['screened']}"
         if isinstance(row["baseline"], str):
             return f"baseline {row['baseline']}"
+        if isinstance(row["derived"], str):
+            return f"derived by {row['derived']}"
         if not pd.isna(row["duplicate_of"]):
             return f"duplicate of #{int(row['duplicate_of'])}"
         if not pd.isna(row["pruned_at"]):

@@ -42,11 +42,12 @@ LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
 REFITS = ("train", "train+val")
 DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --prescreen is given
-# How candidates are scored before one is meta-trained: "scratch" (each from its own
-# initialisation) or "supernet" (weights inherited from one meta-trained supernet of the space).
-STRATEGIES = ("scratch", "supernet")
+# How candidates are found: "scratch" (each meta-trained from its own initialisation),
+# "supernet" (each meta-trained one picked from a pool scored on weights inherited from one
+# meta-trained supernet of the space) or "darts" (a differentiable search of a cell space).
+STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
-DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet (single path per meta-batch)
+DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ class SearchConfig:
     prescreen: str | None = None
     prescreen_pool: int = 1
     # Weight sharing (search/supernet.py): with "supernet", a supernet of the space is meta-trained
-    # for ``supernet_steps`` first and ``prescreen`` is "supernet" (inherited-weight scores).
+    # for ``supernet_steps`` first and ``prescreen`` is "supernet" (inherited-weight scores); with
+    # "darts", the relaxed cell network is, and its discretised architecture is the first trial.
     strategy: str = "scratch"
     supernet_steps: int = DEFAULT_SUPERNET_STEPS
 
@@ -196,6 +198,8 @@ class SearchConfig:
             raise ConfigError(
                 f"--strategy supernet scores candidates by their inherited weights; drop --prescreen {self.prescreen!r}"
             )
+        if self.strategy == "darts" and self.prescreen is not None:
+            raise ConfigError(f"--strategy darts derives one architecture; drop --prescreen {self.prescreen!r}")
         if self.prescreen == "supernet" and self.strategy != "supernet":
             raise ConfigError("--prescreen supernet needs a trained supernet: use --strategy supernet")
         if self.trial_timeout is not None and not (

@@ -51,6 +51,7 @@ class Attr(StrEnum):
     WORKER = "worker"  # "<host>:<pid>:<process start time>" of the process running the trial
     ENQUEUED_ARCH = "enqueued_arch"  # architecture JSON of a trial queued by --enqueue / --baseline
     BASELINE = "baseline"  # the name it was queued under (file stem or space name)
+    DERIVED = "derived"  # --strategy darts: {"strategy", "steps"} of the search that derived the trial's choices
     SCREENING = "screening"  # {proxy, value}: scored by a training-free proxy only, never counted
     PROMOTED_TO = "promoted_to"  # on a pool's winner: the trial that meta-trained it
     PROMOTED_FROM = "promoted_from"  # on that trial: {trial, proxy, value, pool}
@@ -82,6 +83,7 @@ TRIAL_COLUMNS = [
     "interrupted",
     "screened",
     "promoted_to",
+    "derived",
 ]
 
 
@@ -160,6 +162,7 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
             "interrupted": attrs.get("interrupted") or t.system_attrs.get("interrupted"),
             "screened": _screened(screening),
             "promoted_to": attrs.get("promoted_to"),
+            "derived": _derived(attrs.get(Attr.DERIVED)),
         }
         row.update({f"choice:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -173,6 +176,10 @@ def trials_frame(study: optuna.Study, task: str = "classification") -> pd.DataFr
         frame[col] = frame[col].astype("Int64")
     frame[metric] = frame[metric].astype(float)
     return frame
+
+
+def _derived(derived: dict | None) -> str | None:
+    return f"{derived['strategy']} after {derived['steps']} steps" if isinstance(derived, dict) else None
 
 
 def _screened(screening: dict | None) -> str | None:

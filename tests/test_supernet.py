@@ -24,7 +24,13 @@ from nas_meta.search import supernet as supernet_module
 from nas_meta.search.proxies import compute_proxies
 from nas_meta.search.runner import prepare, run_search
 from nas_meta.search.study import load_study
-from nas_meta.search.supernet import architectures, build_supernet, inherit_learner, train_supernet
+from nas_meta.search.supernet import (
+    architectures,
+    build_supernet,
+    derived_params,
+    inherit_learner,
+    train_supernet,
+)
 from nas_meta.spaces import load_space
 
 SHAPE = (1, 12, 12)
@@ -232,7 +238,11 @@ def test_supernet_search_scores_candidates_on_inherited_weights_and_trains_the_b
         (["--prescreen", "supernet"], "--prescreen supernet needs a trained supernet: use --strategy supernet"),
         (["--strategy", "supernet", "--prescreen", "synflow"], "drop --prescreen 'synflow'"),
         (["--strategy", "supernet", "--supernet-steps", "0"], "--supernet-steps must be a positive integer, got 0"),
-        (["--strategy", "darts"], "invalid choice: 'darts'"),
+        (["--strategy", "dart"], "invalid choice: 'dart'"),
+        (
+            ["--strategy", "darts", "--prescreen", "params"],
+            "--strategy darts derives one architecture; drop --prescreen",
+        ),
     ],
 )
 def test_strategy_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
@@ -245,3 +255,92 @@ def test_strategy_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, extr
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
     assert not any(tmp_path.iterdir())
+
+
+# --- the differentiable search ---------------------------------------------------------------
+
+
+def test_darts_discretises_to_the_strongest_two_edges_and_an_ordinary_architecture(tiny_cell):
+    from nas_meta.model.darts import DartsNetwork, edges
+
+    net = DartsNetwork.from_space(tiny_cell, SHAPE, seed=0)
+    ops = tiny_cell.ops  # none, skip_connect, sep_conv_3x3, max_pool_3x3
+    order = edges(tiny_cell.nodes)  # (2,0) (2,1) (3,0) (3,1) (3,2)
+    assert order == [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+    with torch.no_grad():
+        for alpha in net.alphas.values():
+            alpha.zero_()
+        a = net.alphas["normal"]
+        a[order.index((2, 0)), ops.index("sep_conv_3x3")] = 2.0
+        a[order.index((2, 1)), ops.index("max_pool_3x3")] = 1.0
+        a[order.index((3, 0)), ops.index("none")] = 9.0  # 'none' is never chosen, nor does it make an edge strong
+        a[order.index((3, 0)), ops.index("skip_connect")] = 0.5
+        a[order.index((3, 1)), ops.index("skip_connect")] = 3.0
+        a[order.index((3, 2)), ops.index("sep_conv_3x3")] = 4.0
+    genotype = net.genotype()
+    assert genotype["normal_n2_inputs"] == "0-1"
+    assert (genotype["normal_n2_op0"], genotype["normal_n2_op1"]) == ("sep_conv_3x3", "max_pool_3x3")
+    assert genotype["normal_n3_inputs"] == "1-2"
+    assert (genotype["normal_n3_op0"], genotype["normal_n3_op1"]) == ("skip_connect", "sep_conv_3x3")
+    arch = tiny_cell.from_params(genotype)  # validates: an architecture of the space
+    again = graph.from_json(graph.to_json(arch))
+    assert graph.fingerprint(again) == graph.fingerprint(arch)
+    assert network.build(again, SHAPE).feature_dim == 2 * tiny_cell.channels[0] * 2  # reduce doubles; 2 nodes
+
+
+def test_darts_training_moves_both_the_weights_and_the_architecture(tmp_path):
+    cfg = _smoke(tmp_path, space="cell", strategy="darts", supernet_steps=2).replace(data={"image_size": 12})
+    objective = prepare(cfg).objective
+    learner, record = train_supernet(cfg, objective.space, objective.dataset, torch.device("cpu"), 0)
+    before = {n: p.detach().clone() for n, p in learner.named_parameters()}
+    learner, record = train_supernet(cfg, objective.space, objective.dataset, torch.device("cpu"), 2)
+    assert record["steps"] == 2
+    after = dict(learner.named_parameters())
+    alphas = [n for n in after if "alphas" in n]
+    assert alphas and all(not torch.equal(before[n], after[n]) for n in alphas)
+    weights = [n for n in after if "alphas" not in n and not torch.equal(before[n], after[n])]
+    assert weights
+
+
+def test_darts_search_trains_the_derived_architecture_as_a_trial_and_resumes(tmp_path):
+    cfg = _smoke(tmp_path, space="cell", strategy="darts", supernet_steps=2, trials=1)
+    outcome = run_search(cfg, stream=io.StringIO())
+    study = load_study("w", outcome.storage)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["derived"] == {"strategy": "darts", "steps": 2}
+    learner, _ = train_supernet(
+        cfg,
+        prepare(cfg).objective.space,
+        prepare(cfg).objective.dataset,
+        torch.device("cpu"),
+        2,
+        outcome.directory / "supernet.pt",
+    )
+    assert trial.params == derived_params(learner, prepare(cfg).objective.space)
+    assert trial.params["normal_n3_inputs"] in ("0-1", "0-2", "1-2")  # the choices, not the fixed n2 pair
+    assert study.user_attrs[StudyAttr.SUPERNET]["strategy"] == "darts"
+    # More trials: the derived one is not queued again; the sampler goes on.
+    outcome = run_search(cfg.replace(search={"trials": 2}), stream=io.StringIO())
+    trials = load_study("w", outcome.storage).trials
+    assert len(trials) == 2 and sum("derived" in t.user_attrs for t in trials) == 1
+
+
+@pytest.mark.parametrize(
+    "space_text, message",
+    [
+        ("kind: chain\ndepth: [1, 2]\nwidth: 4\n", "is of kind 'chain'; choose --strategy supernet or scratch"),
+        ("kind: cell\nnodes: 2\nchannels: [4, 8]\n", "has a choice of channels [4, 8]: fix it in the space file"),
+    ],
+)
+def test_darts_refuses_a_space_it_cannot_relax_in_one_line(tmp_path, capsys, space_text, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(space_text)
+    out = tmp_path / "out"
+    code = main(
+        ["search", "--space", str(space), "--preset", "smoke", "--strategy", "darts", "--results-dir", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()

@@ -109,15 +109,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         default=D.search.strategy,
         choices=STRATEGIES,
         help="supernet: meta-train one weight-sharing supernet of the space first and pick each "
-        "meta-trained candidate from --prescreen-pool scored on inherited weights (README: Weight sharing) "
-        f"(default: {D.search.strategy})",
+        "meta-trained candidate from --prescreen-pool scored on inherited weights; darts: a "
+        "differentiable search of a cell space, its architecture trained as the first trial "
+        f"(README: Weight sharing) (default: {D.search.strategy})",
     )
     p.add_argument(
         "--supernet-steps",
         type=int,
         default=None,
         metavar="N",
-        help=f"meta-training steps of the supernet (default: {D.search.supernet_steps})",
+        help=f"meta-training steps of the supernet or DARTS network (default: {D.search.supernet_steps})",
     )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
@@ -180,8 +181,12 @@ def search_config(args: argparse.Namespace):
         search["prescreen_pool"] = DEFAULT_SUPERNET_POOL
     elif args.prescreen is not None:
         search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
+    if args.strategy == "darts":
+        search["strategy"] = "darts"
     if args.trials is not None:
         search["trials"] = args.trials
+    elif args.strategy == "darts":
+        search["trials"] = 1  # the derived architecture; more trials continue with the sampler
     learner: dict[str, Any] = {
         "algo": args.algo,
         "amp": args.amp,

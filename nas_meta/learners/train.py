@@ -233,12 +233,16 @@ def _improves(value: float, best: float, higher_is_better: bool) -> bool:
     return value > best if higher_is_better else value < best
 
 
-def make_optimizer(learner: nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    learner: nn.Module, cfg: LearnerConfig, *, params: Sequence[nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
     """Adam (Finn et al.; Snell et al.), or AdamW when ``cfg.weight_decay`` > 0 (decoupled decay,
-    Loshchilov & Hutter 2019, so the decay does not pass through Adam's per-parameter scaling)."""
+    Loshchilov & Hutter 2019, so the decay does not pass through Adam's per-parameter scaling),
+    over the learner's parameters or the given ``params`` of it."""
+    chosen = list(learner.parameters()) if params is None else list(params)
     if cfg.weight_decay > 0:
-        return torch.optim.AdamW(learner.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(learner.parameters(), lr=cfg.outer_lr)
+        return torch.optim.AdamW(chosen, lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(chosen, lr=cfg.outer_lr)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: LearnerConfig) -> torch.optim.lr_scheduler.LRScheduler | None:

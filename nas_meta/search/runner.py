@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
 from ..learners.train import amp_dtype
+from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
 from ..spaces import load_space
 from .objective import CandidateFailure, Objective, TrialHooks
@@ -42,7 +43,7 @@ from .study import (
     stored_config,
     study_dir,
 )
-from .supernet import SUPERNET_FILE, train_supernet
+from .supernet import SUPERNET_FILE, derived_params, train_supernet
 from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
 __all__ = ["SearchOutcome", "SearchInterrupted", "check_names", "prepare", "run_search", "run_worker", "write_outputs"]
@@ -98,6 +99,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     cfg.validate()
     check_names(cfg)
     space = load_space(cfg.search.space)
+    if cfg.search.strategy == "darts":
+        check_relaxable(space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
     amp_dtype(device, cfg.learner.amp)  # --amp off CUDA: refused now, by the one rule the trainer applies
@@ -140,7 +143,7 @@ def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) ->
     progress = SearchProgress(total=cfg.search.trials, task=task, stream=stream)
     prepared.hooks.started, prepared.hooks.step = progress.trial_started, progress.step
     queue_next = None
-    if cfg.search.strategy == "supernet":
+    if cfg.search.strategy != "scratch":
         _train_supernet(study, prepared, progress)
     if cfg.search.prescreen is not None:
         from .screening import screen
@@ -171,8 +174,14 @@ def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchPro
         progress=progress.supernet_step,
         should_stop=prepared.hooks.should_stop,
     )
-    objective.supernet = learner
-    study.set_user_attr(StudyAttr.SUPERNET, {**record, "file": SUPERNET_FILE})
+    study.set_user_attr(StudyAttr.SUPERNET, {**record, "file": SUPERNET_FILE, "strategy": cfg.search.strategy})
+    if cfg.search.strategy == "supernet":
+        objective.supernet = learner
+        return
+    # DARTS: the discretised architecture is queued (once) as an ordinary trial of its choices.
+    derived = {"strategy": "darts", "steps": record["steps"]}
+    if not any(t.user_attrs.get(Attr.DERIVED) == derived for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(derived_params(learner, objective.space), user_attrs={Attr.DERIVED: derived})
 
 
 def run_search(

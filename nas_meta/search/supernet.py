@@ -35,6 +35,7 @@ from ..fileio import atomic_write
 from ..learners import build_learner
 from ..learners.train import make_optimizer, outer_step
 from ..model import network
+from ..model.darts import DartsNetwork
 from ..model.supernet import SuperNet
 from ..spaces import Space
 
@@ -47,13 +48,15 @@ __all__ = [
     "PathSampler",
     "train_supernet",
     "inherit_learner",
+    "derived_params",
 ]
 
-SUPERNET_FILE = "supernet.pt"
+SUPERNET_FILE = "supernet.pt"  # beside the study (for DARTS too: the relaxed network)
 SAVE_EVERY = 50  # steps between checkpoints (and between the per-block seeds)
 PROBE_SAMPLES = 512  # architectures sampled to size the bank of a space too large to list
 EXHAUSTIVE = 4096  # spaces up to this size are listed in full: every architecture is a path
 PATH_SEED_OFFSET = 104_729
+DARTS_ARCH_LR = 3e-4
 
 
 def architectures(space: Space, limit: int) -> Iterator[nx.DiGraph]:
@@ -131,18 +134,39 @@ def _identity(cfg: RunConfig, space: Space) -> dict[str, Any]:
         "meta_batch": lc.meta_batch,
         "outer_lr": lc.outer_lr,
         "seed": cfg.seed,
+        "strategy": cfg.search.strategy,
     }
 
 
 def supernet_learner(cfg: RunConfig, space: Space, dataset: Dataset, device: torch.device) -> nn.Module:
-    """The search's learner around a freshly initialised supernet of ``space``."""
-    supernet = build_supernet(space, dataset.input_shape, seed=cfg.seed)
+    """The search's learner around a freshly initialised shared network of ``space``: the
+    weight-sharing supernet, or for ``--strategy darts`` the continuous relaxation of the cell."""
+    if cfg.search.strategy == "darts":
+        backbone: SuperNet | DartsNetwork = DartsNetwork.from_space(space, dataset.input_shape, seed=cfg.seed)
+        execution = "auto"
+    else:
+        backbone = build_supernet(space, dataset.input_shape, seed=cfg.seed)
+        # The path is a property of the module, so its episodes run one after the other (not on
+        # worker threads, whose replicas would keep the path they were copied with); CUDA batches them.
+        execution = "vmap" if device.type == "cuda" else "loop"
     ways = cfg.data.episode_ways(dataset.task)
-    learner = build_learner(cfg.learner, supernet, feature_dim=supernet.feature_dim, ways=ways, task=dataset.task)
-    # The path is a property of the module, so its episodes run one after the other (not on
-    # worker threads, whose replicas would keep the path they were copied with); CUDA batches them.
-    learner.execution = "vmap" if device.type == "cuda" else "loop"  # type: ignore[assignment]
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
+    learner.execution = execution  # type: ignore[assignment]
     return learner.to(device)
+
+
+def _optimizers(learner: nn.Module, cfg: RunConfig) -> list[torch.optim.Optimizer]:
+    """One optimizer for the supernet; for DARTS the network weights' and the architecture
+    weights' (Adam, lr 3e-4, betas (0.5, 0.999), weight decay 1e-3: Liu et al.'s settings)."""
+    backbone = learner.backbone
+    if not isinstance(backbone, DartsNetwork):
+        return [make_optimizer(learner, cfg.learner)]
+    alphas = {id(p) for p in backbone.arch_parameters()}
+    weights = [p for p in learner.parameters() if id(p) not in alphas]
+    return [
+        make_optimizer(learner, cfg.learner, params=weights),
+        torch.optim.Adam(backbone.arch_parameters(), lr=DARTS_ARCH_LR, betas=(0.5, 0.999), weight_decay=1e-3),
+    ]
 
 
 def train_supernet(
@@ -156,35 +180,39 @@ def train_supernet(
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Meta-train the supernet of ``space`` for ``steps`` outer steps (continuing ``checkpoint``
-    when it exists); returns the learner around it and a record: steps, CPU seconds, last loss.
+    """Meta-train the shared network of ``space`` (``cfg.search.strategy``: the supernet, one
+    path per meta-batch; or DARTS, network weights on a training batch then architecture weights
+    on a validation batch, first order, per step) for ``steps`` outer steps, continuing
+    ``checkpoint`` when it exists; returns the learner around it and a record: steps, CPU
+    seconds, last loss.
 
     ``progress(step, steps, loss)`` after every step; ``should_stop()`` True stops at the next
     step with KeyboardInterrupt (the last checkpoint is kept).
     """
     learner = supernet_learner(cfg, space, dataset, device)
-    supernet = learner.backbone
-    assert isinstance(supernet, SuperNet)
-    optimizer = make_optimizer(learner, cfg.learner)
+    shared = learner.backbone
+    optimizers = _optimizers(learner, cfg)
     identity = _identity(cfg, space)
-    record: dict[str, Any] = {"steps": 0, "cpu_seconds": 0.0, "loss": math.nan, "paths": supernet.architectures}
+    paths = shared.architectures if isinstance(shared, SuperNet) else 0
+    record: dict[str, Any] = {"steps": 0, "cpu_seconds": 0.0, "loss": math.nan, "paths": paths}
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state.get("identity") != identity:
             raise ConfigError(
-                f"{checkpoint} holds a supernet trained with {state.get('identity')}, not {identity}; "
+                f"{checkpoint} holds a network trained with {state.get('identity')}, not {identity}; "
                 "delete it or use another --study"
             )
         learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         record = state["record"]
     lc = cfg.learner
-    val_seed = cfg.seed + 7_919
     while record["steps"] < steps:
         start = record["steps"]
         seed = _block_seed(cfg.seed, start)
-        train, _ = episode_samplers(cfg, dataset, seed, val_seed, device)
-        paths = PathSampler(train, supernet, space, random.Random(seed))
+        train, val = episode_samplers(cfg, dataset, seed, seed + 1, device)
+        if isinstance(shared, SuperNet):
+            train = PathSampler(train, shared, space, random.Random(seed))
         clock = time.process_time()
         end = min(start + SAVE_EVERY, steps)
         with _seeded(device, seed):
@@ -192,7 +220,13 @@ def train_supernet(
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
                 learner.train()
-                loss = outer_step(learner, optimizer, paths.sample(lc.meta_batch), grad_clip=lc.grad_clip, step=step)
+                learner.zero_grad(set_to_none=True)
+                loss = outer_step(
+                    learner, optimizers[0], train.sample(lc.meta_batch), grad_clip=lc.grad_clip, step=step
+                )
+                if len(optimizers) > 1:  # DARTS: the architecture step, on validation episodes
+                    learner.zero_grad(set_to_none=True)
+                    outer_step(learner, optimizers[1], val.sample(lc.meta_batch), grad_clip=lc.grad_clip, step=step)
                 if progress is not None:
                     progress(step, steps, loss)
         record = {
@@ -205,7 +239,7 @@ def train_supernet(
             state = {
                 "identity": identity,
                 "learner": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                 "record": record,
             }
             atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))  # type: ignore[misc]
@@ -236,3 +270,12 @@ def inherit_learner(learner: nn.Module, trained: nn.Module) -> nn.Module:
             source = theirs[name]
             param.copy_(source[tuple(slice(0, s) for s in param.shape)])
     return learner
+
+
+def derived_params(learner: nn.Module, space: Space) -> dict[str, Any]:
+    """The choices of the architecture a trained DARTS network discretises to (only the names
+    that are choices of ``space``: a node with one possible input pair asks none)."""
+    backbone = learner.backbone
+    assert isinstance(backbone, DartsNetwork)
+    choices = space.choices()
+    return {name: value for name, value in backbone.genotype().items() if name in choices}
