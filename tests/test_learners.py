@@ -500,3 +500,49 @@ def test_maml_regression_on_an_mlp_space_backbone() -> None:
     loss, mse = learner.loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and mse > 0 and learner.head.weight.grad is not None
+
+
+# -- MAML: tasks in vmap chunks -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_vmap_chunks_give_the_unchunked_loss_metric_and_meta_gradient(first_order: bool, chunk: int) -> None:
+    batch = make_batch(7, tasks=5, dtype=torch.float64)
+    whole = make_maml(inner_steps=2, inner_lr=0.3, execution="vmap", first_order=first_order, dtype=torch.float64)
+    chunked = make_maml(
+        inner_steps=2, inner_lr=0.3, execution="vmap", first_order=first_order, dtype=torch.float64, vmap_chunk=chunk
+    )
+    loss, metric = whole.loss(batch)
+    loss.backward()
+    chunk_loss, chunk_metric = chunked.loss(batch)
+    (chunk_loss * 2.0).backward()  # the carried gradient follows the outer factor (an AMP loss scale)
+    torch.testing.assert_close(chunk_loss, loss.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunk_metric, metric, rtol=1e-6, atol=1e-7)  # accuracies are float32
+    for a, b in zip(whole.parameters(), chunked.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, 2.0 * a.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(chunked.evaluate(batch), whole.evaluate(batch), rtol=0, atol=0)
+
+
+def test_a_chunk_out_of_memory_is_halved_and_the_size_kept(monkeypatch) -> None:
+    batch = make_batch(8, tasks=6, dtype=torch.float64)
+    reference = make_maml(execution="vmap", dtype=torch.float64)
+    want = flat_grad(reference.loss(batch)[0], list(reference.parameters()))
+    learner = make_maml(execution="vmap", dtype=torch.float64)
+    real = learner._run_vmap
+
+    def small_device(params, sx, *args):
+        if sx.shape[0] > 2:  # a device that holds two tasks' second-order graphs at a time
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(params, sx, *args)
+
+    monkeypatch.setattr(learner, "_run_vmap", small_device)
+    got = flat_grad(learner.loss(batch)[0], list(learner.parameters()))
+    assert (learner.vmap_chunk, learner.oom_halvings) == (1, 2)  # 6 -> 3 -> 1: three tasks failed too
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    learner.vmap_chunk = 1
+    monkeypatch.setattr(learner, "_run_vmap", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(torch.OutOfMemoryError):  # one task that does not fit is the user's error to see
+        learner.loss(batch)
+    with pytest.raises(ValueError, match="vmap_chunk must be a positive"):
+        make_maml(vmap_chunk=0)

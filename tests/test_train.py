@@ -12,7 +12,7 @@ from nas_meta.config import LearnerConfig
 from nas_meta.data.sampler import Episodes
 from nas_meta.errors import ConfigError
 from nas_meta.learners import Diverged, build_learner, confidence_interval, meta_test, meta_train, resolve_device
-from nas_meta.learners.train import amp_dtype, outer_step
+from nas_meta.learners.train import amp_dtype, check_compile, cpu_has_bf16, cuda_amp_dtype, outer_step
 
 WAYS, SHOTS, QUERIES, SIZE = 2, 1, 3, 8
 
@@ -187,32 +187,77 @@ def test_resolve_device() -> None:
         resolve_device("tpu")
 
 
-def test_amp_is_cuda_only() -> None:
-    assert amp_dtype(torch.device("cpu"), False) is None
-    with pytest.raises(ConfigError, match="--amp needs a CUDA device"):
-        amp_dtype(torch.device("cpu"), True)
-    with pytest.raises(ConfigError, match="--amp needs a CUDA device"):
-        meta_train(make(), RandomEpisodes(1), RandomEpisodes(2), LearnerConfig(amp=True, iterations=1), seed=0)
+def test_amp_dtype_follows_the_hardware() -> None:
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, False) is None
+    assert amp_dtype(cpu, True, cpu_bf16=True) is torch.bfloat16  # a CPU with AVX-512 BF16 or AMX
+    with pytest.raises(ConfigError, match=r"--amp needs bf16 instructions on the CPU .* drop --amp"):
+        amp_dtype(cpu, True, cpu_bf16=False)
+    if not cpu_has_bf16():  # this host: the trainer refuses before its first step
+        with pytest.raises(ConfigError, match="--amp needs bf16 instructions"):
+            meta_train(make(), RandomEpisodes(1), RandomEpisodes(2), LearnerConfig(amp=True, iterations=1), seed=0)
+    # CUDA: bf16 where the tensor cores have it (Ampere, 8.0, and later), fp16 with scaling before;
+    # is_bf16_supported() would also say yes to emulated bf16 on a V100 (7.0).
+    assert cuda_amp_dtype((7, 0)) is torch.float16 and cuda_amp_dtype((7, 5)) is torch.float16
+    assert cuda_amp_dtype((8, 0)) is torch.bfloat16 and cuda_amp_dtype((9, 0)) is torch.bfloat16
+
+
+def test_compile_is_refused_where_tasks_are_batched_with_vmap() -> None:
+    check_compile(torch.device("cpu"), True)  # the per-task passes: compiled
+    check_compile(torch.device("cuda"), False)
+    with pytest.raises(ConfigError, match="on CUDA the tasks run batched with vmap.*drop --compile"):
+        check_compile(torch.device("cuda"), True)
+    for algo in ("maml", "protonet"):
+        learner = make(algo, dropout=0.0)
+        learner.execution, learner.use_compile = "vmap", True
+        with pytest.raises(ValueError, match="vmap-batched .* not"):
+            learner.loss(RandomEpisodes(3).sample(2))
+
+
+def _amp_step_gradients(algo: str, dtype: torch.dtype | None, *, episodes: int = 4) -> torch.Tensor:
+    learner = make(algo, dropout=0.0)
+    batch = RandomEpisodes(episodes).sample(2)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.0)  # the step changes nothing: compare gradients
+    outer_step(learner, optimizer, batch, grad_clip=1e9, step=1, autocast_dtype=dtype)
+    return torch.cat([p.grad.flatten() for p in learner.parameters() if p.grad is not None])
 
 
 @pytest.mark.parametrize("algo", ["maml", "protonet"])
-def test_autocast_path_runs_with_a_cpu_dtype(algo: str) -> None:
-    """The --amp code path (autocast + GradScaler) on the CPU with bf16, since CI has no GPU."""
-    learner = make(algo)
-    before = [p.detach().clone() for p in learner.parameters()]
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-    scaler = torch.amp.GradScaler("cpu")
-    loss = outer_step(
-        learner,
-        optimizer,
-        RandomEpisodes(4).sample(2),
-        grad_clip=1.0,
-        step=1,
-        autocast_dtype=torch.bfloat16,
-        scaler=scaler,
-    )
-    assert math.isfinite(loss)
-    assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters(), strict=True))
+def test_bf16_autocast_gives_the_fp32_meta_gradient_to_its_rounding(algo: str) -> None:
+    """The --amp path on the CPU (bf16 runs everywhere, emulated where the host lacks it)."""
+    fp32 = _amp_step_gradients(algo, None)
+    bf16 = _amp_step_gradients(algo, torch.bfloat16)
+    relative = ((bf16 - fp32).norm() / fp32.norm()).item()
+    assert 0 < relative < 0.1  # rounded (not equal), but the same gradient to within bf16 rounding
+    # The tolerance tells gradients apart: a wrong one (of other episodes) is far outside it.
+    wrong = _amp_step_gradients(algo, torch.bfloat16, episodes=5)
+    assert ((wrong - fp32).norm() / fp32.norm()).item() > 0.3
+
+
+def test_maml_inner_loop_under_fp16_scales_its_loss_so_small_gradients_survive() -> None:
+    from nas_meta.learners import MAML
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    backbone.feature_dim = 4
+    learner = MAML(backbone, feature_dim=4, ways=2, task="classification", inner_lr=1.0)
+    with torch.no_grad():
+        learner.head.weight.copy_(1e-5 * torch.randn(2, 4))  # dL/dfeatures ~ 1e-6
+    x, y = 1e-3 * torch.randn(6, 4), torch.tensor([0, 1] * 3)  # x * dL/dfeatures ~ 1e-9: below fp16's range
+    params = dict(learner.model.named_parameters())
+    moved = {}
+    for scale in (2.0**10, 1.0):
+        learner.fp16_inner_scale = scale
+        with torch.autocast("cpu", dtype=torch.float16):
+            fast = learner.adapt(params, x, y, 1, create_graph=False)
+        moved[scale] = not torch.equal(fast["backbone.1.weight"], params["backbone.1.weight"])
+    assert moved == {2.0**10: True, 1.0: False}  # unscaled, the weight's gradient underflows to 0
+    # In fp32 the (power-of-two) scale changes nothing at all.
+    learner.fp16_inner_scale = 2.0**10
+    scaled = learner.adapt(params, x, y, 1, create_graph=False)
+    learner.fp16_inner_scale = 1.0
+    plain = learner.adapt(params, x, y, 1, create_graph=False)
+    assert all(torch.equal(scaled[n], plain[n]) for n in plain)
 
 
 def test_gradient_clipping_bounds_the_update() -> None:

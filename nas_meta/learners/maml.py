@@ -32,7 +32,7 @@ written with plain ``torch.autograd.grad``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +41,16 @@ from torch.func import functional_call, grad, vmap
 
 from ..model.fused import unfused
 from .base import EXECUTIONS, combine_task_results, to_channels_last, use_channels_last, use_threads
-from .threads import make_replica, run_tasks
+from .threads import PrecomputedGradient, make_replica, run_tasks
 
 __all__ = ["MAML", "task_loss", "task_metric"]
 
 Params = dict[str, Tensor]
+R = TypeVar("R")
+
+
+def _chunks(tasks: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, tasks)) for start in range(0, tasks, chunk)]
 
 
 def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
@@ -88,6 +93,11 @@ class MAML(nn.Module):
     needs ``.reshape`` instead, or ``channels_last=False``.
     ``compile``: torch.compile the passes that are differentiated at most once (with the loop);
     pays only over long runs (the first step compiles for tens of seconds).
+    ``vmap_chunk``: at most this many tasks per vmap call (None: all of them).  Each chunk's
+    meta-gradient is taken and its graph freed before the next, so memory grows with the chunk,
+    not the meta-batch; the numbers are the same (tested).  A chunk that runs out of device
+    memory is halved and retried; the halved size is kept (``vmap_chunk``) and counted
+    (``oom_halvings``).
     """
 
     def __init__(
@@ -104,8 +114,11 @@ class MAML(nn.Module):
         execution: str = "auto",
         channels_last: bool | None = None,
         compile: bool = False,
+        vmap_chunk: int | None = None,
     ) -> None:
         super().__init__()
+        if vmap_chunk is not None and vmap_chunk < 1:
+            raise ValueError(f"vmap_chunk must be a positive number of tasks or None, got {vmap_chunk}")
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if execution not in EXECUTIONS:
@@ -128,6 +141,12 @@ class MAML(nn.Module):
         self.use_compile = compile  # not `compile`: nn.Module.compile is a method
         self._compiled: Callable[..., Tensor] | None = None
         self._thread_models: list[nn.Module] = []  # plain list: not submodules, not in state_dict
+        self.vmap_chunk = vmap_chunk
+        self.oom_halvings = 0
+        # Under fp16 autocast the support loss is multiplied by this before its gradient is taken
+        # (and the gradient divided after), so small gradients do not underflow in the inner loop;
+        # a power of two, so the scaling itself is exact.  The outer loss has the GradScaler.
+        self.fp16_inner_scale = 2.0**10
 
     @property
     def backbone(self) -> nn.Module:
@@ -144,6 +163,8 @@ class MAML(nn.Module):
         self._check_batch(batch)
         if self._use_threads(batch.support_x, meta=True):
             return self._threaded_loss(batch)
+        if self._use_vmap(batch.support_x):
+            return self._halving_on_oom(lambda chunk: self._vmap_loss(batch, chunk), batch.support_x.shape[0])
         out = self.query_outputs(batch, self.inner_steps, meta=True)  # (T, Q, outputs)
         loss = task_loss(out.flatten(0, 1), batch.query_y.flatten(0, 1), self.task)
         return loss, task_metric(out, batch.query_y, self.task).mean().detach()
@@ -174,6 +195,18 @@ class MAML(nn.Module):
         # A second-order graph only when a meta-gradient is wanted through the adaptation.
         create_graph = meta and not self.first_order
         sx, qx = self._inputs(batch, create_graph)
+        if self._use_vmap(sx) and not meta:  # evaluation: chunks of tasks, outputs detached
+            tasks = sx.shape[0]
+
+            def run(chunk: int) -> Tensor:
+                return torch.cat(
+                    [
+                        self._run_vmap(params, sx[c], batch.support_y[c], qx[c], steps, False).detach()
+                        for c in _chunks(tasks, chunk)
+                    ]
+                )
+
+            return self._halving_on_oom(run, tasks)
         if self._use_vmap(sx):
             return self._run_vmap(params, sx, batch.support_y, qx, steps, create_graph)
         outputs = []
@@ -193,9 +226,17 @@ class MAML(nn.Module):
         """
         model = self.model if model is None else model
         names = list(params)
+        scale = self._inner_scale(x)
         for _ in range(steps):
             loss = task_loss(self._forward(model, params, x, twice=create_graph), y, self.task)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
+            grads = torch.autograd.grad(
+                loss * scale if scale != 1.0 else loss,
+                [params[n] for n in names],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+            if scale != 1.0:
+                grads = tuple(None if g is None else g / scale for g in grads)
             params = {
                 n: params[n] if g is None else params[n] - self.inner_lr * g for n, g in zip(names, grads, strict=True)
             }
@@ -254,15 +295,62 @@ class MAML(nn.Module):
             self._thread_models.append(make_replica(self.model))
         return self._thread_models[:workers]
 
+    def _halving_on_oom(self, run: Callable[[int], R], tasks: int) -> R:
+        """``run(chunk)`` with ``vmap_chunk`` tasks per chunk (all when None), halving the chunk on
+        an out-of-memory error until one task per chunk fails too."""
+        while True:
+            chunk = min(self.vmap_chunk or tasks, tasks)
+            try:
+                return run(chunk)
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                self.vmap_chunk = chunk // 2
+                self.oom_halvings += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _vmap_loss(self, batch: Any, chunk: int) -> tuple[Tensor, Tensor]:
+        """The vmap path's loss; with chunks, each chunk's meta-gradient is taken at once (its
+        graph freed) and the sum carried to ``loss.backward()`` as in the threaded path."""
+        tasks = batch.support_x.shape[0]
+        if chunk >= tasks:
+            out = self.query_outputs(batch, self.inner_steps, meta=True)
+            loss = task_loss(out.flatten(0, 1), batch.query_y.flatten(0, 1), self.task)
+            return loss, task_metric(out, batch.query_y, self.task).mean().detach()
+        params = self._params(meta=True)
+        leaves = list(params.values())
+        create_graph = not self.first_order
+        sx, qx = self._inputs(batch, create_graph)
+        total: Tensor | None = None
+        metric: Tensor | None = None
+        grads: list[Tensor | None] = [None] * len(leaves)
+        for c in _chunks(tasks, chunk):
+            out = self._run_vmap(params, sx[c], batch.support_y[c], qx[c], self.inner_steps, create_graph)
+            share = out.shape[0] / tasks  # every task has as many queries: the mean over tasks is exact
+            loss = task_loss(out.flatten(0, 1), batch.query_y[c].flatten(0, 1), self.task) * share
+            chunk_grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, chunk_grads, strict=True)]
+            part = task_metric(out.detach(), batch.query_y[c], self.task).sum() / tasks
+            total = loss.detach() if total is None else total + loss.detach()
+            metric = part if metric is None else metric + part
+        assert total is not None and metric is not None
+        return PrecomputedGradient.apply(total, grads, *leaves), metric
+
     def _run_vmap(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, steps: int, create_graph: bool) -> Tensor:
+        if self.use_compile:
+            raise ValueError("compile=True applies to the per-task passes; the vmap-batched tasks are not compiled")
         model, task, lr = self.model, self.task, self.inner_lr
+        scale = self._inner_scale(sx)
 
         def support_loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
-            return task_loss(functional_call(model, p, (x,)), y, task)
+            return task_loss(functional_call(model, p, (x,)), y, task) * scale
 
         def one_task(p: Params, x: Tensor, y: Tensor, xq: Tensor) -> Tensor:
             for _ in range(steps):
                 g = grad(support_loss)(p, x, y)
+                if scale != 1.0:
+                    g = {n: v / scale for n, v in g.items()}
                 if not create_graph:  # first order: the outer graph must not see through g
                     g = {n: v.detach() for n, v in g.items()}
                 p = {n: p[n] - lr * g[n] for n in p}
@@ -287,6 +375,11 @@ class MAML(nn.Module):
                 self._compiled = torch.compile(_call_model, dynamic=False)
             return self._compiled(model, params, x)
         return functional_call(model, params, (x,))
+
+    def _inner_scale(self, x: Tensor) -> float:
+        device = x.device.type
+        fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+        return self.fp16_inner_scale if fp16 else 1.0
 
     def _fixed_tensors(self) -> Params:
         """Frozen parameters and buffers: passed explicitly so that thread replicas see them too."""

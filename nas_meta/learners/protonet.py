@@ -81,6 +81,8 @@ class ProtoNet(nn.Module):
         if self._use_channels_last(x):
             x = to_channels_last(x)
         if self.execution == "vmap" or (self.execution == "auto" and x.device.type == "cuda"):
+            if self.use_compile:
+                raise ValueError("compile=True applies to the per-episode passes; the vmap-batched episodes are not")
             return vmap(self.backbone)(x)
         backbone: Callable[[Tensor], Tensor] = self.backbone
         if self.use_compile:  # one graph for an episode's shape; pays over long runs only
@@ -92,7 +94,11 @@ class ProtoNet(nn.Module):
     def logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
         """(T, Q, ways) negative squared distances; an episode's support and query in one pass."""
         s = support_x.shape[1]
+        # Prototypes and distances in fp32 also under autocast (their sums of squares lose most of
+        # their digits in bf16); the backbone runs in the autocast dtype.
         z = self.embed(torch.cat([support_x, query_x], 1))  # (T, S+Q, F)
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z = z.float()
         z_support, z_query = z[:, :s], z[:, s:]  # (T, S, F), (T, Q, F)
         return -squared_distances(z_query, prototypes(z_support, support_y, ways))
 

@@ -33,6 +33,9 @@ __all__ = [
     "confidence_interval",
     "resolve_device",
     "amp_dtype",
+    "cuda_amp_dtype",
+    "cpu_has_bf16",
+    "check_compile",
     "outer_step",
     "make_optimizer",
     "make_schedule",
@@ -72,17 +75,41 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"unknown device {name!r}; choose from ['auto', 'cpu', 'cuda']")
 
 
-def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device``: bf16 where CUDA supports it, else fp16.
+def cuda_amp_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 from compute capability 8.0 (Ampere: bf16 in the tensor cores), fp16 with loss scaling
+    below.  Not ``torch.cuda.is_bf16_supported()``, which also counts emulated bf16 on older GPUs."""
+    return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
 
-    Mixed precision is offered on CUDA only: on these CPUs (AVX2, no AVX-512 BF16) bf16 convolutions
-    are slower than fp32, so ``--amp`` on the CPU is refused rather than silently ignored.
-    """
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX) for oneDNN's kernels."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def amp_dtype(device: torch.device, amp: bool, *, cpu_bf16: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device``: on CUDA :func:`cuda_amp_dtype`; on a CPU with
+    bf16 instructions bf16; refused on a CPU without them (emulated bf16 is slower than fp32).
+    ``cpu_bf16`` overrides the CPU detection (tests)."""
     if not amp:
         return None
-    if device.type != "cuda":
-        raise ConfigError(f"--amp needs a CUDA device, got device {device.type!r}; drop --amp or use --device cuda")
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return cuda_amp_dtype(torch.cuda.get_device_capability(device))
+    if device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+        return torch.bfloat16
+    raise ConfigError(
+        f"--amp needs bf16 instructions on the CPU (AVX-512 BF16 or AMX) or a CUDA device; this {device.type} "
+        f"({torch.backends.cpu.get_cpu_capability()}) has neither; drop --amp"
+    )
+
+
+def check_compile(device: torch.device, compile: bool) -> None:
+    """``--compile`` is applied to the per-task passes; on CUDA the tasks are batched with vmap,
+    which it does not compile, so the flag is refused there rather than silently ignored."""
+    if compile and device.type == "cuda":
+        raise ConfigError(
+            "--compile compiles the per-task passes of the CPU; on CUDA the tasks run batched with vmap, "
+            "which it does not compile; drop --compile"
+        )
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:

@@ -28,7 +28,7 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
-from ..learners.train import amp_dtype
+from ..learners.train import amp_dtype, check_compile
 from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
 from ..spaces import load_space
@@ -103,7 +103,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         check_relaxable(space)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.device)
-    amp_dtype(device, cfg.learner.amp)  # --amp off CUDA: refused now, by the one rule the trainer applies
+    amp_dtype(device, cfg.learner.amp)  # --amp without bf16 or CUDA: refused now, by the trainer's rule
+    check_compile(device, cfg.learner.compile)
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
