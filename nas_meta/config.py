@@ -12,6 +12,7 @@ Every field has a default and a reason.  ``RunConfig`` round-trips through JSON 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "PRESETS",
     "make_config",
     "DEVICES",
+    "is_device_name",
     "LR_SCHEDULES",
     "CHECKPOINTS",
     "REFITS",
@@ -37,7 +39,14 @@ __all__ = [
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
 # search.study.SAMPLER_BUILDERS / PRUNER_BUILDERS), so one registered from outside the package is
 # accepted here; search.runner.check_names refuses an unknown name before anything is written.
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, one GPU of several (is_device_name)
+
+
+def is_device_name(name: Any) -> bool:
+    """One of DEVICES, or ``cuda:N`` (the N-th visible GPU)."""
+    return isinstance(name, str) and (name in DEVICES or re.fullmatch(r"cuda:\d+", name) is not None)
+
+
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("best", "last")
 REFITS = ("train", "train+val")
@@ -222,8 +231,8 @@ class RunConfig:
         self.data.validate()
         self.learner.validate()
         self.search.validate()
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose from {list(DEVICES)}")
+        if not is_device_name(self.device):
+            raise ConfigError(f"unknown device {self.device!r}; choose from {list(DEVICES)} or cuda:N")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         return self

@@ -183,7 +183,7 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
-    with pytest.raises(ConfigError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu', 'cuda'\]"):
+    with pytest.raises(ConfigError, match=r"unknown device 'tpu'; choose from \['auto', 'cpu', 'cuda', 'cuda:N'\]"):
         resolve_device("tpu")
 
 
@@ -267,3 +267,12 @@ def test_gradient_clipping_bounds_the_update() -> None:
     outer_step(learner, optimizer, RandomEpisodes(5).sample(2), grad_clip=1e-3, step=1)
     after = torch.cat([p.detach().flatten() for p in learner.parameters()])
     assert (after - before).norm() <= 1e-3 * (1 + 1e-4)
+
+
+def test_resolve_device_names_one_gpu_of_several() -> None:
+    assert resolve_device("cuda:1", visible=2) == torch.device("cuda:1")
+    assert resolve_device("auto", visible=0) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 GPU\(s\): cuda:0 to cuda:1"):
+        resolve_device("cuda:2", visible=2)
+    with pytest.raises(ConfigError, match="--device cuda:0: no CUDA device is available here"):
+        resolve_device("cuda:0", visible=0)

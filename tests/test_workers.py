@@ -178,3 +178,35 @@ def test_a_worker_killed_mid_trial_is_retried_by_another(tmp_path):
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == by_number[killed].params
     assert len(counted_trials(study)) == 2
+
+
+def test_workers_are_spread_over_the_visible_gpus() -> None:
+    from nas_meta.errors import ConfigError
+    from nas_meta.search.runner import worker_devices
+
+    assert worker_devices("auto", 5, visible=2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices("cuda", 3, visible=4) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert worker_devices("auto", 3, visible=1) == ["auto"] * 3  # one GPU (or none): all on it
+    assert worker_devices("cpu", 2, visible=8) == ["cpu", "cpu"]  # asked for the CPU: stays there
+    picked = worker_devices("auto", 4, visible=4, devices=["cuda:0", "cuda:2"])
+    assert picked == ["cuda:0", "cuda:2", "cuda:0", "cuda:2"]
+    with pytest.raises(ConfigError, match="this machine has 2 GPU"):
+        worker_devices("auto", 2, visible=2, devices=["cuda:0", "cuda:3"])
+
+
+def test_each_worker_samples_from_its_own_seed_and_the_same_index_repeats(tmp_path) -> None:
+    """Workers of one study get the run seed plus their index, so a parallel search reproduces
+    (Optuna's parallel workers would otherwise share or randomise seeds: optuna#4412)."""
+    from nas_meta.config import make_config
+    from nas_meta.search.study import create_study, load_study
+
+    cfg = make_config(
+        "smoke", search={"space": "chain", "study": "seeds", "sampler": "random"}, seed=3, results_dir=str(tmp_path)
+    )
+    (tmp_path / "seeds").mkdir()
+    create_study(cfg, "seeds", "classification")
+    url = f"sqlite:///{tmp_path}/seeds/study.db"
+    first = [load_study("seeds", url, worker_index=i).sampler._rng.rng.randint(0, 2**31) for i in (1, 2, 1)]
+    assert first[0] == first[2] and first[0] != first[1]
+    expected = __import__("optuna").samplers.RandomSampler(seed=3 + 2)._rng.rng.randint(0, 2**31)
+    assert first[1] == expected

@@ -75,6 +75,7 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument("--cache-dir", default=None)
     evaluate.add_argument("--seed", type=int, default=D.seed)
     evaluate.add_argument("--device", default=D.device, choices=DEVICES)
+    evaluate.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
     export.set_defaults(run=cmd_export)
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -142,6 +143,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if recipe.get("train_ways") not in (None, data["ways"]):
         learner["train_ways"] = recipe["train_ways"]
     learner.update(recipe_overrides(args))
+    if args.amp:
+        learner["amp"] = True
     if args.within_alphabet:
         data["within_alphabet"] = True
     cfg = make_config(args.preset, data=data, learner=learner, seed=args.seed, device=args.device)

@@ -13,6 +13,7 @@ from ..config import (
     PRESETS,
     STRATEGIES,
     RunConfig,
+    is_device_name,
     make_config,
 )
 from ..errors import ConfigError
@@ -48,7 +49,7 @@ def add_parsers(sub: Any) -> None:
     worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     worker.add_argument("--data-root", default=None, help="where the dataset is on this machine")
     worker.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
-    worker.add_argument("--device", default=None, choices=DEVICES, help="override the study's device")
+    worker.add_argument("--device", default=None, help="override the study's device: auto, cpu, cuda or cuda:N")
     worker.set_defaults(run=cmd_worker)
 
 
@@ -130,7 +131,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=D.device, choices=DEVICES, help=f"auto = CUDA when present (default: {D.device})"
     )
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the learner's passes (pays only for long trainings)"
     )
@@ -153,6 +154,13 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--n-workers", type=int, default=1, help="worker processes on this machine sharing the study (default: 1)"
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        metavar="LIST",
+        help="GPUs for the workers, e.g. cuda:0,cuda:2: worker i on the (i mod K)-th "
+        "(default: every visible GPU when there are several)",
     )
 
 
@@ -212,6 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = search_config(args)
     if args.n_workers < 1:
         raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
+    devices = parse_devices(args.devices)
     print(
         f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
         f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
@@ -219,7 +228,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     try:
         with graceful_interrupt() as should_stop:
-            outcome = run_search(cfg, workers=args.n_workers, should_stop=should_stop)
+            outcome = run_search(cfg, workers=args.n_workers, devices=devices, should_stop=should_stop)
     except SearchInterrupted as stop:
         print_table(stop.outcome)
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
@@ -245,6 +254,17 @@ def print_table(outcome) -> None:
         )
     for line in baseline_report(outcome.study, outcome.task):
         print(line)
+
+
+def parse_devices(text: str | None) -> list[str] | None:
+    """``--devices cuda:0,cuda:2`` -> ["cuda:0", "cuda:2"]; ConfigError naming a bad entry."""
+    if text is None:
+        return None
+    devices = [name.strip() for name in text.split(",")]
+    for name in devices:
+        if not is_device_name(name) or name == "auto":
+            raise ConfigError(f"--devices: {name!r} is not a device; give a list like cuda:0,cuda:2 (or cpu)")
+    return devices
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -62,17 +62,22 @@ class TrainResult:
     weights_step: int = 0  # the step whose weights the learner ends with: best_step or the last step
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when present, else CPU; "cpu"; "cuda" (ConfigError when CUDA is absent)."""
+def resolve_device(name: str, *, visible: int | None = None) -> torch.device:
+    """ "auto" -> CUDA when present, else CPU; "cpu"; "cuda" or "cuda:N" (ConfigError when there is
+    no such GPU).  ``visible`` overrides the number of visible GPUs (tests)."""
+    count = torch.cuda.device_count() if visible is None else visible
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if count > 0 else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available here; choose from ['auto', 'cpu']")
-        return torch.device("cuda")
-    raise ConfigError(f"unknown device {name!r}; choose from ['auto', 'cpu', 'cuda']")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA device is available here; choose from ['auto', 'cpu']")
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ConfigError(f"--device {name}: this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
+        return torch.device(name)
+    raise ConfigError(f"unknown device {name!r}; choose from ['auto', 'cpu', 'cuda', 'cuda:N']")
 
 
 def cuda_amp_dtype(capability: tuple[int, int]) -> torch.dtype:

@@ -46,7 +46,16 @@ from .study import (
 from .supernet import SUPERNET_FILE, derived_params, train_supernet
 from .workers import enqueue_architectures, optimize_until, retry_interrupted
 
-__all__ = ["SearchOutcome", "SearchInterrupted", "check_names", "prepare", "run_search", "run_worker", "write_outputs"]
+__all__ = [
+    "SearchOutcome",
+    "SearchInterrupted",
+    "check_names",
+    "prepare",
+    "run_search",
+    "run_worker",
+    "worker_devices",
+    "write_outputs",
+]
 
 
 @dataclass
@@ -185,11 +194,26 @@ def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchPro
         study.enqueue_trial(derived_params(learner, objective.space), user_attrs={Attr.DERIVED: derived})
 
 
+def worker_devices(device: str, workers: int, *, visible: int, devices: list[str] | None = None) -> list[str]:
+    """The device of each worker (index 0 is the process that starts the others): ``devices`` in
+    turn (worker i on ``devices[i mod len]``); else, with several visible GPUs and ``device``
+    "auto" or "cuda", worker i on ``cuda:(i mod visible)``; else ``device`` for all."""
+    if devices:
+        for name in devices:
+            if name != "cpu":
+                resolve_device(name, visible=visible)  # ConfigError for a GPU this machine lacks
+        return [devices[i % len(devices)] for i in range(workers)]
+    if device in ("auto", "cuda") and visible > 1:
+        return [f"cuda:{i % visible}" for i in range(workers)]
+    return [device] * workers
+
+
 def run_search(
     cfg: RunConfig,
     *,
     stream: TextIO | None = None,
     workers: int = 1,
+    devices: list[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SearchOutcome:
     """Run the search until the study holds ``cfg.search.trials`` counted trials.
@@ -199,7 +223,12 @@ def run_search(
     ``workers - 1`` extra processes (``nas-meta worker``) join this one on the study, each with
     its share of the CPU threads; their logs are ``worker-<i>.log`` in the study folder.
     ``should_stop()`` returning True stops the running trial at its next step (as Ctrl-C does).
+    On a machine with several GPUs the workers are spread over them (:func:`worker_devices`).
     """
+    import torch
+
+    assignment = worker_devices(cfg.device, workers, visible=torch.cuda.device_count(), devices=devices)
+    cfg = cfg.replace(device=assignment[0])
     prepared = prepare(cfg)
     prepared.hooks.should_stop = should_stop
     task = prepared.objective.dataset.task
@@ -224,10 +253,8 @@ def run_search(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of dead remote workers
 
-    children = _spawn_workers(prepared, url, workers) if workers > 1 else []
+    children = _spawn_workers(prepared, url, assignment) if workers > 1 else []
     if workers > 1:
-        import torch
-
         torch.set_num_threads(_threads_per_worker(workers))
     try:
         ran = _optimize(study, prepared, stream)
@@ -254,8 +281,9 @@ def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _spawn_workers(prepared: Prepared, url: str, workers: int) -> list[subprocess.Popen]:
+def _spawn_workers(prepared: Prepared, url: str, devices: list[str]) -> list[subprocess.Popen]:
     children = []
+    workers = len(devices)
     for index in range(1, workers):
         log = open(prepared.directory / f"worker-{index}.log", "w")
         cmd = [
@@ -271,6 +299,8 @@ def _spawn_workers(prepared: Prepared, url: str, workers: int) -> list[subproces
             str(index),
             "--threads",
             str(_threads_per_worker(workers)),
+            "--device",
+            devices[index],
         ]
         children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         log.close()
