@@ -191,32 +191,41 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
             yield
 
 
+def _train_step(learner: nn.Module, optimizer: torch.optim.Optimizer, batch: Episodes, amp: Any) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(batch.support_x.device, amp):
+        loss, _ = learner.loss(batch)
+    loss.backward()
+    optimizer.step()
+
+
+def step_flops(learner: nn.Module, batch: Episodes) -> float:
+    """FLOPs of one training step as torch's FlopCounter counts them, on the per-task loop (its
+    dispatch mode does not see work on other threads; every execution computes the same ops)."""
+    learner.execution = "loop"
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    with FlopCounterMode(display=False) as counter:
+        _train_step(learner, optimizer, batch, None)
+    return float(counter.get_total_flops())
+
+
 def time_steps(
     learner: nn.Module, batch: Episodes, device: torch.device, amp: torch.dtype | None, steps: int
-) -> tuple[float, float, float]:
-    """(seconds per step, FLOPs per step, peak memory in GB) of loss + backward + Adam step."""
+) -> tuple[float, float]:
+    """(seconds per step, peak memory in GB) of loss + backward + Adam step."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            loss, _ = learner.loss(batch)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up (and compilation)
-    with FlopCounterMode(display=False) as counter:
-        step()
+    for _ in range(2):  # warm-up (and compilation)
+        _train_step(learner, optimizer, batch, amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        _train_step(learner, optimizer, batch, amp)
     sync(device)
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else math.nan
-    return seconds, float(counter.get_total_flops()), peak
+    return seconds, peak
 
 
 class L2LMaml(nn.Module):
@@ -242,7 +251,7 @@ def check_speed(device: torch.device, meta_batch: int, steps: int, compile: bool
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     peak32 = matmul_tflops(device, torch.float32)
     peak16 = matmul_tflops(device, torch.bfloat16) if bf16 else math.nan
-    print(f"  matmul: {peak32:.1f} TFLOP/s fp32, {peak16:.1f} TFLOP/s bf16 (measured now)")
+    print(f"  matmul: {peak32:.3f} TFLOP/s fp32, {peak16:.3f} TFLOP/s bf16 (measured now)")
     arch = architectures()["conv4"]
     print(f"  {'algo':8s} {'task':5s} {'execution':14s} {'tasks/s':>9s} {'TFLOP/s':>8s} {'util':>5s} {'peak GB':>8s}")
     rates: dict[tuple[str, str, str], float] = {}
@@ -260,9 +269,10 @@ def check_speed(device: torch.device, meta_batch: int, steps: int, compile: bool
                 rows.append(("loop+compile", functools.partial(_compiled, make, "loop"), None))
             if l2l is not None and algo != "protonet" and task == "5w1s":
                 rows.append(("learn2learn", functools.partial(_l2l, make, algo == "fomaml"), None))
+            flops = step_flops(make("loop"), batch)
             for label, build, amp in rows:
                 try:
-                    seconds, flops, peak = time_steps(build(), batch, device, amp, steps)
+                    seconds, peak = time_steps(build(), batch, device, amp, steps)
                 except Exception as exc:  # report and go on: a failed row prints no number
                     print(f"  {algo:8s} {task:5s} {label:14s} FAILED: {type(exc).__name__}: {str(exc)[:100]}")
                     continue

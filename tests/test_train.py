@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import traceback
 
 import pytest
 import torch
@@ -126,11 +127,47 @@ def test_report_exceptions_propagate() -> None:
     assert train.calls == 2  # training stopped at the first checkpoint
 
 
+@pytest.mark.parametrize("defer", [False, True])
 @pytest.mark.parametrize("algo", ["maml", "protonet"])
-def test_nan_loss_raises_diverged_naming_the_step(algo: str) -> None:
+def test_nan_loss_raises_diverged_naming_the_step(algo: str, defer: bool) -> None:
     with pytest.raises(Diverged, match="at step 3"):
-        meta_train(make(algo), RandomEpisodes(1, poison_at=3), RandomEpisodes(2), CFG, seed=0)
+        meta_train(make(algo), RandomEpisodes(1, poison_at=3), RandomEpisodes(2), CFG, seed=0, defer=defer)
     assert issubclass(Diverged, RuntimeError)
+
+
+def test_deferred_steps_train_the_same_and_wait_for_the_device_only_at_validation(monkeypatch) -> None:
+    """The CUDA trainer's path, on the CPU: no loss or norm reaches the host between validation
+    points (the GPU runs ahead), and the weights and losses are those of the checked path."""
+    results = {}
+    for defer in (False, True):
+        learner = make("protonet", dropout=0.0)
+        results[defer] = (learner, meta_train(learner, RandomEpisodes(1), RandomEpisodes(2), CFG, seed=0, defer=defer))
+    (eager, a), (lazy, b) = results[False], results[True]
+    assert a.train_losses == b.train_losses and a.curve == b.curve
+    assert all(torch.equal(p, q) for p, q in zip(eager.parameters(), lazy.parameters(), strict=True))
+    transfers: list[int] = []
+    real_float, real_item, real_tolist = torch.Tensor.__float__, torch.Tensor.item, torch.Tensor.tolist
+    counter = {"steps": 0}
+
+    def progress(step: int, total: int, val: float | None) -> None:
+        counter["steps"] = step
+
+    def spy(real):
+        def wrapped(self, *args):
+            # Adam reads its step count (a CPU tensor even on CUDA: no wait for the device).
+            if not any("torch/optim" in frame.filename for frame in traceback.extract_stack()):
+                transfers.append(counter["steps"] + 1)  # the step in progress when the host waited
+            return real(self, *args)
+
+        return wrapped
+
+    monkeypatch.setattr(torch.Tensor, "__float__", spy(real_float))
+    monkeypatch.setattr(torch.Tensor, "item", spy(real_item))
+    monkeypatch.setattr(torch.Tensor, "tolist", spy(real_tolist))
+    learner = make("protonet", dropout=0.0)
+    meta_train(learner, RandomEpisodes(1), None, CFG, seed=0, defer=True, progress=progress)
+    assert set(transfers) <= {CFG.iterations}  # without validation: one transfer, after the last step
+    assert transfers
 
 
 def test_confidence_interval_is_the_formula() -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "cpu_has_bf16",
     "check_compile",
     "outer_step",
+    "deferred_step",
+    "check_finite",
     "make_optimizer",
     "make_schedule",
 ]
@@ -138,29 +140,71 @@ def outer_step(
     ``autocast_dtype``/``scaler`` are the ``--amp`` path; they take a device-independent form so
     the CPU tests run the same code (with bf16 autocast on the CPU).
     """
+    loss, _ = _update(learner, optimizer, batch, grad_clip, autocast_dtype, scaler, step=step)
+    return float(loss)
+
+
+def deferred_step(
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    *,
+    grad_clip: float,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`outer_step` without waiting for the device: returns the (loss, gradient norm) tensors
+    unchecked, so a GPU runs ahead of the host; the caller checks them later
+    (:func:`check_finite`), at validation points."""
+    return _update(learner, optimizer, batch, grad_clip, autocast_dtype, scaler, step=None)
+
+
+def _update(
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    grad_clip: float,
+    autocast_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    step: int | None,
+) -> tuple[Tensor, Tensor]:
+    # ``step`` None: no check here (no host round trip); else Diverged naming it.
     device = next(learner.parameters()).device
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device, autocast_dtype):
         loss, _ = cast(Learner, learner).loss(batch)
-    value = float(loss.detach())
-    if not math.isfinite(value):
+    if step is not None and not math.isfinite(value := float(loss.detach())):
         raise Diverged(f"meta-training diverged: loss is {value} at step {step}")
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    norm = float(torch.nn.utils.clip_grad_norm_(learner.parameters(), grad_clip))
-    if not math.isfinite(norm):
-        if scaler is None:
-            raise Diverged(f"meta-training diverged: gradient norm is {norm} at step {step}")
-        # fp16 overflow: the scaler skips this step and lowers its scale, as AMP intends.
+    norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), grad_clip)
+    # With a scaler a non-finite norm is fp16 overflow: the scaler skips the step and lowers its scale.
+    if step is not None and scaler is None and not math.isfinite(value := float(norm)):
+        raise Diverged(f"meta-training diverged: gradient norm is {value} at step {step}")
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
-    return value
+    return loss.detach(), norm.detach()
+
+
+def check_finite(pending: list[tuple[int, Tensor, Tensor]], scaled: bool) -> list[float]:
+    """The losses of deferred steps ``(step, loss, norm)`` as floats, in one transfer; Diverged
+    naming the first step whose loss (or, without a loss scaler, gradient norm) is not finite."""
+    if not pending:
+        return []
+    values = torch.stack([torch.stack([loss.float(), norm.float()]) for _, loss, norm in pending]).cpu().tolist()
+    for (step, _, _), (loss, norm) in zip(pending, values, strict=True):
+        if not math.isfinite(loss):
+            raise Diverged(f"meta-training diverged: loss is {loss} at step {step}")
+        if not scaled and not math.isfinite(norm):
+            raise Diverged(f"meta-training diverged: gradient norm is {norm} at step {step}")
+    return [loss for loss, _ in values]
 
 
 def _checkpoints(iterations: int, every: int) -> list[int]:
@@ -181,6 +225,7 @@ def meta_train(
     report: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int, float | None], None] | None = None,
     checkpoints: Sequence[tuple[int, int]] | None = None,
+    defer: bool | None = None,
 ) -> TrainResult:
     """Meta-train ``learner`` in place with Adam (AdamW with ``cfg.weight_decay``) for
     ``cfg.iterations`` outer steps, the learning rate constant or cosine-decayed (``cfg.lr_schedule``).
@@ -193,7 +238,10 @@ def meta_train(
     ``val_sampler=None`` trains without validation (a refit) and ends with the last step's weights.
     ``checkpoints``, a list of (step, validation episodes), replaces that plan (the
     rungs of successive halving, whose later checkpoints are scored on more episodes).
-    ``progress(step, iterations, val_metric_or_None)`` is called after every step.  ``seed`` seeds the stochastic ops a
+    ``progress(step, iterations, val_metric_or_None)`` is called after every step.  ``defer``
+    (default: on CUDA) checks the losses for divergence at validation points instead of every
+    step, so the device is never waited for between them (the Diverged message still names the
+    first bad step).  ``seed`` seeds the stochastic ops a
     backbone may contain (e.g. dropout) inside a forked RNG, so the caller's global RNG state is
     untouched and the same seed gives the same weights on the CPU; episodes come from the
     samplers, which the caller seeded.
@@ -213,16 +261,35 @@ def meta_train(
     curve: list[tuple[int, float]] = []
     losses: list[float] = []
     best: tuple[int, float, dict[str, Tensor] | None] = (cfg.iterations, math.nan, None)
+    # On CUDA the steps' losses stay on the device until a validation point (or the end): no host
+    # round trip per step, so the GPU is not left waiting for the host.
+    deferred = device.type == "cuda" if defer is None else defer
+    pending: list[tuple[int, Tensor, Tensor]] = []
     start = time.perf_counter()
     with _forked_rng(device, seed):
         for step in range(1, cfg.iterations + 1):
             learner.train()
             batch = train_sampler.sample(cfg.meta_batch)
-            losses.append(
-                outer_step(
-                    learner, optimizer, batch, grad_clip=cfg.grad_clip, step=step, autocast_dtype=dtype, scaler=scaler
+            if deferred:
+                loss, norm = deferred_step(
+                    learner, optimizer, batch, grad_clip=cfg.grad_clip, autocast_dtype=dtype, scaler=scaler
                 )
-            )
+                pending.append((step, loss, norm))
+                if step in plan or step == cfg.iterations:
+                    losses += check_finite(pending, scaled=scaler is not None)
+                    pending = []
+            else:
+                losses.append(
+                    outer_step(
+                        learner,
+                        optimizer,
+                        batch,
+                        grad_clip=cfg.grad_clip,
+                        step=step,
+                        autocast_dtype=dtype,
+                        scaler=scaler,
+                    )
+                )
             if schedule is not None:
                 schedule.step()
             val: float | None = None
