@@ -24,13 +24,16 @@ passes (slower than eager on the 2-core CPU, measured).  Meta-gradients
 are compared in float64 (see check_gradients for why not float32).  ``--device cuda`` runs the
 same benchmark on a GPU (nas_meta batches tasks with vmap there).
 
-The last line is ``maml_vs_l2l=<ratio> fomaml_vs_l2l=<ratio> protonet_flops_util=<ratio>``; with
+``--amp`` adds each learner under the trainer's bf16 autocast (``+bf16``; a CPU with AVX-512 BF16
+or AMX, or CUDA; refused in one line elsewhere) and ``<learner>_bf16_vs_fp32`` ratios to the
+last line.  The last line is ``maml_vs_l2l=<ratio> fomaml_vs_l2l=<ratio> protonet_flops_util=<ratio>``; with
 ``--compile`` it quotes the compiled learners and the line before it the eager defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import random
@@ -47,7 +50,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nas_meta.data.sampler import Episodes  # noqa: E402
+from nas_meta.errors import ConfigError  # noqa: E402
 from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
+from nas_meta.learners.train import amp_dtype  # noqa: E402
 from nas_meta.model import network  # noqa: E402
 from nas_meta.model.ops import BatchNorm  # noqa: E402
 from nas_meta.spaces import load_space  # noqa: E402
@@ -191,7 +196,10 @@ def check_gradients(
 
 def train_step(learner: nn.Module, optimizer: torch.optim.Optimizer, batch: Episodes) -> None:
     optimizer.zero_grad(set_to_none=True)
-    loss, _ = learner.loss(batch)
+    amp = getattr(learner, "bench_amp", None)  # the +bf16 rows: the trainer's autocast
+    context = torch.autocast(batch.support_x.device.type, dtype=amp) if amp else contextlib.nullcontext()
+    with context:
+        loss, _ = learner.loss(batch)
     loss.backward()
     optimizer.step()
 
@@ -242,10 +250,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="run nas_meta's backbone op by op (Backbone.fuse(False)): the fused CPU kernels' share of the speed",
     )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="also time each learner under --amp's autocast (+bf16 rows; bf16 CPUs or CUDA); "
+        "the last line gains <learner>_bf16_vs_fp32",
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a log
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    try:
+        amp = amp_dtype(device, args.amp)
+    except ConfigError as exc:
+        print(f"learners.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     batch = make_batch(args.meta_batch, device)
     model, l2l_model = make_models(0, device)
     if args.no_fuse:
@@ -272,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
         methods["maml+c"] = nas_meta_maml(model, first_order=False, lr=args.inner_lr, compile=True)
         methods["fomaml+c"] = nas_meta_maml(model, first_order=True, lr=args.inner_lr, compile=True)
         methods["protonet+c"] = ProtoNet(copy.deepcopy(model[0]), compile=True)
+    if amp is not None:
+        for name in ("maml", "fomaml", "protonet"):
+            methods[name + "+bf16"] = copy.deepcopy(methods[name])
+            methods[name + "+bf16"].bench_amp = amp
     if l2l is not None:
         methods["l2l_maml"] = L2LMaml(l2l_model, first_order=False, lr=args.inner_lr, steps=1)
         methods["l2l_fomaml"] = L2LMaml(l2l_model, first_order=True, lr=args.inner_lr, steps=1)
@@ -287,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         name: count_flops(lambda m=methods[name], o=optimizers[name]: train_step(m, o, batch), methods[name])
         for name in ("maml", "fomaml", "protonet")
     }
-    flops = {name: counted[name.removesuffix("+c").removesuffix("/loop").removeprefix("l2l_")] for name in methods}
+    flops = {
+        name: counted[name.removesuffix("+c").removesuffix("+bf16").removesuffix("/loop").removeprefix("l2l_")]
+        for name in methods
+    }
     rates: dict[str, list[float]] = {name: [] for name in methods}
     matmul: list[float] = []
     for _ in range(args.rounds):
@@ -326,7 +352,14 @@ def main(argv: list[str] | None = None) -> None:
             f"protonet_flops_util={util['protonet']:.2f}; the last line quotes the compiled learners (+c)"
         )
     protonet_util = util["protonet" + suffix]
-    print(f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={protonet_util:.2f}")
+    bf16 = "".join(
+        f" {name}_bf16_vs_fp32={median[name + '+bf16'] / median[name]:.2f}"
+        for name in ("maml", "fomaml", "protonet")
+        if name + "+bf16" in median
+    )
+    print(
+        f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={protonet_util:.2f}{bf16}"
+    )
 
 
 if __name__ == "__main__":
