@@ -310,7 +310,7 @@ def check_end_to_end(device: torch.device, report: dict[str, float]) -> None:
         import optuna  # noqa: F401
         import yaml  # noqa: F401
     except ImportError as exc:
-        print(f"  skipped: {exc.name} is not importable here (the CLI needs it)")
+        print(f"  skipped: {exc.name or exc} is not importable here (the CLI needs it)")
         return
     amp_options: list[list[str]] = [[]]
     if (device.type == "cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import networkx as nx
-import yaml
 
 from .. import graph
 from ..errors import SpaceError
@@ -184,6 +183,8 @@ def load_space(name_or_path: str | Path) -> Space:
         path = SPACES_DIR / f"{text}.yaml"
         if not path.is_file():
             raise SpaceError(f"unknown space {text!r}; choose from {list_spaces()} or give a path to a .yaml file")
+    import yaml  # here, not at the top: building architectures needs no YAML (bench/gpu.py runs without it)
+
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
