@@ -19,6 +19,10 @@ reference's own (differently drawn) validation episodes.  One JSON per architect
 single-path training, checkpointed in the folder) and adds to every architecture already scored
 the ``supernet<steps>@<episodes>`` estimator: its validation score with inherited weights.
 
+``run --amp`` scores under the trainer's bf16 autocast (a CPU with AVX-512 BF16 or AMX) into
+``<folder>-bf16``; ``table`` then gives the Kendall tau between bf16 and fp32 scores of the same
+architectures (does reduced precision rank candidates as fp32 does?).
+
 ``table`` gives, per estimator and space: Kendall's tau-b and Spearman's rho against the reference
 with bootstrap 95% CIs (architectures resampled), the top-10% recall, and the CPU seconds per
 architecture; and the ProtoNet-to-MAML transfer when both were run.  Its last line is
@@ -46,8 +50,8 @@ VAL_SEED_OFFSET = 7_919  # as the search's (objective.py): the budgets see the s
 REFERENCE_SEED_OFFSET = 31_337  # another draw of validation episodes for the reference
 
 
-def folder(space: str, algo: str, ways: int, shots: int) -> Path:
-    return RESULTS / f"{space}-{algo}-{ways}w{shots}s"
+def folder(space: str, algo: str, ways: int, shots: int, amp: bool = False) -> Path:
+    return RESULTS / f"{space}-{algo}-{ways}w{shots}s{'-bf16' if amp else ''}"
 
 
 def bench_config(args: argparse.Namespace, reference: Any) -> Any:
@@ -71,6 +75,7 @@ def bench_config(args: argparse.Namespace, reference: Any) -> Any:
             "iterations": reference.steps,
             "eval_every": reference.steps,
             "val_episodes": 40,
+            "amp": getattr(args, "amp", False),
         },
         seed=args.seed,
         device="cpu",
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     include = [load_known_arch("conv4")[1]] if args.space == "chain" else []
     archs = draw_architectures(space, args.archs, args.seed, include=include)
-    out = folder(args.space, args.algo, args.ways, args.shots)
+    out = folder(args.space, args.algo, args.ways, args.shots, args.amp)
     out.mkdir(parents=True, exist_ok=True)
     for index, arch in enumerate(archs):
         path = out / f"{index:03d}.json"
@@ -257,10 +262,39 @@ def table(args: argparse.Namespace) -> int:
             if path.name == args.last:
                 last[f"tau_{name.replace('@', '_')}"] = tau
         lines.append("")
-    lines += transfer()
+    lines += transfer() + precision()
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.3f}" for k, v in last.items() if not math.isnan(v)))
     return 0
+
+
+def precision() -> list[str]:
+    """Do bf16 (``run --amp``) scores rank the architectures as fp32 scores do?  Kendall tau between
+    the two on the same architectures, per estimator present in both."""
+    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau
+
+    out = []
+    for bf16 in sorted(RESULTS.glob("*-bf16")):
+        fp32 = bf16.with_name(bf16.name.removesuffix("-bf16"))
+        a = {r["fingerprint"]: r for r in load(fp32) if r.get("reference")}
+        b = {r["fingerprint"]: r for r in load(bf16) if r.get("reference")}
+        common = sorted(set(a) & set(b))
+        if len(common) < 4:
+            continue
+        for name, (values, _) in estimators([b[k] for k in common]).items():
+            if name.startswith("train"):
+                x = estimators([a[k] for k in common])[name][0]
+                lo, hi = bootstrap_ci(kendall_tau, x, values)
+                out.append(
+                    f"bf16 against fp32, `{fp32.name}` `{name}` ({len(common)} architectures): "
+                    f"Kendall tau {kendall_tau(x, values):.2f} [{lo:.2f}, {hi:.2f}]"
+                )
+        x, y = [a[k]["reference"]["score"] for k in common], [b[k]["reference"]["score"] for k in common]
+        lo, hi = bootstrap_ci(kendall_tau, x, y)
+        out.append(
+            f"bf16 against fp32, `{fp32.name}` reference: Kendall tau {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}]"
+        )
+    return out
 
 
 def transfer() -> list[str]:
@@ -305,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reference", default=DEFAULT_REFERENCE, help="STEPS:VAL_EPISODES of the reference")
     r.add_argument("--proxies", default=DEFAULT_PROXIES, help="comma-separated (empty: none)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--amp", action="store_true", help="train under --amp's bf16 autocast (bf16 CPUs): results in <folder>-bf16"
+    )
     r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     w = sub.add_parser("supernet", help="add the inherited-weight estimator to the architectures run so far")
@@ -327,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.root).is_dir():
         print(f"fidelity.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
         return 2
+    if getattr(args, "amp", False):
+        import torch
+
+        from nas_meta.errors import ConfigError
+        from nas_meta.learners.train import amp_dtype
+
+        try:
+            amp_dtype(torch.device("cpu"), True)
+        except ConfigError as exc:
+            print(f"fidelity.py: error: {exc}", file=sys.stderr)
+            return 2
     return supernet(args) if args.command == "supernet" else run(args)
 
 
