@@ -351,7 +351,7 @@ def check_end_to_end(device: torch.device, report: dict[str, float]) -> None:
                     cwd=tmp,
                     timeout=600,
                 )
-                tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+                tail = (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""]
                 print(
                     f"  {' '.join(command[:1] + amp):16s} rc {done.returncode}  "
                     f"{time.perf_counter() - start:5.1f} s  {tail[0][:100]}"
