@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     archs = draw_architectures(space, args.archs, args.seed, include=include)
     out = folder(args.space, args.algo, args.ways, args.shots, args.amp)
     out.mkdir(parents=True, exist_ok=True)
-    for index, arch in enumerate(archs):
+    order = list(enumerate(archs))
+    for index, arch in reversed(order) if args.reverse else order:
         path = out / f"{index:03d}.json"
         if index % shards != shard or path.exists():
             continue
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--amp", action="store_true", help="train under --amp's bf16 autocast (bf16 CPUs): results in <folder>-bf16"
     )
+    r.add_argument("--reverse", action="store_true", help="last architecture first (a second process meets the first)")
     r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     w = sub.add_parser("supernet", help="add the inherited-weight estimator to the architectures run so far")
