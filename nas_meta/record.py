@@ -39,6 +39,7 @@ class Attr(StrEnum):
     ARCH = "arch"  # the architecture, versioned node-link JSON
     PARAMS = "params"  # parameter count of the backbone
     FLOPS = "flops"  # forward FLOPs of one example
+    VMAP_CHUNK = "vmap_chunk"  # tasks per vmap call after out-of-memory halvings (absent: the whole meta-batch)
     SECONDS = "seconds"  # wall seconds of meta-training (or of the proxy, for a screening trial)
     CURVE = "curve"  # [[step, validation score], ...] at each checkpoint (pruned trials keep theirs)
     WEIGHTS_STEP = "weights_step"  # the step whose weights the score comes from

@@ -199,6 +199,8 @@ class Objective:
             self._fail(trial, f"timeout: {exc}")
         finally:
             trial.set_user_attr(Attr.SECONDS, round(time.perf_counter() - start, 3))
+            if getattr(learner, "oom_halvings", 0):  # the vmap chunk that fitted the device
+                trial.set_user_attr(Attr.VMAP_CHUNK, learner.vmap_chunk)
         trial.set_user_attr(Attr.WEIGHTS_STEP, result.weights_step)  # the checkpoint the score comes from
         if self.multi_objective:
             return result.val_metric, float(n_params)
