@@ -239,6 +239,7 @@ def test_supernet_search_scores_candidates_on_inherited_weights_and_trains_the_b
         (["--strategy", "supernet", "--prescreen", "synflow"], "drop --prescreen 'synflow'"),
         (["--strategy", "supernet", "--supernet-steps", "0"], "--supernet-steps must be a positive integer, got 0"),
         (["--strategy", "dart"], "invalid choice: 'dart'"),
+        (["--strategy", "supernet", "--sampler", "nsga2"], "--strategy supernet cannot be used with --sampler nsga2"),
         (
             ["--strategy", "darts", "--prescreen", "params"],
             "--strategy darts derives one architecture; drop --prescreen",

@@ -205,6 +205,11 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
             f"--pruner {cfg.search.pruner!r} cannot be used with --sampler nsga2: Optuna cannot "
             "prune multi-objective studies; use --pruner none"
         )
+    if cfg.search.sampler == "nsga2" and cfg.search.strategy == "supernet":
+        raise ConfigError(
+            "--strategy supernet cannot be used with --sampler nsga2: candidates scored on inherited weights "
+            "are recorded as pruned trials, which multi-objective studies cannot hold; choose another --sampler"
+        )
     if cfg.search.sampler == "nsga2" and cfg.search.prescreen is not None:
         raise ConfigError(
             f"--prescreen {cfg.search.prescreen!r} cannot be used with --sampler nsga2: screened "
