@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": ("export", "load"),
+    "export_onnx": ("export", "export_onnx"),
     "load_space": ("spaces", "load_space"),
     "build": ("model.network", "build"),
 }

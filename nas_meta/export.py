@@ -13,6 +13,7 @@ of state dicts, read with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 from . import graph
 from .config import RunConfig
 from .data import load_dataset
-from .errors import DataError, StudyError
+from .errors import ConfigError, DataError, StudyError
 from .fileio import atomic_write_json, atomic_write_text
 from .model import network
 from .record import Attr, best_trials
@@ -32,6 +33,8 @@ from .retrain import load_weights, retrain, save_weights
 
 __all__ = [
     "load",
+    "export_onnx",
+    "require_onnx",
     "load_weights",
     "select_trials",
     "export_trials",
@@ -41,6 +44,8 @@ __all__ = [
 
 CARD_VERSION = 1
 WEIGHTS = "weights.pt"
+ONNX = "model.onnx"
+ONNX_OPSET = 18
 
 
 def input_spec(dataset: Any) -> dict[str, Any]:
@@ -107,6 +112,63 @@ def load(path: str | Path, *, weights: bool = True) -> nn.Module:
     return backbone.eval()
 
 
+def require_onnx() -> None:
+    """ConfigError in one line when the optional ONNX exporter's packages are missing."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"ONNX export needs {' and '.join(missing)}, which are not installed; pip install -e '.[onnx]'"
+        )
+
+
+def export_onnx(module: nn.Module, path: str | Path, input_shape: tuple[int, ...] | None = None) -> Path:
+    """Write ``module`` (a backbone: ``(B, *input_shape) -> (B, feature_dim)``) as an ONNX model
+    with a dynamic batch dimension (input ``images``, output ``features``).
+
+    BatchNorm keeps its meaning (the statistics of the batch it is given, as the learners use it),
+    written with mean and variance ops, so any ONNX runtime computes what ``nas_meta.load`` does.
+    The module itself is not changed.  Needs the ``onnx`` extra.
+    """
+    import copy
+
+    import torch
+
+    from .model.fused import unfused
+    from .model.ops import plain_ops
+
+    require_onnx()
+    shape: tuple[int, ...] = tuple(input_shape or getattr(module, "input_shape", None) or ())
+    if not shape:
+        raise ConfigError("export_onnx needs the input shape: pass input_shape=(C, H, W)")
+    model = copy.deepcopy(module).eval()
+    if isinstance(model, network.Backbone):
+        model.fuse(False)  # the fused CPU kernels are autograd Functions, not exportable ops
+    param = next(model.parameters(), None)
+    example = torch.rand(2, *shape, device=param.device if param is not None else "cpu")
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with plain_ops(), unfused(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress chatter
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes=({0: batch},),
+            opset_version=ONNX_OPSET,
+            verbose=False,
+        )
+    assert program is not None
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    program.save(str(tmp), external_data=False)
+    tmp.replace(target)  # nothing half-written
+    return target
+
+
 def read_card(folder: Path) -> dict[str, Any] | None:
     import json
 
@@ -134,11 +196,15 @@ def export_trials(
     out: Path,
     *,
     retrain_them: bool = False,
+    onnx: bool = False,
     progress: Any = None,
     log: Any = None,
 ) -> list[Exported]:
     """Write each trial's architecture files (and weights and test scores with ``retrain_them``,
-    trained on the classes ``cfg.learner.refit`` names: see :func:`retrain`)."""
+    trained on the classes ``cfg.learner.refit`` names: see :func:`retrain`; with ``onnx`` the
+    backbone, with its weights when retrained, as ``model.onnx``)."""
+    if onnx:
+        require_onnx()
     dataset = load_dataset(cfg.data)
     task = dataset.task
     exported = []
@@ -178,6 +244,12 @@ def export_trials(
             learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, log=log)
             save_weights(learner, folder / WEIGHTS)
             card["retrain"] = result
+            trained = learner.backbone
+            assert isinstance(trained, network.Backbone)
+            backbone = trained
+        if onnx:
+            export_onnx(backbone, folder / ONNX, tuple(dataset.input_shape))
+            card["onnx"] = {"file": ONNX, "opset": ONNX_OPSET, "input": "images", "output": "features"}
         graph.save_json(arch, folder / "arch.json")
         graph.save_graphml(arch, folder / "arch.graphml")
         from .viz.arch import draw_arch  # matplotlib only when a picture is written

@@ -3,7 +3,8 @@
 A user mistake is one line on stderr naming the bad value and the valid choices, exit code 2, no
 traceback, and nothing written.  Ctrl-C ends a search with exit code 130; running the same command
 again resumes it.  Anything else is a bug and keeps its traceback.  One module per group of
-commands (search.py: search, worker; export.py: export, evaluate; analyze.py: analyze, spaces);
+commands (search.py: search, worker; export.py: export, evaluate; analyze.py: analyze, spaces;
+dashboard.py: dashboard);
 common.py holds what they share.
 
     python cli.py search --space cell --algo maml
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import NasMetaError
-from . import analyze, export, search
+from . import analyze, dashboard, export, search
 from .common import PROG, Parser
 
 __all__ = ["main", "build_parser"]
@@ -26,7 +27,7 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Neural architecture search for few-shot learning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (search, export, analyze):
+    for module in (search, export, analyze, dashboard):
         module.add_parsers(sub)
     return parser
 

@@ -38,6 +38,11 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="meta-train from scratch with the study's recipe, meta-test on the test classes",
     )
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write each backbone as model.onnx (with its weights after --retrain); needs the onnx extra",
+    )
     add_refit_option(export)
     add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
@@ -81,10 +86,12 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_trials, select_trials
+    from ..export import export_trials, require_onnx, select_trials
     from ..search.study import find_studies, load_study, stored_config, study_task
 
     positive("top", args.top)
+    if args.onnx:
+        require_onnx()  # before anything is read or written
     [(name, url)] = find_studies([args.study], args.storage, args.results_dir)
     study = load_study(name, url)
     cfg = stored_config(study)
@@ -102,7 +109,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
     for item in export_trials(
-        study, cfg, trials, out, retrain_them=args.retrain, log=log, progress=step_printer() if args.retrain else None
+        study,
+        cfg,
+        trials,
+        out,
+        retrain_them=args.retrain,
+        onnx=args.onnx,
+        log=log,
+        progress=step_printer() if args.retrain else None,
     ):
         line = f"rank {item.rank}: trial #{item.trial} -> {item.folder}"
         if "retrain" in item.card:

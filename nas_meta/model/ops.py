@@ -18,8 +18,10 @@ edge whose op is ``none`` instead of making a node of it (see ``nas_meta.spaces`
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ __all__ = [
     "Pool2x2",
     "OpBuilder",
     "functorch_wrapped",
+    "plain_ops",
 ]
 
 OpBuilder = Callable[[int, int, int], nn.Module]
@@ -67,6 +70,21 @@ def _require(ok: bool, op: str, c_in: int, c_out: int, stride: int, rule: str) -
 # gradients under torch.func.vmap in torch 2.14 (pytorch/functorch#534), so inside a functorch
 # transform BatchNorm is written with mean/var ops; elsewhere the native kernel (exact, including
 # its double backward, and faster per MAML task on the CPU: bench/README.md).
+
+
+_PLAIN = threading.local()
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """In this thread, BatchNorm is written with mean/var ops, never the native kernel: for
+    exporters (ONNX) that would otherwise see a training-mode batch_norm."""
+    previous = getattr(_PLAIN, "on", False)
+    _PLAIN.on = True
+    try:
+        yield
+    finally:
+        _PLAIN.on = previous
 
 
 def functorch_wrapped(x: Tensor) -> bool:
@@ -103,7 +121,7 @@ class BatchNorm(_AffineNorm):
         return [d for d in range(x.dim()) if d != 1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not functorch_wrapped(x):
+        if not functorch_wrapped(x) and not getattr(_PLAIN, "on", False):
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(x)
 
