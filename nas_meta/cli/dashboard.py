@@ -6,6 +6,7 @@ python cli.py dashboard --study chain-protonet-glyphs          # http://127.0.0.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import sys
 from typing import Any
@@ -29,7 +30,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError("dashboard needs optuna-dashboard, which is not installed; pip install -e '.[dashboard]'")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    from optuna_dashboard import run_server
+    run_server = importlib.import_module("optuna_dashboard").run_server
 
     from ..search.study import find_studies, open_storage, redact_url
 
