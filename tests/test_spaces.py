@@ -233,8 +233,8 @@ def test_cell_output_concatenates_only_live_nodes(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("depth: [2]\nwidth: 8\n", r"space.yaml: missing key 'kind'; choose from \['cell', 'chain', 'mlp'\]"),
-        ("kind: dag\n", r"space.yaml: key 'kind' is 'dag'; choose from \['cell', 'chain', 'mlp'\]"),
+        ("depth: [2]\nwidth: 8\n", r"space.yaml: missing key 'kind'; choose from \['cell', 'chain', 'mlp', 'resnet'\]"),
+        ("kind: dag\n", r"space.yaml: key 'kind' is 'dag'; choose from \['cell', 'chain', 'mlp', 'resnet'\]"),
         ("kind: chain\nwidth: 8\n", r"space.yaml: key 'depth' is missing"),
         (
             "kind: chain\ndepth: four\nwidth: 8\n",
@@ -269,7 +269,8 @@ def test_malformed_yaml_names_the_file_and_the_key(tmp_path, text, message):
 
 
 def test_unknown_space_name_lists_the_shipped_ones():
-    with pytest.raises(SpaceError, match=r"unknown space 'cel'; choose from \['cell', 'chain', 'conv4', 'mlp'\]"):
+    shipped = r"\['cell', 'chain', 'conv4', 'mlp', 'mlp40', 'resnet12'\]"
+    with pytest.raises(SpaceError, match=r"unknown space 'cel'; choose from " + shipped):
         spaces.load_space("cel")
 
 
@@ -312,3 +313,49 @@ def test_cell_template_has_every_candidate_edge():
     template = spaces.load_space("cell").template()
     solid = [e for e in template.edges(data=True) if e[2].get("style", "solid") == "solid"]
     assert len(solid) == 2 + 3 + 4 + 5  # node k has k candidate inputs
+
+
+# --- the papers' reference networks as one-architecture spaces ----------------------------------
+
+
+def test_resnet12_has_the_published_parameter_count():
+    from nas_meta.model import network
+
+    space = spaces.load_space("resnet12")
+    assert space.size() == 1
+    arch = space.sample(random.Random(0))
+    # MetaOptNet (Lee et al. 2019) reports 12.4M for its ResNet-12 on 3-channel 84x84 images:
+    # per block (c_in -> c) 3 convs 3x3 + 1x1 shortcut, no bias, and 4 BatchNorms (2c each).
+    by_hand = sum(
+        c_in * c * 9 + 2 * c * c * 9 + c_in * c + 4 * 2 * c for c_in, c in [(3, 64), (64, 160), (160, 320), (320, 640)]
+    )
+    backbone = network.build(arch, (3, 84, 84), seed=0)
+    assert network.count_params(backbone) == by_hand == 12_424_320
+    assert backbone.feature_dim == 640 * 5 * 5  # 84 -> 42 -> 21 -> 10 -> 5
+    assert network.build(arch, (1, 28, 28)).feature_dim == 640
+
+
+def test_mlp40_is_the_maml_sinusoid_network():
+    from nas_meta.config import LearnerConfig
+    from nas_meta.learners import build_learner
+    from nas_meta.model import network
+
+    arch = spaces.load_space("mlp40").sample(random.Random(0))
+    backbone = network.build(arch, (1,), seed=0)
+    learner = build_learner(LearnerConfig(algo="maml"), backbone, feature_dim=40, ways=1, task="regression")
+    # 1-40-40-1 with biases (Finn et al. 2017): 80 + 1640 + 41
+    assert network.count_params(backbone) == 1_720
+    assert network.count_params(learner) == 1_761
+
+
+def test_a_resnet_space_with_choices_is_searchable(tmp_path):
+    path = tmp_path / "res.yaml"
+    path.write_text("kind: resnet\ndepth: [2, 3]\nwidth: [8, 16]\n")
+    space = spaces.load_space(path)
+    assert space.size() == 2**2 + 2**3
+    arch = space.sample(random.Random(1))
+    assert sum(1 for _, op in arch.nodes(data="op") if op == "conv_bn_3x3") == 3 * arch.graph["params"]["depth"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: resnet\ndepth: 4\nwidth: [[64, 160]]\n")
+    with pytest.raises(SpaceError, match=r"width.*needs 4 positive integers"):
+        spaces.load_space(bad)

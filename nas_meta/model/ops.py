@@ -291,6 +291,12 @@ def build_conv_bn_3x3(c_in: int, c_out: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), BatchNorm(c_out))
 
 
+@OPS.register("conv_bn_1x1")
+def build_conv_bn_1x1(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """A ResNet shortcut: 1x1 conv (no bias) and BN."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), BatchNorm(c_out))
+
+
 @OPS.register("proj_1x1")
 def build_proj_1x1(c_in: int, c_out: int, stride: int) -> nn.Module:
     """A residual shortcut: identity when the shape already fits, else a 1x1 conv (no bias)."""

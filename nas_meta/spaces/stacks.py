@@ -1,4 +1,5 @@
-"""The ``chain`` kind (stacked conv blocks, Conv-4 is one point) and the ``mlp`` kind."""
+"""The ``chain`` kind (stacked conv blocks, Conv-4 is one point), the ``resnet`` kind (residual
+blocks of three convs, ResNet-12 is one point) and the ``mlp`` kind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import networkx as nx
 from ..model.ops import ACTIVATIONS
 from .base import KINDS, REQUIRED, Choose, Reader, Space, one_of, options_text, positive_int
 
-__all__ = ["ChainSpace", "MlpSpace"]
+__all__ = ["ChainSpace", "MlpSpace", "ResNetSpace"]
 
 
 def _stack_template(space: Space, unit: str, edge_text: Callable[[int], str]) -> nx.DiGraph:
@@ -170,4 +171,82 @@ class MlpSpace(Space):
                 arch.add_node(node, **attrs, group=f"layer{layer}")
                 arch.add_edge(prev, node)
                 prev = node
+        return arch
+
+
+@KINDS.register("resnet")
+class ResNetSpace(Space):
+    """Residual blocks of the few-shot ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): per block
+    three 3x3 conv + BatchNorm (no bias), the activation after the first two, a 1x1 conv +
+    BatchNorm shortcut added before the third activation, then 2x2 max-pool.
+
+    Choices ``depth``, ``activation`` and per block b ``block<b>_width``.  ResNet-12 is depth 4,
+    widths 64, 160, 320, 640, leaky_relu (slope 0.1): search_spaces/resnet12.yaml.  A list of
+    lists in ``width`` fixes one width per block (``[[64, 160, 320, 640]]``).
+    """
+
+    kind = "resnet"
+    keys = ("depth", "width", "activation")
+
+    def __init__(self, name: str, path: Path, doc: dict[str, Any]) -> None:
+        super().__init__(name, path, doc)
+        r = Reader(doc, path, self.keys)
+        self.depth = r.options("depth", REQUIRED, positive_int, "a positive integer")
+        self.activation = r.options("activation", "leaky_relu", one_of(*ACTIVATIONS), f"one of {list(ACTIVATIONS)}")
+        widths = r.get("width", REQUIRED)
+        # A list of per-block widths (one per block, fixed), or width options shared by every block.
+        per_block = isinstance(widths, list) and len(widths) == 1 and isinstance(widths[0], list)
+        if per_block:
+            fixed = widths[0]
+            if len(fixed) != max(self.depth) or not all(positive_int(w) for w in fixed):
+                r.fail("width", f"[[w1, ..., wD]] needs {max(self.depth)} positive integers, got {fixed!r}")
+            self.block_widths: list[list[int]] = [[w] for w in fixed]
+        else:
+            options = r.options("width", REQUIRED, positive_int, "a positive integer")
+            self.block_widths = [list(options) for _ in range(max(self.depth))]
+        self._add_choice("depth", self.depth)
+        self._add_choice("activation", self.activation)
+        for b, options in enumerate(self.block_widths, start=1):
+            self._add_choice(f"block{b}_width", options)
+
+    def size(self) -> int:
+        activations = len(self.activation)
+        return activations * sum(math.prod(len(o) for o in self.block_widths[:d]) for d in self.depth)
+
+    def template(self) -> nx.DiGraph:
+        return _stack_template(
+            self,
+            "block",
+            lambda b: (
+                f"3 x conv 3x3 + BN, width {options_text(self.block_widths[b - 1])}\n"
+                f"{options_text(self.activation)}, 1x1 shortcut, max-pool"
+            ),
+        )
+
+    def _build(self, choose: Choose) -> nx.DiGraph:
+        depth = choose("depth", self.depth)
+        activation = choose("activation", self.activation)
+        arch = nx.DiGraph()
+        arch.add_node("input", op="input")
+        prev = "input"
+        for b in range(1, depth + 1):
+            width = choose(f"block{b}_width", self.block_widths[b - 1])
+            tag = {"group": f"block{b}"}
+            block_input = prev
+            for i in (1, 2, 3):
+                arch.add_node(f"b{b}_conv{i}", op="conv_bn_3x3", c_out=width, **tag)
+                arch.add_edge(prev, f"b{b}_conv{i}")
+                prev = f"b{b}_conv{i}"
+                if i < 3:
+                    arch.add_node(f"b{b}_act{i}", op=activation, **tag)
+                    arch.add_edge(prev, f"b{b}_act{i}")
+                    prev = f"b{b}_act{i}"
+            arch.add_node(f"b{b}_shortcut", op="conv_bn_1x1", c_out=width, **tag)
+            arch.add_edge(block_input, f"b{b}_shortcut")
+            arch.add_node(f"b{b}_act3", op=activation, **tag)  # sums the third conv and the shortcut
+            arch.add_edge(prev, f"b{b}_act3")
+            arch.add_edge(f"b{b}_shortcut", f"b{b}_act3")
+            arch.add_node(f"b{b}_pool", op="max_pool_2x2", **tag)
+            arch.add_edge(f"b{b}_act3", f"b{b}_pool")
+            prev = f"b{b}_pool"
         return arch
