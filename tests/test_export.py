@@ -212,3 +212,15 @@ def test_export_retrain_with_its_own_budget(searched, tmp_path):
     assert main(args) == 0
     card = json.loads((out / "rank1" / "card.json").read_text())
     assert card["retrain"]["iterations"] == 9 != cfg.learner.iterations
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_evaluate_refuses_a_space_name_that_is_also_a_path_here(tmp_path, capsys, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conv4").mkdir() if kind == "folder" else (tmp_path / "conv4").write_text("{}")
+    assert main(["evaluate", "conv4", "--preset", "smoke", "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"nas-meta: error: 'conv4' is both a shipped space and a {kind} here; write ./conv4 for the {kind}, "
+        "or run from another folder for the space"
+    ]

@@ -130,11 +130,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..export import read_card
     from ..graph import load_json
     from ..retrain import evaluate_arch
+    from ..spaces import list_spaces
 
     for name in ("ways", "shots", "queries", "episodes"):
         positive(name, getattr(args, name))
     path = Path(args.arch)
-    card = (read_card(path if path.is_dir() else path.parent) or {}) if path.exists() else {}
+    is_space = "/" not in args.arch and args.arch in list_spaces()  # a shipped space's name
+    if is_space and path.exists():
+        what = "folder" if path.is_dir() else "file"
+        raise ConfigError(
+            f"{args.arch!r} is both a shipped space and a {what} here; write ./{args.arch} for the {what}, "
+            "or run from another folder for the space"
+        )
+    from_files = path.exists() and not is_space
+    card = (read_card(path if path.is_dir() else path.parent) or {}) if from_files else {}
     data: dict[str, Any] = {
         "dataset": args.dataset or card.get("dataset", "glyphs"),
         **data_overrides(args),
@@ -162,7 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.within_alphabet:
         data["within_alphabet"] = True
     cfg = make_config(args.preset, data=data, learner=learner, seed=args.seed, device=args.device)
-    if path.exists():
+    if from_files:
         arch = load_json(path / "arch.json" if path.is_dir() else path)
     else:  # a space with exactly one architecture, such as conv4
         from ..search.runner import load_known_arch
