@@ -13,7 +13,7 @@ Registered datasets: ``glyphs`` (built in, procedural), ``omniglot``, ``folder``
 
 from __future__ import annotations
 
-from . import cifar_fs, folder, glyphs, omniglot, sinusoid  # noqa: F401  (registers the datasets)
+from . import benchmarks, cifar_fs, folder, glyphs, omniglot, sinusoid  # noqa: F401  (registers the datasets)
 from .base import DATASETS, SPLITS, Dataset, ImageDataset, load_dataset
 from .sampler import Episodes, EpisodeSampler
 
