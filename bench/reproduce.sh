@@ -31,8 +31,8 @@ rows=(
   conv4-protonet-5w1s conv4-protonet-5w5s conv4-protonet-20w1s conv4-protonet-20w1s-within conv4-protonet-20w5s
   conv4-maml-5w1s conv4-maml-5w5s conv4-maml-20w1s conv4-maml-20w1s-within conv4-maml-20w5s
   search-protonet-chain search-protonet-cell search-maml-chain search-maml-cell
-  glyphs-conv4-protonet glyphs-search-protonet-chain
-  sinusoid-search-maml-5shot sinusoid-search-maml-10shot
+  glyphs-conv4-protonet glyphs-resnet12-protonet glyphs-search-protonet-chain
+  sinusoid-mlp40-maml-5shot sinusoid-mlp40-maml-10shot sinusoid-search-maml-5shot sinusoid-search-maml-10shot
   conv4-maml-5w1s-long search-maml-chain-long
 )
 
@@ -110,6 +110,13 @@ for row in "${selected[@]}"; do
     glyphs-conv4-protonet)
       run "$row" "$py" "$root/cli.py" evaluate conv4 --algo protonet --iterations "$ITER" --preset "$PRESET" --seed "$SEED" \
         --cache-dir "$out/cache" ;;
+    glyphs-resnet12-protonet)  # the few-shot ResNet-12 beside Conv-4, same budget
+      run "$row" "$py" "$root/cli.py" evaluate resnet12 --algo protonet --iterations "$ITER" --preset "$PRESET" \
+        --seed "$SEED" --cache-dir "$out/cache" ;;
+    sinusoid-mlp40-maml-5shot|sinusoid-mlp40-maml-10shot)  # MAML's 40-40 network beside the searched MLP
+      shots="${row#sinusoid-mlp40-maml-}"; shots="${shots%shot}"
+      run "$row" "$py" "$root/cli.py" evaluate mlp40 --algo maml --dataset sinusoid --shots "$shots" \
+        --iterations "$ITER" --preset "$PRESET" --seed "$SEED" --cache-dir "$out/cache" ;;
     glyphs-search-protonet-chain) searched "$row" protonet chain 12 ;;
     sinusoid-search-maml-5shot)  searched "$row" maml mlp 8 --dataset sinusoid --shots 5 ;;
     sinusoid-search-maml-10shot) searched "$row" maml mlp 8 --dataset sinusoid --shots 10 ;;

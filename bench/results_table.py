@@ -266,6 +266,14 @@ def other_datasets(out: Path) -> list[str]:
     lines.append(
         f"| glyphs | protonet | Conv-4 | 5-way 1-shot | {pm(base)} | {conv4_params():,} | `glyphs-conv4-protonet` |"
     )
+    for name, dataset, algo, backbone, task, shape in (
+        ("glyphs-resnet12-protonet", "glyphs", "protonet", "resnet12", "5-way 1-shot", (1, 28, 28)),
+        ("sinusoid-mlp40-maml-5shot", "sinusoid", "maml", "mlp40", "5-shot regression", (1,)),
+        ("sinusoid-mlp40-maml-10shot", "sinusoid", "maml", "mlp40", "10-shot regression", (1,)),
+    ):
+        params = network.count_params(network.build(load_space(backbone).sample(random.Random(0)), shape))
+        shown = pm(parse_log(out / f"{name}.log"))
+        lines.append(f"| {dataset} | {algo} | {backbone} (baseline) | {task} | {shown} | {params:,} | `{name}` |")
     for name, dataset, algo, task in (
         ("glyphs-search-protonet-chain", "glyphs", "protonet", "5-way 1-shot"),
         ("sinusoid-search-maml-5shot", "sinusoid", "maml", "5-shot regression"),
