@@ -189,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     task = "classification" if test["metric"] == "accuracy" else "regression"
     d = cfg.data
+    shape = f"{d.ways}-way {d.shots}-shot" if task == "classification" else f"{d.shots}-shot regression"
     print(
-        f"{cfg.learner.algo} on {d.dataset} test classes, {d.ways}-way {d.shots}-shot, "
+        f"{cfg.learner.algo} on {d.dataset} test {'classes' if task == 'classification' else 'tasks'}, {shape}, "
         f"{test['episodes']} episodes{', within alphabets' if d.within_alphabet else ''}: "
         f"{test['metric']} {format_test(test, task)} (95% CI)"
         + (
