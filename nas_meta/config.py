@@ -27,6 +27,8 @@ __all__ = [
     "make_config",
     "DEVICES",
     "is_device_name",
+    "MAX_COUNTS",
+    "check_count",
     "LR_SCHEDULES",
     "CHECKPOINTS",
     "REFITS",
@@ -57,6 +59,42 @@ DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --pr
 STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
+
+
+# The largest value accepted for each count a user gives (CLI option, config JSON): far past any
+# few-shot run, so a value past it is a typo that would otherwise allocate or loop for hours.
+MAX_COUNTS: dict[str, int] = {
+    "ways": 1_000,
+    "shots": 1_000,
+    "queries": 1_000,
+    "glyph_classes": 100_000,
+    "glyph_samples": 1_000,
+    "image_size": 1_024,
+    "meta_batch": 1_024,
+    "iterations": 10_000_000,
+    "eval_every": 10_000_000,
+    "val_episodes": 1_000_000,
+    "test_episodes": 1_000_000,
+    "inner_steps": 1_000,
+    "test_inner_steps": 1_000,
+    "train_ways": 1_000,
+    "trials": 1_000_000,
+    "prescreen_pool": 100_000,
+    "supernet_steps": 10_000_000,
+}
+
+
+def check_count(name: str, value: Any, *, low: int = 1, flag: str | None = None) -> None:
+    """ConfigError unless ``value`` is an integer from ``low`` to ``MAX_COUNTS[name]``."""
+    flag = flag or f"--{name.replace('_', '-')}"
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        if low == 0:
+            kind = "a non-negative integer"
+        raise ConfigError(f"{flag} must be {kind}, got {value!r}")
+    high = MAX_COUNTS[name]
+    if value > high:
+        raise ConfigError(f"{flag} must be at most {high:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -90,11 +128,11 @@ class DataConfig:
 
     def validate(self) -> None:
         for name in ("ways", "shots", "queries", "glyph_classes", "glyph_samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 4):
-            raise ConfigError(f"--image-size must be an integer >= 4, got {self.image_size!r}")
+            check_count(name, getattr(self, name))
+        if self.image_size is not None:
+            if not isinstance(self.image_size, int) or self.image_size < 4:
+                raise ConfigError(f"--image-size must be an integer >= 4, got {self.image_size!r}")
+            check_count("image_size", self.image_size, low=4)
         if self.ways < 2:
             raise ConfigError(f"--ways must be at least 2 for classification, got {self.ways}")
         for name in ("rotations", "augment", "within_alphabet", "download"):
@@ -133,21 +171,15 @@ class LearnerConfig:
         if not isinstance(self.algo, str) or not self.algo:
             raise ConfigError(f"algo must be a learner's name, got {self.algo!r}")
         for name in ("meta_batch", "iterations", "eval_every", "val_episodes", "test_episodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_count(name, getattr(self, name), flag=name)
         for name in ("inner_steps", "test_inner_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+            check_count(name, getattr(self, name), low=0, flag=name)
         for name in ("inner_lr", "outer_lr", "grad_clip"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.train_ways is not None and (
-            not isinstance(self.train_ways, int) or isinstance(self.train_ways, bool) or self.train_ways < 2
-        ):
-            raise ConfigError(f"--train-ways must be an integer of at least 2, got {self.train_ways!r}")
+        if self.train_ways is not None:
+            check_count("train_ways", self.train_ways, low=2)
         wd = self.weight_decay
         if not isinstance(wd, (int, float)) or isinstance(wd, bool) or not 0 <= wd < float("inf"):
             raise ConfigError(f"--weight-decay must be a number >= 0, got {wd!r}")
@@ -189,20 +221,16 @@ class SearchConfig:
         for name in ("sampler", "pruner"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
-        if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
-            raise ConfigError(f"--trials must be a positive integer, got {self.trials!r}")
+        check_count("trials", self.trials)
         pool = self.prescreen_pool
-        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
-            raise ConfigError(f"--prescreen-pool must be a positive integer, got {pool!r}")
+        check_count("prescreen_pool", pool)
         if self.prescreen is None and pool > 1:
             raise ConfigError(f"--prescreen-pool {pool} needs --prescreen PROXY (the score that picks from the pool)")
         if self.prescreen is not None and pool < 2:
             raise ConfigError(f"--prescreen {self.prescreen!r} needs --prescreen-pool of at least 2, got {pool}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
-        steps = self.supernet_steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ConfigError(f"--supernet-steps must be a positive integer, got {steps!r}")
+        check_count("supernet_steps", self.supernet_steps)
         if self.strategy == "supernet" and self.prescreen != "supernet":
             raise ConfigError(
                 f"--strategy supernet scores candidates by their inherited weights; drop --prescreen {self.prescreen!r}"

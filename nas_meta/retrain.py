@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import REFITS, RunConfig
 from .data import Dataset, load_dataset
-from .data.episodes import TEST_SEED_OFFSET, episode_samplers, test_sampler
+from .data.episodes import TEST_SEED_OFFSET, check_memory, episode_samplers, test_sampler
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .learners import build_learner, meta_test, meta_train, resolve_device
@@ -48,6 +48,7 @@ def evaluate_arch(
     device = resolve_device(cfg.device)
     test = test_sampler(cfg, dataset, device)  # episodes that cannot be drawn: refused before anything
     if weights is None:
+        check_memory(cfg, dataset, device)  # a training step that cannot fit: refused with the estimate
         if log is not None:
             log(f"no weights: meta-training first ({cfg.preset} budget, {cfg.learner.iterations} steps)")
         learner, result = retrain(cfg, arch, dataset=dataset, device=device, progress=progress, test=test)

@@ -238,11 +238,11 @@ def test_cell_output_concatenates_only_live_nodes(tmp_path):
         ("kind: chain\nwidth: 8\n", r"space.yaml: key 'depth' is missing"),
         (
             "kind: chain\ndepth: four\nwidth: 8\n",
-            r"space.yaml: key 'depth' must be a positive integer or a list of them, got 'four'",
+            r"space.yaml: key 'depth' must be a positive integer up to 64 or a list of them, got 'four'",
         ),
         (
             "kind: chain\ndepth: []\nwidth: 8\n",
-            r"space.yaml: key 'depth' must be a positive integer or a non-empty list",
+            r"space.yaml: key 'depth' must be a positive integer up to 64 or a non-empty list",
         ),
         ("kind: chain\ndepth: 2\nwidth: 8\npool: mean\n", r"space.yaml: key 'pool' must be 'max', 'avg' or 'none'"),
         ("kind: chain\ndepth: 2\nwidth: 8\nwidht: 9\n", r"space.yaml: key 'widht' is not a key of a chain space"),
@@ -252,7 +252,7 @@ def test_cell_output_concatenates_only_live_nodes(tmp_path):
         ),
         ("kind: cell\nops: sep_conv_3x3\n", r"space.yaml: key 'ops' must be a non-empty list of op names"),
         ("kind: cell\nops: [none]\n", r"space.yaml: key 'ops' must list distinct ops, not only 'none'"),
-        ("kind: cell\nnodes: 2.5\n", r"space.yaml: key 'nodes' must be a positive integer, got 2.5"),
+        ("kind: cell\nnodes: 2.5\n", r"space.yaml: key 'nodes' must be a positive integer up to 16, got 2.5"),
         (
             "kind: cell\nlayout: [normal, big]\n",
             r"space.yaml: key 'layout' must be a non-empty list of 'normal' / 'reduce'",
@@ -357,5 +357,5 @@ def test_a_resnet_space_with_choices_is_searchable(tmp_path):
     assert sum(1 for _, op in arch.nodes(data="op") if op == "conv_bn_3x3") == 3 * arch.graph["params"]["depth"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: resnet\ndepth: 4\nwidth: [[64, 160]]\n")
-    with pytest.raises(SpaceError, match=r"width.*needs 4 positive integers"):
+    with pytest.raises(SpaceError, match=r"width.*needs 4 positive integers up to 4096"):
         spaces.load_space(bad)

@@ -33,8 +33,10 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
+from ..errors import DataError
 from .base import DATASETS, ImageDataset, split_by_fraction
 from .cache import cached_tensors
+from .episodes import available_bytes
 
 __all__ = ["build_glyphs", "make_glyphs", "GLYPH_VERSION"]
 
@@ -229,6 +231,15 @@ def make_glyphs(n_classes: int, n_samples: int, *, size: int = 28, seed: int = 0
 def build_glyphs(cfg: DataConfig) -> ImageDataset:
     """The built-in procedural characters (see the module docstring); cached in ``cfg.cache_dir``."""
     size = cfg.image_size or 28
+    # The images live in memory as uint8 (and are drawn in float first): refuse a size that cannot.
+    need = cfg.glyph_classes * cfg.glyph_samples * size * size * 5
+    free = available_bytes(None)
+    if free is not None and need > free:
+        raise DataError(
+            f"glyphs of {cfg.glyph_classes:,} classes x {cfg.glyph_samples:,} drawings of {size}x{size} need about "
+            f"{need / 2**30:,.1f} GiB; this machine has {free / 2**30:,.1f} GiB free; lower --glyph-classes, "
+            "--glyph-samples or --image-size"
+        )
     key = {
         "dataset": "glyphs",
         "version": GLYPH_VERSION,

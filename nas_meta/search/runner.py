@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,14 @@ import pandas as pd
 from .. import graph
 from ..config import RunConfig
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..data.episodes import check_memory
+from ..errors import ConfigError, SpaceError
 from ..fileio import atomic_write, atomic_write_json
 from ..learners import resolve_device
 from ..learners.train import amp_dtype, check_compile
 from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
-from ..spaces import load_space
+from ..spaces import Space, load_space
 from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
 from .study import (
@@ -116,10 +118,31 @@ def prepare(cfg: RunConfig) -> Prepared:
     check_compile(device, cfg.learner.compile)
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
+    check_memory(cfg, dataset, device)  # a step that cannot fit: refused now, with the estimate
+    check_space_fits(space, dataset.input_shape)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
     enqueued = [resolve_known_arch(entry, dataset.input_shape) for entry in cfg.search.enqueue]
     study_name = cfg.search.study or default_study_name(cfg)
     return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks, enqueued)
+
+
+def check_space_fits(space: Space, input_shape: tuple[int, ...], tries: int = 8) -> None:
+    """ConfigError when none of ``tries`` sampled architectures compiles for the dataset's inputs
+    (a conv space on vectors): the search would only fail every trial.  One that fits is enough;
+    single candidates that do not fit still fail as trials."""
+    from ..model import network
+
+    rng = random.Random(0)
+    first = ""
+    for _ in range(tries):
+        try:
+            network.build(space.sample(rng), input_shape)
+            return
+        except SpaceError as exc:
+            first = first or str(exc)
+    raise ConfigError(
+        f"no architecture of space {space.name!r} fits the dataset's inputs {tuple(input_shape)}: {first}"
+    )
 
 
 def load_known_arch(entry: str) -> tuple[str, nx.DiGraph]:

@@ -29,7 +29,20 @@ from ..errors import SpaceError
 from ..model.ops import OPS
 from ..registry import Registry
 
-__all__ = ["Space", "KINDS", "SPACES_DIR", "Choose", "load_space", "list_spaces", "draw_space"]
+__all__ = [
+    "Space",
+    "KINDS",
+    "SPACES_DIR",
+    "Choose",
+    "load_space",
+    "list_spaces",
+    "draw_space",
+    "MAX_DEPTH",
+    "MAX_WIDTH",
+    "MAX_CELL_NODES",
+    "MAX_CELLS",
+    "MAX_OPTIONS",
+]
 
 Choose = Callable[[str, list], Any]
 
@@ -70,6 +83,8 @@ class Reader:
         values = value if isinstance(value, list) else [value]
         if not values:
             self.fail(key, f"must be {what} or a non-empty list of them, got []")
+        if len(values) > MAX_OPTIONS:
+            self.fail(key, f"lists {len(values):,} options; at most {MAX_OPTIONS} are allowed")
         for item in values:
             if not check(item):
                 self.fail(key, f"must be {what} or a list of them, got {item!r}")
@@ -79,6 +94,20 @@ class Reader:
 
 
 REQUIRED = object()
+
+
+# Bounds of a space file's numbers, checked before anything is built: no few-shot backbone comes
+# near them, and past them a file is a mistake that would otherwise run for hours or exhaust memory.
+MAX_DEPTH = 64  # blocks or layers of a chain, resnet or mlp space
+MAX_CELL_NODES = 16  # intermediate nodes of a cell
+MAX_CELLS = 32  # cells in a layout
+MAX_OPTIONS = 256  # options one key may list
+MAX_WIDTH = graph.MAX_WIDTH
+
+
+def bounded_int(high: int) -> Callable[[Any], bool]:
+    """A positive integer up to ``high``."""
+    return lambda x: positive_int(x) and x <= high
 
 
 def positive_int(x: Any) -> bool:

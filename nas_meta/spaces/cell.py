@@ -10,7 +10,18 @@ from typing import Any
 import networkx as nx
 
 from ..model.ops import DARTS_OPS, OPS, ZERO
-from .base import KINDS, Choose, Reader, Space, one_of, options_text, positive_int
+from .base import (
+    KINDS,
+    MAX_CELL_NODES,
+    MAX_CELLS,
+    MAX_WIDTH,
+    Choose,
+    Reader,
+    Space,
+    bounded_int,
+    one_of,
+    options_text,
+)
 
 __all__ = ["CellSpace", "build_cells"]
 
@@ -48,14 +59,26 @@ class CellSpace(Space):
             r.fail("ops", f"must list distinct ops, not only 'none', got {ops}")
         self.ops: list[str] = ops
         self.nodes: int = r.get("nodes", 4)
-        if not positive_int(self.nodes):
-            r.fail("nodes", f"must be a positive integer, got {self.nodes!r}")
+        if not bounded_int(MAX_CELL_NODES)(self.nodes):
+            r.fail("nodes", f"must be a positive integer up to {MAX_CELL_NODES}, got {self.nodes!r}")
         layout = r.get("layout", ["normal", "reduce", "normal", "reduce"])
         if not isinstance(layout, list) or not layout or any(t not in ("normal", "reduce") for t in layout):
             r.fail("layout", f"must be a non-empty list of 'normal' / 'reduce', got {layout!r}")
+        if len(layout) > MAX_CELLS:
+            r.fail("layout", f"lists {len(layout)} cells; at most {MAX_CELLS} are allowed")
         self.layout: list[str] = layout
-        self.channels = r.options("channels", 8, positive_int, "a positive integer")
-        self.stem_channels = r.options("stem_channels", 16, positive_int, "a positive integer")
+        width = bounded_int(MAX_WIDTH), f"a positive integer up to {MAX_WIDTH}"
+        self.channels = r.options("channels", 8, *width)
+        self.stem_channels = r.options("stem_channels", 16, *width)
+        # Sizes that only combine into trouble: each reduce cell doubles C, and a cell's output
+        # concatenates its nodes.  The widest output is estimated here, before anything is built.
+        widest = max(self.channels) * 2 ** layout.count("reduce") * self.nodes
+        if widest > MAX_WIDTH:
+            r.fail(
+                "layout",
+                f"with channels {max(self.channels)}, {layout.count('reduce')} reduce cells and {self.nodes} nodes "
+                f"makes cell outputs {widest:,} channels wide; at most {MAX_WIDTH} are allowed",
+            )
         self.stem_stride = r.options("stem_stride", 2, one_of(1, 2), "1 or 2")
         self._add_choice("channels", self.channels)
         self._add_choice("stem_channels", self.stem_channels)

@@ -11,7 +11,21 @@ from typing import Any
 import networkx as nx
 
 from ..model.ops import ACTIVATIONS
-from .base import KINDS, REQUIRED, Choose, Reader, Space, one_of, options_text, positive_int
+from .base import (
+    KINDS,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    REQUIRED,
+    Choose,
+    Reader,
+    Space,
+    bounded_int,
+    one_of,
+    options_text,
+)
+
+DEPTH = bounded_int(MAX_DEPTH), f"a positive integer up to {MAX_DEPTH}"
+WIDTH = bounded_int(MAX_WIDTH), f"a positive integer up to {MAX_WIDTH}"
 
 __all__ = ["ChainSpace", "MlpSpace", "ResNetSpace"]
 
@@ -63,11 +77,11 @@ class ChainSpace(Space):
     def __init__(self, name: str, path: Path, doc: dict[str, Any]) -> None:
         super().__init__(name, path, doc)
         r = Reader(doc, path, self.keys)
-        self.depth = r.options("depth", REQUIRED, positive_int, "a positive integer")
+        self.depth = r.options("depth", REQUIRED, *DEPTH)
         self.norm = r.options("norm", "batch", one_of("batch", "instance", "none"), "'batch', 'instance' or 'none'")
         self.activation = r.options("activation", "relu", one_of(*ACTIVATIONS), f"one of {list(ACTIVATIONS)}")
         self.per_block = {
-            "width": r.options("width", REQUIRED, positive_int, "a positive integer"),
+            "width": r.options("width", REQUIRED, *WIDTH),
             "kernel": r.options("kernel", 3, one_of(1, 3, 5, 7), "1, 3, 5 or 7"),
             "pool": r.options("pool", "max", one_of("max", "avg", "none"), "'max', 'avg' or 'none'"),
             "skip": r.options("skip", False, one_of(False, True), "true or false"),
@@ -139,9 +153,9 @@ class MlpSpace(Space):
     def __init__(self, name: str, path: Path, doc: dict[str, Any]) -> None:
         super().__init__(name, path, doc)
         r = Reader(doc, path, self.keys)
-        self.depth = r.options("depth", REQUIRED, positive_int, "a positive integer")
+        self.depth = r.options("depth", REQUIRED, *DEPTH)
         self.activation = r.options("activation", "relu", one_of(*ACTIVATIONS), f"one of {list(ACTIVATIONS)}")
-        self.per_block = {"width": r.options("width", REQUIRED, positive_int, "a positive integer")}
+        self.per_block = {"width": r.options("width", REQUIRED, *WIDTH)}
         self._add_choice("depth", self.depth)
         self._add_choice("activation", self.activation)
         _block_choices(self, "layer", self.per_block, self.depth)
@@ -191,18 +205,21 @@ class ResNetSpace(Space):
     def __init__(self, name: str, path: Path, doc: dict[str, Any]) -> None:
         super().__init__(name, path, doc)
         r = Reader(doc, path, self.keys)
-        self.depth = r.options("depth", REQUIRED, positive_int, "a positive integer")
+        self.depth = r.options("depth", REQUIRED, *DEPTH)
         self.activation = r.options("activation", "leaky_relu", one_of(*ACTIVATIONS), f"one of {list(ACTIVATIONS)}")
         widths = r.get("width", REQUIRED)
         # A list of per-block widths (one per block, fixed), or width options shared by every block.
         per_block = isinstance(widths, list) and len(widths) == 1 and isinstance(widths[0], list)
         if per_block:
             fixed = widths[0]
-            if len(fixed) != max(self.depth) or not all(positive_int(w) for w in fixed):
-                r.fail("width", f"[[w1, ..., wD]] needs {max(self.depth)} positive integers, got {fixed!r}")
+            if len(fixed) != max(self.depth) or not all(WIDTH[0](w) for w in fixed):
+                r.fail(
+                    "width",
+                    f"[[w1, ..., wD]] needs {max(self.depth)} positive integers up to {MAX_WIDTH}, got {fixed!r}",
+                )
             self.block_widths: list[list[int]] = [[w] for w in fixed]
         else:
-            options = r.options("width", REQUIRED, positive_int, "a positive integer")
+            options = r.options("width", REQUIRED, *WIDTH)
             self.block_widths = [list(options) for _ in range(max(self.depth))]
         self._add_choice("depth", self.depth)
         self._add_choice("activation", self.activation)
