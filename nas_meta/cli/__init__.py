@@ -50,6 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NasMetaError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The system refused a path while writing or reading (disk full, permissions changed,
+        # a folder removed mid-run): one line naming it.  Atomic writes leave nothing half-written.
+        if exc.filename is None:
+            raise
+        print(f"{PROG}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..analyze import FORMATS
-from .common import add_study_options
+from .common import add_study_options, check_file, check_folder
 
 
 def add_parsers(sub: Any) -> None:
@@ -35,6 +34,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..fileio import atomic_write_text
     from ..search.study import find_studies, load_study, stored_config, study_task
 
+    if args.out:
+        check_file(args.out, "--out")
+    if args.plots:
+        check_folder(args.plots, "--plots")
     entries = []
     for name, url in find_studies(args.study, args.storage, args.results_dir):
         study = load_study(name, url)
@@ -81,7 +84,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
     if args.show:
         space = spaces.load_space(args.show)
-        out = Path(args.out or f"{space.name}.png")
+        out = check_file(args.out or f"{space.name}.png", "--out")
         spaces.draw_space(space, out)
         print(f"wrote {out}")
         return 0

@@ -25,6 +25,37 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def check_folder(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder the run can write into: it is one, or can be created (its first
+    existing ancestor is a writable folder).  ConfigError in one line naming the path otherwise."""
+    folder = Path(path).expanduser()
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == folder:
+            raise ConfigError(f"{flag} {str(folder)!r} is a file, not a folder")
+        raise ConfigError(f"{flag} {str(folder)!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {str(folder)!r} is not writable: no permission to write in {str(probe)!r}")
+    return folder
+
+
+def check_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a file the run can write: not a folder, in a folder that is or can be made."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"{flag} {str(file)!r} is a folder, not a file")
+    probe = file.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {str(file)!r} cannot be written: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {str(file)!r} is not writable: no permission to write in {str(probe)!r}")
+    return file
+
+
 def default_cache_dir() -> str:
     """Where generated and preprocessed datasets are kept between runs (XDG convention)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -43,7 +74,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir(), "download": args.download}
+    cache = args.cache_dir or default_cache_dir()
+    check_folder(cache, "--cache-dir")
+    data: dict[str, Any] = {"cache_dir": cache, "download": args.download}
     for name in ("data_root", "split", "image_size", "rotations", "augment"):
         if getattr(args, name, None) is not None:
             data[name] = getattr(args, name)

@@ -16,6 +16,8 @@ from .common import (
     add_refit_option,
     add_study_options,
     budget_overrides,
+    check_file,
+    check_folder,
     data_overrides,
     default_cache_dir,
     format_test,
@@ -95,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     [(name, url)] = find_studies([args.study], args.storage, args.results_dir)
     study = load_study(name, url)
     cfg = stored_config(study)
-    data: dict[str, Any] = {"cache_dir": args.cache_dir or default_cache_dir()}
+    data: dict[str, Any] = {"cache_dir": str(check_folder(args.cache_dir or default_cache_dir(), "--cache-dir"))}
     if args.data_root:
         data["data_root"] = args.data_root
     if args.refit is not None and not args.retrain:
@@ -106,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = cfg.replace(data=data, learner=learner).validate()
     task = study_task(study)
     trials = select_trials(study, task, top=args.top, pareto=args.pareto)
-    out = Path(args.out) if args.out else Path(args.results_dir) / name / "export"
+    out = check_folder(args.out, "--out") if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
     for item in export_trials(
         study,
@@ -177,6 +179,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from ..search.runner import load_known_arch
 
         arch = load_known_arch(args.arch)[1]
+    if args.save_weights:
+        check_file(args.save_weights, "--save-weights")
     if args.weights is not None and args.save_weights:
         raise ConfigError("--save-weights keeps weights trained here; with --weights nothing is trained")
     test = evaluate_arch(

@@ -23,6 +23,7 @@ from .common import (
     add_data_options,
     add_recipe_options,
     budget_overrides,
+    check_folder,
     data_overrides,
     default_cache_dir,
     graceful_interrupt,
@@ -221,6 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.n_workers < 1:
         raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
     devices = parse_devices(args.devices)
+    check_folder(cfg.results_dir, "--results-dir")
     print(
         f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
         f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
@@ -277,7 +279,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {"data": {"cache_dir": args.cache_dir or default_cache_dir()}}
+    overrides: dict[str, Any] = {
+        "data": {"cache_dir": str(check_folder(args.cache_dir or default_cache_dir(), "--cache-dir"))}
+    }
     if args.data_root:
         overrides["data"]["data_root"] = args.data_root
     if args.device:

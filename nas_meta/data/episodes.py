@@ -102,6 +102,10 @@ def check_memory(cfg: RunConfig, dataset: Dataset, device: Any, available: int |
         d = cfg.data
         raise ConfigError(
             f"--meta-batch {cfg.learner.meta_batch} x {d.ways} ways x ({d.shots} shots + {d.queries} queries) of "
-            f"{'x'.join(map(str, dataset.input_shape))} inputs needs at least {need / 2**30:,.1f} GiB per step; "
-            f"this {getattr(device, 'type', 'cpu')} has {free / 2**30:,.1f} GiB free; lower one of them"
+            f"{'x'.join(map(str, dataset.input_shape))} inputs needs at least {_size(need)} per step; "
+            f"this {getattr(device, 'type', 'cpu')} has {_size(free)} free; lower one of them"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
