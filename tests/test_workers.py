@@ -210,3 +210,59 @@ def test_each_worker_samples_from_its_own_seed_and_the_same_index_repeats(tmp_pa
     assert first[0] == first[2] and first[0] != first[1]
     expected = __import__("optuna").samplers.RandomSampler(seed=3 + 2)._rng.rng.randint(0, 2**31)
     assert first[1] == expected
+
+
+def _sqlite_study(tmp_path, name="drop"):
+    return optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path}/drop.db")
+
+
+def test_a_dropped_storage_connection_is_waited_out_and_the_orphaned_trial_retried(tmp_path, monkeypatch):
+    from nas_meta.search import workers
+
+    monkeypatch.setattr(workers, "BACKOFF_SECONDS", (0.0, 0.0, 0.0))
+    study = _sqlite_study(tmp_path)
+    real_optimize = study.optimize
+    drops = {"left": 2}
+
+    def flaky_optimize(func, **kwargs):
+        if drops["left"]:
+            drops["left"] -= 1
+            # The drop hits mid-trial: the trial stays RUNNING under this worker's name.
+            orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+            orphan.set_user_attr(Attr.WORKER, worker_identity())
+            raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+        return real_optimize(func, **kwargs)
+
+    monkeypatch.setattr(study, "optimize", flaky_optimize)
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1)
+
+    ran = workers.optimize_until(study, objective, target=3)
+    assert ran == 3 and len(counted_trials(study)) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # none left RUNNING
+    orphans = [
+        t
+        for t in study.trials
+        if t.state == TrialState.FAIL and t.system_attrs.get("interrupted") == "the storage dropped the connection"
+    ]
+    assert len(orphans) == 2
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    assert {t.number for t in orphans} <= retried  # each orphan's params queued again
+
+
+def test_a_storage_that_stays_unreachable_ends_the_worker_in_one_line(tmp_path, monkeypatch):
+    from nas_meta.errors import StudyError
+    from nas_meta.search import workers
+
+    monkeypatch.setattr(workers, "BACKOFF_SECONDS", (0.0, 0.0))
+    study = _sqlite_study(tmp_path)
+
+    def down(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("could not connect to server: Connection refused\nmore")
+
+    monkeypatch.setattr(study, "optimize", down)
+    with pytest.raises(
+        StudyError, match=r"^the study's storage is unreachable \(3 tries over 0 s\): could not connect"
+    ):
+        workers.optimize_until(study, lambda t: 0.0, target=2)

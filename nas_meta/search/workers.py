@@ -13,8 +13,10 @@ A worker that dies mid-trial leaves its trial RUNNING.  Two mechanisms retry it:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +25,21 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from ..errors import StudyError
 from ..record import Attr, counted_trials
 
 __all__ = ["worker_identity", "recover_dead_trials", "optimize_until"]
 
 MAX_RETRY = 3
+# Waits after a dropped storage connection, in seconds (about two minutes in all), before giving up.
+BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+STORAGE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,)
+try:  # the RDB storages' own errors, where sqlalchemy is there (always with optuna's RDB)
+    import sqlalchemy.exc
+
+    STORAGE_ERRORS += (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def _start_time(pid: int) -> str:
@@ -164,17 +176,55 @@ def optimize_until(
             raise
         return objective(trial)
 
+    failures = 0
     while True:
-        recover_dead_trials(study)
-        # Queued (WAITING) trials are part of the budget and are run first by optimize().
-        if _taken(study, include_waiting=False) >= target:
-            return ran
-        if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            queue_next(study)
-        study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
+        try:
+            recover_dead_trials(study)
+            # Queued (WAITING) trials are part of the budget and are run first by optimize().
+            if _taken(study, include_waiting=False) >= target:
+                return ran
+            if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                queue_next(study)
+            study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
+        except STORAGE_ERRORS as exc:
+            # The database dropped the connection (restart, failover, pg_terminate_backend): wait
+            # and go on; the pool reconnects.  A trial of ours the drop left RUNNING is failed and
+            # queued again.  Past the last wait the worker stops with one line.
+            if failures >= len(BACKOFF_SECONDS):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StudyError(
+                    f"the study's storage is unreachable ({failures + 1} tries over "
+                    f"{sum(BACKOFF_SECONDS):.0f} s): {first}"
+                ) from None
+            time.sleep(BACKOFF_SECONDS[failures])
+            failures += 1
+            with contextlib.suppress(*STORAGE_ERRORS):
+                _recover_own_trials(study)
+            continue
+        failures = 0
         if surplus:
             return ran
         ran += 1
+
+
+def _recover_own_trials(study: optuna.Study) -> list[int]:
+    """This process's RUNNING trials, orphaned when the storage dropped mid-trial: failed and
+    queued again (another worker's are left to their own process or heartbeat)."""
+    me = worker_identity()
+    retry = _retry_callback()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(Attr.WORKER) != me:
+            continue
+        try:
+            study._storage.set_trial_system_attr(trial._trial_id, "interrupted", "the storage dropped the connection")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if Attr.SCREENING not in trial.user_attrs:
+            retry(study, study._storage.get_trial(trial._trial_id))
+            recovered.append(trial.number)
+    return recovered
 
 
 def enqueue_architectures(study: optuna.Study, archs: list[tuple[str, dict]]) -> list[str]:
