@@ -100,7 +100,7 @@ def test_several_workers_need_a_concurrent_storage(tmp_path, capsys):
     assert "is in SQLite" in capsys.readouterr().err
 
 
-def _worker(storage: str, study: str, index: int, tmp_path) -> subprocess.Popen:
+def _worker(storage: str, study: str, index: int, tmp_path, env: dict | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -117,7 +117,7 @@ def _worker(storage: str, study: str, index: int, tmp_path) -> subprocess.Popen:
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _create(tmp_path, storage: str, trials: int, iterations: int = 6) -> str:
@@ -266,3 +266,38 @@ def test_a_storage_that_stays_unreachable_ends_the_worker_in_one_line(tmp_path, 
         StudyError, match=r"^the study's storage is unreachable \(3 tries over 0 s\): could not connect"
     ):
         workers.optimize_until(study, lambda t: 0.0, target=2)
+
+
+@needs_postgres
+def test_a_worker_that_stops_beating_on_another_machine_is_failed_by_the_heartbeat(tmp_path):
+    """The cross-machine path: the victim's process lives (SIGSTOP) but its heartbeat stops, so
+    only the storage's heartbeat can tell; the rescuer fails the stale trial and retries it."""
+    env = {**os.environ, "NAS_META_HEARTBEAT_S": "1", "NAS_META_GRACE_S": "4"}
+    name = _create(tmp_path, POSTGRES, trials=2, iterations=400)
+    victim = _worker(POSTGRES, name, 1, tmp_path, env=env)
+    study = load_study(name, POSTGRES)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        if running and "arch" in running[0].user_attrs:
+            break
+        time.sleep(0.2)
+    else:
+        victim.kill()
+        pytest.fail("the worker never started a trial")
+    stalled = running[0].number
+    os.kill(victim.pid, signal.SIGSTOP)  # alive to `kill -0`, silent to the storage
+    try:
+        rescuer = _worker(POSTGRES, name, 2, tmp_path, env=env)
+        out = rescuer.communicate(timeout=600)[0]
+        assert rescuer.returncode == 0, out
+    finally:
+        victim.kill()
+        victim.wait()
+    study = load_study(name, POSTGRES)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[stalled].state == TrialState.FAIL
+    assert "interrupted" not in by_number[stalled].system_attrs  # not the same-machine process check
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == stalled]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert len(counted_trials(study)) == 2

@@ -7,6 +7,7 @@ time and validation score; the study stores the run's whole config, so that ``wo
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -49,8 +50,9 @@ HALVING_RATE = 3
 HALVING_RUNGS = 3
 
 # A dead worker's heartbeat stops; after the grace period its RUNNING trial is failed and re-queued.
-HEARTBEAT_INTERVAL_S = 30
-GRACE_PERIOD_S = 120
+# NAS_META_HEARTBEAT_S / NAS_META_GRACE_S change them (a test's seconds, a cluster's policy).
+HEARTBEAT_INTERVAL_S = int(os.environ.get("NAS_META_HEARTBEAT_S", "30"))
+GRACE_PERIOD_S = int(os.environ.get("NAS_META_GRACE_S", "120"))
 
 SAMPLER_BUILDERS: Registry = Registry("sampler")
 PRUNER_BUILDERS: Registry = Registry("pruner")
