@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +160,17 @@ def public_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+# A connection that was open and then cut (not a wrong URL, which fails at once) is tried again.
+DROPPED_CONNECTION_WAITS = (1.0, 2.0, 4.0, 8.0)
+_DROPPED = ("terminating connection", "server closed the connection", "connection reset", "adminshutdown")
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says an established database connection was cut."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in _DROPPED)
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so a killed worker's trial is retried), or Optuna's own
     handling for other URL kinds.  A URL that cannot be opened is a user error."""
@@ -172,22 +184,26 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             raise StudyError(f"cannot open storage {url!r}: no folder {str(path.parent)!r}")
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url,
-                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    grace_period=GRACE_PERIOD_S,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                    # SQLite: wait for the heartbeat thread's write instead of "database is locked".
-                    engine_kwargs={"connect_args": {"timeout": 60}}
-                    if url.startswith("sqlite:")
-                    else {"pool_pre_ping": True},
-                )
-        except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot open this URL"
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StudyError(f"cannot open storage {redact_url(url)!r}: {redact_url(reason)}") from None
+        for wait in (*DROPPED_CONNECTION_WAITS, None):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(
+                        url,
+                        heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                        grace_period=GRACE_PERIOD_S,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                        # SQLite: wait for the heartbeat thread's write instead of "database is locked".
+                        engine_kwargs={"connect_args": {"timeout": 60}}
+                        if url.startswith("sqlite:")
+                        else {"pool_pre_ping": True},
+                    )
+            except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot open this URL"
+                if wait is not None and dropped_connection(exc):
+                    time.sleep(wait)  # a connection cut mid-way (restart, failover): try again
+                    continue
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StudyError(f"cannot open storage {redact_url(url)!r}: {redact_url(reason)}") from None
     raise ConfigError(
         f"unsupported storage URL {redact_url(url)!r}; use sqlite:///PATH, journal:///PATH or postgresql://USER@HOST/DB"
     )
