@@ -9,15 +9,13 @@ scale, ...).  The compiler (network.py) decides where they apply from the graph 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import BatchNorm, Pool2x2, functorch_wrapped
+from .ops import BatchNorm, Pool2x2, ThreadFlag, functorch_wrapped
 
 __all__ = ["batch_norm_max_pool", "conv_batch_norm_max_pool", "fusable_conv", "unfused", "FAN_IN_LIMIT"]
 
@@ -71,22 +69,16 @@ def _per_channel(v: Tensor) -> Tensor:
     return v.view(1, -1, 1, 1)
 
 
-_UNFUSED = threading.local()
+_UNFUSED = ThreadFlag()
 
 
-@contextlib.contextmanager
-def unfused() -> Iterator[None]:
+def unfused() -> contextlib.AbstractContextManager[None]:
     """In this thread, batch_norm_max_pool runs the two ops apart.
 
     For passes that are differentiated twice (second-order MAML's support pass): there the fused
     backward would recompute the two ops anyway, and is slower (bench/README.md).
     """
-    previous = getattr(_UNFUSED, "on", False)
-    _UNFUSED.on = True
-    try:
-        yield
-    finally:
-        _UNFUSED.on = previous
+    return _UNFUSED.set()
 
 
 def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
@@ -106,7 +98,7 @@ def _norm_pool_fusable(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> bool:
     """What both fused ops need of the norm, the pool and the tensor reaching them (x: the norm's
     input or the conv's, same batch and map size).  The functorch check precedes any layout query."""
     return not (
-        getattr(_UNFUSED, "on", False)
+        _UNFUSED.on
         or pool.kind != "max"
         or x.dim() != 4
         or x.device.type != "cpu"

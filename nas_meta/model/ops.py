@@ -41,6 +41,7 @@ __all__ = [
     "OpBuilder",
     "functorch_wrapped",
     "plain_ops",
+    "ThreadFlag",
 ]
 
 OpBuilder = Callable[[int, int, int], nn.Module]
@@ -72,19 +73,27 @@ def _require(ok: bool, op: str, c_in: int, c_out: int, stride: int, rule: str) -
 # its double backward, and faster per MAML task on the CPU: bench/README.md).
 
 
-_PLAIN = threading.local()
+class ThreadFlag(threading.local):
+    """A per-thread switch, set for the length of a ``with flag.set():`` block."""
+
+    on = False
+
+    @contextlib.contextmanager
+    def set(self) -> Iterator[None]:
+        previous, self.on = self.on, True
+        try:
+            yield
+        finally:
+            self.on = previous
 
 
-@contextlib.contextmanager
-def plain_ops() -> Iterator[None]:
+_PLAIN = ThreadFlag()
+
+
+def plain_ops() -> contextlib.AbstractContextManager[None]:
     """In this thread, BatchNorm is written with mean/var ops, never the native kernel: for
     exporters (ONNX) that would otherwise see a training-mode batch_norm."""
-    previous = getattr(_PLAIN, "on", False)
-    _PLAIN.on = True
-    try:
-        yield
-    finally:
-        _PLAIN.on = previous
+    return _PLAIN.set()
 
 
 def functorch_wrapped(x: Tensor) -> bool:
@@ -121,7 +130,7 @@ class BatchNorm(_AffineNorm):
         return [d for d in range(x.dim()) if d != 1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not functorch_wrapped(x) and not getattr(_PLAIN, "on", False):
+        if not functorch_wrapped(x) and not _PLAIN.on:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(x)
 
