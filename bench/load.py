@@ -7,7 +7,8 @@ connections cut once; then the study is checked for what a scheduler must never 
 A study of ``--trials`` smoke-preset trials (MAML on sinusoid, the mlp space: each trains in about
 a second, so the storage is what is loaded) is created on the storage; ``--workers`` worker
 processes (``nas-meta worker``, one thread each) fill it.  At random moments (seeded) ``--kills``
-workers are killed with SIGKILL and a new worker started in their place, and once every
+workers are killed with SIGKILL (one with a trial running, where there is one) and a new worker
+started in their place, and once every
 connection to the database but this script's is terminated (``pg_terminate_backend``).  Then:
 
 - ``lost``: requested trials that are not counted (the study must hold exactly ``--trials``);
@@ -109,7 +110,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if kill_at and now >= kill_at[0]:
                 kill_at.pop(0)
                 alive = [i for i, w in workers.items() if w.poll() is None]
-                victim = rng.choice(alive)
+                owners = {t.user_attrs.get("worker", "") for t in study.get_trials(states=(TrialState.RUNNING,))}
+                busy = [i for i in alive if any(f":{workers[i].pid}:" in owner for owner in owners)]
+                victim = rng.choice(busy or alive)  # mid-trial where one is running: the case that matters
                 running = [
                     t.number
                     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
