@@ -107,11 +107,16 @@ def build_any(name: str, tmp: Path) -> ImageDataset:
         return load_dataset(DataConfig(dataset="omniglot", data_root=str(omniglot_torchvision(tmp)), split="vinyals"))
     if name == "folder":
         return load_dataset(DataConfig(dataset="folder", data_root=str(folder_tree(tmp)), image_size=12))
+    if name in ("mini_imagenet", "cub"):
+        from test_data_benchmarks import make_cub, make_mini_imagenet  # their tiny fake trees
+
+        (make_mini_imagenet if name == "mini_imagenet" else make_cub)(tmp / name, per_class=4)
+        return load_dataset(DataConfig(dataset=name, data_root=str(tmp / name), image_size=12, cache_dir=str(tmp)))
     assert name == "cifar_fs"
     return load_dataset(DataConfig(dataset="cifar_fs", data_root=str(cifar_tree(tmp)[0])))
 
 
-IMAGE_SETS = ["glyphs", "omniglot", "omniglot-vinyals", "folder", "cifar_fs"]
+IMAGE_SETS = ["glyphs", "omniglot", "omniglot-vinyals", "folder", "cifar_fs", "mini_imagenet", "cub"]
 
 
 @pytest.mark.parametrize("name", IMAGE_SETS)
@@ -131,4 +136,4 @@ def test_every_image_dataset(name, tmp_path):
 
 
 def test_registry_lists_every_dataset():
-    assert DATASETS.names() == ["cifar_fs", "folder", "glyphs", "omniglot", "sinusoid"]
+    assert DATASETS.names() == ["cifar_fs", "cub", "folder", "glyphs", "mini_imagenet", "omniglot", "sinusoid"]
