@@ -152,19 +152,19 @@ def load() -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
-def table() -> int:
+def table(baseline: str = "random") -> int:
     results = load()
     if not results:
         print("no results yet: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
         return 1
     seeds = sorted({s for _, s in results})
-    random_ref = {s: results[("random", s)]["reference"]["score"] for s in seeds if ("random", s) in results}
+    random_ref = {s: results[(baseline, s)]["reference"]["score"] for s in seeds if (baseline, s) in results}
     lines = [
         "Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
         "each variant says; picks re-scored at the reference budget.",
         "",
         "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
-        "| paired diff. to random, points | reference error / random's |",
+        f"| paired diff. to {baseline}, points | reference error / {baseline}'s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     last = {}
@@ -188,10 +188,10 @@ def table() -> int:
             f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
             f"{100 * statistics.mean(d['pick']['val'] for d in docs):.1f} | "
             f"{100 * statistics.mean(refs):.2f} ({', '.join(f'{100 * r:.1f}' for r in refs)}) | "
-            f"{100 * statistics.mean(diffs):+.2f} | {ratio:.3f} |"
+            f"{f'{100 * statistics.mean(diffs):+.2f}' if diffs else '-'} | {ratio:.3f} |"
         )
-        if variant != "random":
-            last[f"{variant}_vs_random"] = ratio
+        if variant != baseline:
+            last[f"{variant}_vs_{baseline}"] = ratio
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.3f}" for k, v in last.items()))
     return 0
@@ -206,10 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     r.add_argument("--budget", type=float, default=600.0, help="CPU seconds of search per variant and seed")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
-    sub.add_parser("table")
+    t = sub.add_parser("table")
+    t.add_argument(
+        "--baseline", default="random", choices=list(VARIANTS), help="the variant the others are paired with"
+    )
     args = parser.parse_args(argv)
     if args.command == "table":
-        return table()
+        return table(args.baseline)
     if not Path(args.root).is_dir():
         print(f"search_efficiency.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
         return 2
