@@ -15,7 +15,7 @@ from nas_meta import graph
 from nas_meta.cli import main
 from nas_meta.config import make_config
 from nas_meta.data import load_dataset
-from nas_meta.errors import SpaceError
+from nas_meta.errors import ConfigError, SpaceError
 from nas_meta.learners import build_learner, meta_train
 from nas_meta.model import network
 from nas_meta.model.supernet import SuperNet
@@ -198,10 +198,13 @@ def test_a_killed_supernet_run_resumes_from_its_checkpoint_to_the_same_weights(t
     assert resumed_steps == [3, 4, 5]  # continued, not restarted
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    # A checkpoint of another run is refused, not continued.
+    # A checkpoint of another run is refused, not continued; a damaged one is one line too.
     other = cfg.replace(seed=1)
-    with pytest.raises(Exception, match="delete it or use another --study"):
+    with pytest.raises(ConfigError, match="delete it or use another --study"):
         train_supernet(other, *args[1:], tmp_path / "whole.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read .*bad.pt: .*; delete it to train the network again"):
+        train_supernet(*args, tmp_path / "bad.pt")
 
 
 def test_supernet_search_scores_candidates_on_inherited_weights_and_trains_the_best(tmp_path):

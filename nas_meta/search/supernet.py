@@ -196,10 +196,14 @@ def train_supernet(
     paths = shared.architectures if isinstance(shared, SuperNet) else 0
     record: dict[str, Any] = {"steps": 0, "cpu_seconds": 0.0, "loss": math.nan, "paths": paths}
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("identity") != identity:
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except Exception as exc:  # truncated, damaged, or not ours
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot read {checkpoint}: {first}; delete it to train the network again") from None
+        if not isinstance(state, dict) or state.get("identity") != identity:
             raise ConfigError(
-                f"{checkpoint} holds a network trained with {state.get('identity')}, not {identity}; "
+                f"{checkpoint} holds a network trained with {dict(state).get('identity')}, not {identity}; "
                 "delete it or use another --study"
             )
         learner.load_state_dict(state["learner"])
