@@ -288,6 +288,9 @@ def test_a_worker_that_stops_beating_on_another_machine_is_failed_by_the_heartbe
     stalled = running[0].number
     os.kill(victim.pid, signal.SIGSTOP)  # alive to `kill -0`, silent to the storage
     try:
+        # A rescuer that comes after the grace period (a worker that comes sooner and finishes
+        # first leaves the stale trial to the next run, which reclaims it the same way).
+        time.sleep(6)
         rescuer = _worker(POSTGRES, name, 2, tmp_path, env=env)
         out = rescuer.communicate(timeout=600)[0]
         assert rescuer.returncode == 0, out
