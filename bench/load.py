@@ -6,7 +6,8 @@ connections cut once; then the study is checked for what a scheduler must never 
 
 A study of ``--trials`` smoke-preset trials (MAML on sinusoid, the mlp space: each trains in about
 a second, so the storage is what is loaded) is created on the storage; ``--workers`` worker
-processes (``nas-meta worker``, one thread each) fill it.  At random moments (seeded) ``--kills``
+processes (``nas-meta worker``, one thread each) fill it.  At random points of its progress
+(10-60% of the trials counted, seeded) ``--kills``
 workers are killed with SIGKILL (one with a trial running, where there is one) and a new worker
 started in their place, and once every
 connection to the database but this script's is terminated (``pg_terminate_backend``).  Then:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from nas_meta.config import make_config
+    from nas_meta.record import counted_trials
     from nas_meta.search.study import create_study, load_study
 
     rng = random.Random(args.seed)
@@ -101,13 +103,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.monotonic()
         workers = {i: start_worker(args.url, name, i, tmp) for i in range(1, args.workers + 1)}
         next_index = args.workers + 1
-        kill_at = sorted(rng.uniform(args.warmup, args.warmup + args.window) for _ in range(args.kills))
-        cut_at = rng.uniform(args.warmup, args.warmup + args.window) if args.cut else None
+        # The kills and the cut fall at random points of the study's progress (fractions of the
+        # trials counted), so they happen mid-run however fast this machine is.
+        kill_at = sorted(rng.uniform(0.1, 0.6) for _ in range(args.kills))
+        cut_at = rng.uniform(0.1, 0.6) if args.cut else None
         killed_trials: list[int] = []
         study = load_study(name, args.url)
         while any(w.poll() is None for w in workers.values()):
             now = time.monotonic() - start
-            if kill_at and now >= kill_at[0]:
+            done = len(counted_trials(study)) / args.trials
+            if kill_at and done >= kill_at[0]:
                 kill_at.pop(0)
                 alive = [i for i, w in workers.items() if w.poll() is None]
                 owners = {t.user_attrs.get("worker", "") for t in study.get_trials(states=(TrialState.RUNNING,))}
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{now:6.1f} s: killed worker {victim} (trials {running}); started worker {next_index}")
                 workers[next_index] = start_worker(args.url, name, next_index, tmp)
                 next_index += 1
-            if cut_at is not None and now >= cut_at:
+            if cut_at is not None and done >= cut_at:
                 print(f"{now:6.1f} s: terminated {terminate_connections(args.url)} database connections")
                 cut_at = None
             if now > args.timeout:
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     w.kill()
                 print(f"timed out after {args.timeout:.0f} s", file=sys.stderr)
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         minutes = (time.monotonic() - start) / 60
         failed = {i: (w.returncode, (Path(tmp) / f"worker-{i}.log").read_text()[:4000]) for i, w in workers.items()}
         for i, (code, err) in failed.items():
@@ -151,8 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--kills", type=int, default=2, help="workers killed with SIGKILL (and replaced)")
     parser.add_argument("--no-cut", dest="cut", action="store_false", help="do not terminate the connections")
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the first kill or cut")
-    parser.add_argument("--window", type=float, default=30.0, help="the kills and the cut fall in this many seconds")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

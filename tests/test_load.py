@@ -21,7 +21,7 @@ LOAD = Path(__file__).resolve().parent.parent / "bench" / "load.py"
 )
 def test_workers_under_kills_and_a_dropped_database_lose_nothing():
     argv = [sys.executable, str(LOAD), POSTGRES, "--workers", "3", "--trials", "20", "--kills", "1"]
-    done = subprocess.run([*argv, "--warmup", "5", "--window", "10"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "lost=0 duplicated=0 stuck=0 workers=3", done.stdout
