@@ -25,13 +25,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (what mkdir -p would create below)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def check_folder(path: str | Path, flag: str) -> Path:
     """``path`` as a folder the run can write into: it is one, or can be created (its first
     existing ancestor is a writable folder).  ConfigError in one line naming the path otherwise."""
     folder = Path(path).expanduser()
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _first_existing(folder)
     if not probe.is_dir():
         if probe == folder:
             raise ConfigError(f"{flag} {str(folder)!r} is a file, not a folder")
@@ -46,9 +51,7 @@ def check_file(path: str | Path, flag: str) -> Path:
     file = Path(path).expanduser()
     if file.is_dir():
         raise ConfigError(f"{flag} {str(file)!r} is a folder, not a file")
-    probe = file.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _first_existing(file.parent)
     if not probe.is_dir():
         raise ConfigError(f"{flag} {str(file)!r} cannot be written: {str(probe)!r} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):

@@ -41,6 +41,7 @@ __all__ = [
     "check_finite",
     "make_optimizer",
     "make_schedule",
+    "forked_rng",
 ]
 
 
@@ -266,7 +267,7 @@ def meta_train(
     deferred = device.type == "cuda" if defer is None else defer
     pending: list[tuple[int, Tensor, Tensor]] = []
     start = time.perf_counter()
-    with _forked_rng(device, seed):
+    with forked_rng(device, seed):
         for step in range(1, cfg.iterations + 1):
             learner.train()
             batch = train_sampler.sample(cfg.meta_batch)
@@ -353,8 +354,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: LearnerConfig) -> torch
 
 
 @contextlib.contextmanager
-def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
-    # Only the generators of the training device are forked and seeded.
+def forked_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Only the generators of the training device are forked and seeded (the caller's are untouched)."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.default_generator.manual_seed(seed)

@@ -15,7 +15,6 @@ file ends with the same weights as one that was never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -33,7 +32,7 @@ from ..data.episodes import episode_samplers
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..learners import build_learner
-from ..learners.train import make_optimizer, outer_step
+from ..learners.train import forked_rng, make_optimizer, outer_step
 from ..model import network
 from ..model.darts import DartsNetwork
 from ..model.supernet import SuperNet
@@ -219,7 +218,7 @@ def train_supernet(
             train = PathSampler(train, shared, space, random.Random(seed))
         clock = time.process_time()
         end = min(start + SAVE_EVERY, steps)
-        with _seeded(device, seed):
+        with forked_rng(device, seed):
             for step in range(start + 1, end + 1):
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
@@ -248,14 +247,6 @@ def train_supernet(
             }
             atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))  # type: ignore[misc]
     return learner, record
-
-
-@contextlib.contextmanager
-def _seeded(device: torch.device, seed: int) -> Iterator[None]:
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def inherit_learner(learner: nn.Module, trained: nn.Module) -> nn.Module:
