@@ -1,23 +1,32 @@
 """Search efficiency: does a controller pick better backbones than random search at the same CPU budget?
 
-The task measured: the ``chain`` space, ProtoNet, 5-way 1-shot Omniglot (the minimal background
-sets, ``lake`` split, alphabets held out; the ``omniglot`` recipe defaults: rotated training
-classes and affine jitter), the ``quick`` preset's candidates (80 steps, 5 queries per class,
-scored on 40 validation episodes) unless a variant changes that.  Every variant runs a real
-search (``run_search``, an Optuna study per variant and seed) until it has used ``--budget`` CPU
-seconds; the running trial is then stopped and the search's best completed candidate is its
-pick.  Each pick is re-scored at the fidelity bench's reference budget (600 steps, 400
-validation episodes of another draw; ``bench/fidelity.py``), so picks are compared on the score
-that a long training gives, not on the noisy score that chose them.
+The task measured by default: the ``chain`` space, ProtoNet, 5-way 1-shot Omniglot (the minimal
+background sets, ``lake`` split, alphabets held out; the ``omniglot`` recipe defaults: rotated
+training classes and affine jitter), the ``quick`` preset's candidates (80 steps, 5 queries per
+class, scored on 40 validation episodes) unless a variant changes that; ``--space cell`` and
+``--algo fomaml`` measure the other tasks.  Every variant runs a real search (``run_search``, an
+Optuna study per variant and seed) until it has used ``--budget`` CPU seconds; the running trial
+is then stopped and the search's best completed candidate is its pick.  Each pick is re-scored at
+the fidelity bench's reference budget (ProtoNet: 600 steps, 400 validation episodes of another
+draw; first-order MAML: 300 steps, 200 episodes; ``bench/fidelity.py``), so picks are compared on
+the score that a long training gives, not on the noisy score that chose them.
 
     .venv/bin/python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds 0 1 2 [--variants random tpe ...]
-    .venv/bin/python bench/search_efficiency.py table
+    .venv/bin/python bench/search_efficiency.py run OMNIGLOT_ROOT --space cell --variants tpe tpe_supernet darts
+    .venv/bin/python bench/search_efficiency.py table [--space cell] [--algo fomaml] [--baseline tpe]
 
-Each (variant, seed) result is kept in ``results/search_efficiency/`` (git-ignored; reruns skip
-what is done).  ``table`` prints per variant the mean reference accuracy of its picks, the mean
-paired difference to random's pick of the same seed, and the trials it ran; its last line is
-``<variant>_vs_random=<ratio>``: the mean reference *error* (1 - accuracy) of the variant's picks
-over random's (below 1: the variant picks better backbones than random search).
+The weight-sharing variants spend part of the same budget on the shared network first
+(``--supernet-steps``): ``tpe_supernet`` screens pools of 32 TPE candidates on inherited weights
+and meta-trains each pool's best; ``darts`` (cell spaces) trains the relaxed cell, queues the
+discretised architecture as the first trial, and spends what is left of the budget on plain TPE
+trials, so its pick is the derived architecture only when nothing TPE found scores higher (the
+record says which).
+
+Each (variant, seed) result is kept in ``results/search_efficiency/<space>-<algo>/`` (git-ignored;
+reruns skip what is done).  ``table`` prints per variant the mean reference accuracy of its picks,
+the mean paired difference to the baseline's pick of the same seed, and the trials it ran; its
+last line is ``<variant>_vs_<baseline>=<ratio>``: the mean reference *error* (1 - accuracy) of the
+variant's picks over the baseline's (below 1: the variant picks better backbones).
 """
 
 from __future__ import annotations
@@ -53,24 +62,46 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "prescreen_pool": 32,
         "supernet_steps": 400,
     },
+    # Differentiable search (cell spaces): the relaxed cell first, its discretisation the first trial.
+    "darts": {"sampler": "tpe", "strategy": "darts", "supernet_steps": 400},
 }
+SPACES = ("chain", "cell")
+ALGOS = ("protonet", "fomaml")
+REFERENCES = {"protonet": "600:400", "fomaml": "300:200"}  # as the fidelity bench's tables
 
 
-def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -> dict[str, Any]:
+def task_dir(space: str, algo: str) -> Path:
+    return RESULTS / f"{space}-{algo}"
+
+
+def run_variant(
+    root: str,
+    variant: str,
+    seed: int,
+    budget: float,
+    cache: str,
+    *,
+    space: str = "chain",
+    algo: str = "protonet",
+    supernet_steps: int | None = None,
+) -> dict[str, Any]:
     import optuna
 
     from nas_meta.config import make_config
-    from nas_meta.record import best_trials, counted_trials
+    from nas_meta.record import Attr, StudyAttr, best_trials, counted_trials
     from nas_meta.search.runner import SearchInterrupted, run_search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = f"{variant}-s{seed}"
+    settings = dict(VARIANTS[variant])
+    if supernet_steps is not None and "supernet_steps" in settings:
+        settings["supernet_steps"] = supernet_steps
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1},
-        learner={"algo": "protonet"},
-        search={"space": "chain", "trials": 100_000, "study": study, **VARIANTS[variant]},
-        results_dir=str(RESULTS / "studies"),
+        learner={"algo": algo},
+        search={"space": space, "trials": 100_000, "study": study, **settings},
+        results_dir=str(task_dir(space, algo) / "studies"),
         seed=seed,
         device="cpu",
     )
@@ -84,8 +115,12 @@ def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -
     cpu = time.process_time() - start
     best = best_trials(outcome.study, "classification", k=1)[0]
     trained = counted_trials(outcome.study)
+    derived = [t for t in trained if Attr.DERIVED in t.user_attrs]
+    supernet = outcome.study.user_attrs.get(StudyAttr.SUPERNET, {})
     return {
         "variant": variant,
+        "space": space,
+        "algo": algo,
         "seed": seed,
         "budget_cpu_s": budget,
         "search_cpu_s": round(cpu, 1),
@@ -98,19 +133,28 @@ def run_variant(root: str, variant: str, seed: int, budget: float, cache: str) -
             "arch": best.user_attrs["arch"],
             "params": best.user_attrs.get("params"),
         },
-        "settings": VARIANTS[variant],
-        "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds {seed} --variants {variant} "
-        f"--budget {budget:g}",
+        "derived": (
+            {"number": derived[0].number, "val": derived[0].values[0], "is_pick": derived[0].number == best.number}
+            if derived
+            else None
+        ),
+        "supernet_cpu_s": supernet.get("cpu_seconds"),
+        "settings": settings,
+        "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --space {space} --algo {algo} "
+        f"--seeds {seed} --variants {variant} --budget {budget:g}"
+        + (f" --supernet-steps {supernet_steps}" if supernet_steps is not None else ""),
     }
 
 
-def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> dict[str, Any]:
+def reference_score(
+    root: str, arch_doc: dict, fingerprint: str, cache: str, *, space: str = "chain", algo: str = "protonet"
+) -> dict[str, Any]:
     """The fidelity bench's reference score of an architecture (cached by fingerprint; reused from
     the fidelity bench's records when it scored the same architecture)."""
-    path = RESULTS / "reference" / f"{fingerprint}.json"
+    path = task_dir(space, algo) / "reference" / f"{fingerprint}.json"
     if path.exists():
         return json.loads(path.read_text())
-    for record_path in (fidelity_bench.RESULTS / "chain-protonet-5w1s").glob("[0-9]*.json"):
+    for record_path in fidelity_bench.folder(space, algo, 5, 1).glob("[0-9]*.json"):
         record = json.loads(record_path.read_text())
         if record.get("fingerprint") == fingerprint and record.get("reference"):
             return record["reference"]
@@ -120,11 +164,11 @@ def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> 
     from nas_meta.fileio import atomic_write_json
     from nas_meta.search.fidelity import Budget, score_architecture
 
-    reference = Budget.parse(fidelity_bench.DEFAULT_REFERENCE)
+    reference = Budget.parse(REFERENCES[algo])
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1, "queries": 5},
-        learner={"algo": "protonet", "meta_batch": 4, "iterations": reference.steps, "eval_every": reference.steps},
+        learner={"algo": algo, "meta_batch": 4, "iterations": reference.steps, "eval_every": reference.steps},
         seed=0,
         device="cpu",
     )
@@ -144,24 +188,24 @@ def reference_score(root: str, arch_doc: dict, fingerprint: str, cache: str) -> 
     return record["reference"]
 
 
-def load() -> dict[tuple[str, int], dict[str, Any]]:
+def load(space: str = "chain", algo: str = "protonet") -> dict[tuple[str, int], dict[str, Any]]:
     out = {}
-    for path in sorted(RESULTS.glob("*-s*.json")):
+    for path in sorted(task_dir(space, algo).glob("*-s*.json")):
         doc = json.loads(path.read_text())
         out[(doc["variant"], doc["seed"])] = doc
     return out
 
 
-def table(baseline: str = "random") -> int:
-    results = load()
+def table(baseline: str = "random", space: str = "chain", algo: str = "protonet") -> int:
+    results = load(space, algo)
     if not results:
-        print("no results yet: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
+        print(f"no results yet for {space}-{algo}: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
         return 1
     seeds = sorted({s for _, s in results})
     random_ref = {s: results[(baseline, s)]["reference"]["score"] for s in seeds if (baseline, s) in results}
     lines = [
-        "Task: chain space, ProtoNet, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
-        "each variant says; picks re-scored at the reference budget.",
+        f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
+        f"each variant says; picks re-scored at the reference budget ({REFERENCES[algo]}).",
         "",
         "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
         f"| paired diff. to {baseline}, points | reference error / {baseline}'s |",
@@ -205,29 +249,56 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     r.add_argument("--budget", type=float, default=600.0, help="CPU seconds of search per variant and seed")
+    r.add_argument("--space", default="chain", choices=SPACES)
+    r.add_argument("--algo", default="protonet", choices=ALGOS)
+    r.add_argument(
+        "--supernet-steps", type=int, default=None, help="the weight-sharing variants' shared-network steps (400)"
+    )
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     t = sub.add_parser("table")
     t.add_argument(
         "--baseline", default="random", choices=list(VARIANTS), help="the variant the others are paired with"
     )
+    t.add_argument("--space", default="chain", choices=SPACES)
+    t.add_argument("--algo", default="protonet", choices=ALGOS)
     args = parser.parse_args(argv)
     if args.command == "table":
-        return table(args.baseline)
+        return table(args.baseline, args.space, args.algo)
     if not Path(args.root).is_dir():
         print(f"search_efficiency.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
         return 2
     from nas_meta.fileio import atomic_write_json
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    if "darts" in args.variants and args.space != "cell":
+        print(
+            "search_efficiency.py: error: variant 'darts' needs --space cell (a relaxable cell space)", file=sys.stderr
+        )
+        return 2
+    out = task_dir(args.space, args.algo)
+    out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:
-            path = RESULTS / f"{variant}-s{seed}.json"
+            path = out / f"{variant}-s{seed}.json"
             if path.exists():
                 continue
-            doc = run_variant(args.root, variant, seed, args.budget, args.cache_dir)
+            doc = run_variant(
+                args.root,
+                variant,
+                seed,
+                args.budget,
+                args.cache_dir,
+                space=args.space,
+                algo=args.algo,
+                supernet_steps=args.supernet_steps,
+            )
             t0 = time.process_time()
             doc["reference"] = reference_score(
-                args.root, doc["pick"]["arch"], doc["pick"]["fingerprint"], args.cache_dir
+                args.root,
+                doc["pick"]["arch"],
+                doc["pick"]["fingerprint"],
+                args.cache_dir,
+                space=args.space,
+                algo=args.algo,
             )
             doc["rescore_cpu_s"] = round(time.process_time() - t0, 1)
             atomic_write_json(path, doc)

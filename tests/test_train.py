@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import traceback
 
 import pytest
@@ -42,18 +43,19 @@ class Backbone(nn.Module):
 class RandomEpisodes:
     """A stand-in sampler: seeded random images, class-major labels; ``poison_at`` gives NaNs."""
 
-    def __init__(self, seed: int, *, poison_at: int | None = None) -> None:
+    def __init__(self, seed: int, *, poison_at: int | None = None, size: int = SIZE) -> None:
         self.rng = torch.Generator().manual_seed(seed)
+        self.size = size
         self.calls = 0
         self.poison_at = poison_at
 
     def sample(self, tasks: int) -> Episodes:
         self.calls += 1
         labels = torch.arange(WAYS)
-        sx = torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=self.rng)
+        sx = torch.rand(tasks, WAYS * SHOTS, 1, self.size, self.size, generator=self.rng)
         if self.calls == self.poison_at:
             sx = sx * math.nan
-        qx = torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=self.rng)
+        qx = torch.rand(tasks, WAYS * QUERIES, 1, self.size, self.size, generator=self.rng)
         return Episodes(
             sx,
             labels.repeat_interleave(SHOTS).repeat(tasks, 1),
@@ -269,6 +271,49 @@ def test_bf16_autocast_gives_the_fp32_meta_gradient_to_its_rounding(algo: str) -
     # The tolerance tells gradients apart: a wrong one (of other episodes) is far outside it.
     wrong = _amp_step_gradients(algo, torch.bfloat16, episodes=5)
     assert ((wrong - fp32).norm() / fp32.norm()).item() > 0.3
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet"])
+def test_bf16_autocast_on_a_compiled_conv4_gives_the_fp32_meta_gradient(algo: str) -> None:
+    """The trainer's --amp step on what the compiler builds (fused BatchNorm + pool, NHWC images).
+
+    At initialisation on random images a Conv-4's gradient is sensitive: rounding only its weights
+    and images to bf16 (then computing in fp32) moves it by ~18%.  Autocast must stay within twice
+    that, and a gradient of other episodes lies far outside."""
+    from nas_meta.model import network
+    from nas_meta.spaces import load_space
+
+    def gradient(dtype: torch.dtype | None, episodes: int = 4, *, rounded: bool = False) -> Tensor:
+        backbone = network.build(load_space("conv4").sample(random.Random(0)), (1, 16, 16), seed=0)
+        learner = build_learner(
+            LearnerConfig(algo=algo), backbone, feature_dim=backbone.feature_dim, ways=WAYS, task="classification"
+        )
+        batch = RandomEpisodes(episodes, size=16).sample(2)
+        if rounded:
+            with torch.no_grad():
+                for p in learner.parameters():
+                    p.copy_(p.bfloat16().float())
+            batch = Episodes(
+                batch.support_x.bfloat16().float(),
+                batch.support_y,
+                batch.query_x.bfloat16().float(),
+                batch.query_y,
+                batch.ways,
+            )
+        optimizer = torch.optim.SGD(learner.parameters(), lr=0.0)
+        outer_step(learner, optimizer, batch, grad_clip=1e9, step=1, autocast_dtype=dtype)
+        return torch.cat([p.grad.flatten() for p in learner.parameters() if p.grad is not None])
+
+    fp32 = gradient(None)
+
+    def distance(g: Tensor) -> float:
+        return ((g - fp32).norm() / fp32.norm()).item()
+
+    rounding = distance(gradient(None, rounded=True))
+    bf16 = distance(gradient(torch.bfloat16))
+    assert 0.01 < rounding < 0.5
+    assert 0 < bf16 < 2 * rounding
+    assert distance(gradient(torch.bfloat16, episodes=5)) > 2 * rounding + 0.5
 
 
 def test_maml_inner_loop_under_fp16_scales_its_loss_so_small_gradients_survive() -> None:

@@ -86,8 +86,8 @@ def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
 
     Only the pooled quarter is normalised and the backward is one scatter plus one pass (measured
     gains in bench/README.md).  Falls back to them inside
-    vmap/grad, off the CPU, for maps the pool passes through, under :func:`unfused`, and when a
-    scale is not positive (a negative scale turns the max into a min).  See _BatchNormMaxPool2x2.
+    vmap/grad, off the CPU, for maps the pool passes through, under :func:`unfused`, for a map of
+    another dtype than the norm's weights (autocast), and when a scale is not positive (a negative scale turns the max into a min).  See _BatchNormMaxPool2x2.
     """
     if not _norm_pool_fusable(norm, pool, x):
         return pool(norm(x))
@@ -104,6 +104,7 @@ def _norm_pool_fusable(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> bool:
         or x.device.type != "cpu"
         or functorch_wrapped(x)
         or min(x.shape[-2:]) < 2
+        or x.dtype != norm.weight.dtype  # autocast: a bf16 map into an fp32 norm runs the two ops apart
         or not bool((norm.weight > 0).all())
     )
 
