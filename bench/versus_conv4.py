@@ -1,16 +1,18 @@
 """Searched backbone against Conv-4 on the held-out test alphabets, paired on the same test episodes.
 
     .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --seeds 0 1 --tasks 5w1s 20w1s
+    .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --algo fomaml --iterations 300
     .venv/bin/python bench/versus_conv4.py table
 
 For each seed and task (``<ways>w<shots>s``), the architecture ``ARCH.json`` (a search's pick,
 saved under ``NAME``) and Conv-4 are each meta-trained from scratch with *exactly the same*
-budget and recipe (ProtoNet, ``--iterations`` steps on training episodes of the task's shape,
+budget and recipe (``--algo``, ProtoNet by default; ``--iterations`` steps on training episodes of the task's shape,
 5 queries per class, meta-batch 4, the ``omniglot`` recipe defaults), on the minimal Omniglot sets
 (``lake`` split: the test alphabets are never trained, validated or searched on), and
 meta-tested on the same 600 test episodes.  The difference gets the **paired** 95% CI: 1.96 x
 std of the per-episode differences / sqrt(600).  Results go to ``results/versus_conv4/``
-(git-ignored; reruns skip what is done); ``table`` prints them, and its last line is
+(git-ignored; reruns skip what is done; the Conv-4 arm of a seed, task, learner and budget is
+trained once and shared by every searched backbone compared with it); ``table`` prints them, and its last line is
 ``<name>_<task>_s<seed>=<difference in points>`` pairs.
 """
 
@@ -37,7 +39,9 @@ def parse_task(task: str) -> tuple[int, int]:
     return int(ways), int(shots)
 
 
-def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, cache: str) -> dict[str, Any]:
+def run_one(
+    root: str, arch_path: str, seed: int, task: str, iterations: int, cache: str, algo: str = "protonet"
+) -> dict[str, Any]:
     from nas_meta import graph
     from nas_meta.config import make_config
     from nas_meta.data import load_dataset
@@ -59,7 +63,7 @@ def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, ca
             "queries": 5,
         },
         learner={
-            "algo": "protonet",
+            "algo": algo,
             "meta_batch": 4,
             "iterations": iterations,
             "eval_every": max(1, iterations // 6),
@@ -70,8 +74,18 @@ def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, ca
         device="cpu",
     )
     dataset = load_dataset(cfg.data)
-    out: dict[str, Any] = {"seed": seed, "task": task, "iterations": iterations, "recipe": cfg.recipe()}
+    out: dict[str, Any] = {
+        "seed": seed,
+        "task": task,
+        "algo": algo,
+        "iterations": iterations,
+        "recipe": cfg.recipe(),
+    }
+    conv4_arm = RESULTS / "conv4" / f"{algo}-{task}-s{seed}-{iterations}.json"
     for side, arch in (("searched", load_known_arch(arch_path)[1]), ("conv4", load_known_arch("conv4")[1])):
+        if side == "conv4" and conv4_arm.is_file():
+            out[side] = json.loads(conv4_arm.read_text())
+            continue
         t0 = time.process_time()
         model, result = retrain(cfg, arch, dataset=dataset)
         sampler = dataset.sampler(
@@ -85,6 +99,10 @@ def run_one(root: str, arch_path: str, seed: int, task: str, iterations: int, ca
             "cpu_s": round(time.process_time() - t0, 1),
             "test": [round(float(v), 6) for v in per_episode],
         }
+    from nas_meta.fileio import atomic_write_json
+
+    conv4_arm.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(conv4_arm, out["conv4"])
     return out
 
 
@@ -94,9 +112,9 @@ def table() -> int:
         print("no results yet")
         return 1
     lines = [
-        "| searched | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
+        "| searched | learner | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
         "| beats Conv-4? | params (searched / Conv-4) | CPU s (searched / Conv-4) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     last = {}
     for r in rows:
@@ -104,7 +122,8 @@ def table() -> int:
         d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
         verdict = "yes" if d - ci > 0 else ("no (worse)" if d + ci < 0 else "no (within CI)")
         lines.append(
-            f"| {r['name']} | {r['task']} | {r['seed']} | {r['iterations']} | {100 * s[0]:.2f} ± "
+            f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {r['iterations']} | "
+            f"{100 * s[0]:.2f} ± "
             f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
             f"{verdict} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
             f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |"
@@ -125,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--tasks", nargs="+", default=["5w1s", "20w1s"])
     r.add_argument("--iterations", type=int, default=600, help="meta-training steps of both backbones")
+    r.add_argument("--algo", default="protonet", choices=["protonet", "fomaml", "maml"], help="the learner of both")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     sub.add_parser("table")
     args = parser.parse_args(argv)
@@ -142,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for task in args.tasks:
-            path = RESULTS / f"{args.name}-{task}-s{seed}.json"
+            path = RESULTS / f"{args.name}-{args.algo}-{task}-s{seed}.json"
             if path.exists():
                 continue
-            doc = run_one(args.root, args.arch, seed, task, args.iterations, args.cache_dir)
+            doc = run_one(args.root, args.arch, seed, task, args.iterations, args.cache_dir, args.algo)
             doc.update(
                 name=args.name,
                 arch=json.loads(Path(args.arch).read_text()),
                 command=f"python bench/versus_conv4.py run OMNIGLOT_ROOT {args.name} ARCH.json --seeds {seed} "
-                f"--tasks {task} --iterations {args.iterations}",
+                f"--tasks {task} --iterations {args.iterations} --algo {args.algo}",
             )
             atomic_write_json(path, doc)
             d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
