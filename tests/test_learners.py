@@ -208,6 +208,31 @@ def test_every_execution_gives_the_loops_outputs_loss_and_evaluation(execution: 
     torch.testing.assert_close(other.evaluate(batch), loop.evaluate(batch))
 
 
+@pytest.mark.parametrize("algo", ["maml", "protonet"])
+def test_bf16_autocast_holds_on_the_worker_threads(algo: str) -> None:
+    """Autocast is per thread in torch: the tasks on worker threads must run in bf16 as the loop does."""
+    batch = make_batch(12)
+    grads = {}
+    for execution, amp in (("loop", True), ("threads", True), ("threads", False)):
+        if algo == "maml":
+            learner = make_maml(execution=execution)
+            params = list(learner.model.parameters())
+        else:
+            backbone = TinyConv(torch.Generator().manual_seed(0))
+            learner = ProtoNet(backbone, execution=execution)
+            params = list(backbone.parameters())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = learner.loss(batch)[0]
+        grads[execution, amp] = flat_grad(loss, params)
+
+    def distance(key: tuple[str, bool]) -> float:
+        return ((grads[key] - grads["loop", True]).norm() / grads["loop", True].norm()).item()
+
+    # bf16 rounds the per-task gradients otherwise than the loop's one backward (~1%); fp32 on the
+    # workers, as torch leaves them without the caller's autocast, is several times further away.
+    assert 4 * distance(("threads", True)) < distance(("threads", False))
+
+
 def test_threads_are_chosen_on_a_multicore_cpu_only_when_safe() -> None:
     learner, x = make_maml(), make_batch(0).support_x
     threads = torch.get_num_threads()
@@ -221,6 +246,8 @@ def test_threads_are_chosen_on_a_multicore_cpu_only_when_safe() -> None:
     assert not learner._use_threads(x[:1], meta=True)  # one task: nothing to share out
     with torch.no_grad():
         assert not learner._use_threads(x, meta=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # carried to the workers by run_tasks
+        assert learner._use_threads(x, meta=True) == (torch.get_num_threads() > 1)
     learner.model.backbone.add_module("dropout", nn.Dropout(0.1))  # RNG order would depend on scheduling
     assert not learner._use_threads(x, meta=True)
 

@@ -70,14 +70,14 @@ def use_channels_last(setting: bool | None, x: Tensor) -> bool:
 
 def use_threads(execution: str, x: Tensor, model: nn.Module, *, compile: bool, needs_grad: bool) -> bool:
     """Whether the T episodes of ``x`` (T, ...) go to worker threads: ``execution`` "threads", or
-    "auto" on a multi-core CPU with at least two episodes, unless something thread-local would
-    be lost on the way (grad mode, autocast), torch.compile'd code (not documented thread-safe)
-    or a stochastic module (dropout on worker threads would make same-seed runs differ)."""
+    "auto" on a multi-core CPU with at least two episodes, unless grad mode would be lost on the
+    way (autocast is carried over by run_tasks), torch.compile'd code (not documented
+    thread-safe) or a stochastic module (dropout on worker threads would make same-seed runs differ)."""
     if execution == "threads":
         return True
     if execution != "auto" or x.device.type != "cpu" or x.shape[0] < 2 or torch.get_num_threads() < 2:
         return False
-    if compile or (needs_grad and not torch.is_grad_enabled()) or torch.is_autocast_enabled("cpu"):
+    if compile or (needs_grad and not torch.is_grad_enabled()):
         return False
     return not is_stochastic(model)
 

@@ -82,12 +82,15 @@ def single_threaded_ops() -> Iterator[None]:
 def run_tasks(fn: Callable[[int, nn.Module], R], tasks: int, replicas: Sequence[nn.Module]) -> list[R]:
     """``[fn(t, replica) for t in range(tasks)]`` on ``len(replicas)`` worker threads, in task order.
 
-    Worker ``w`` takes tasks ``w, w + W, ...`` with its own replica.  Exceptions propagate.
+    Worker ``w`` takes tasks ``w, w + W, ...`` with its own replica.  Exceptions propagate.  The
+    caller's CPU autocast (``--amp``'s bf16), which torch keeps per thread, holds in the workers too.
     """
     workers = len(replicas)
+    amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
 
     def worker(w: int) -> list[tuple[int, R]]:
-        return [(t, fn(t, replicas[w])) for t in range(w, tasks, workers)]
+        with torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext():
+            return [(t, fn(t, replicas[w])) for t in range(w, tasks, workers)]
 
     with single_threaded_ops(), ThreadPoolExecutor(max_workers=workers) as pool:
         done = [item for chunk in pool.map(worker, range(workers)) for item in chunk]
