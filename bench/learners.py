@@ -220,9 +220,9 @@ def count_flops(fn: Callable[[], None], learner: nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def matmul_round(n: int, device: torch.device) -> float:
-    """GFLOP/s of one fp32 n^3 matmul (2 n^3 flops)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_round(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of one n^3 matmul (2 n^3 flops) in ``dtype``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     sync(device)
     start = time.perf_counter()
@@ -316,8 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in methods}
     matmul: list[float] = []
+    matmul_amp: list[float] = []  # the bf16 kernels' own ceiling, beside the fp32 one
     for _ in range(args.rounds):
         matmul.append(matmul_round(args.matmul, device))
+        if amp is not None:
+            matmul_amp.append(matmul_round(args.matmul, device, amp))
         for name, m in methods.items():
             sync(device)
             start = time.perf_counter()
@@ -329,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = statistics.median(matmul)
     print(f"fp32 matmul {args.matmul}^3: {peak:.1f} GFLOP/s (median of {len(matmul)})")
+    if matmul_amp:
+        print(
+            f"{str(amp).removeprefix('torch.')} matmul {args.matmul}^3: {statistics.median(matmul_amp):.1f} GFLOP/s "
+            f"(median of {len(matmul_amp)}; util below is against the fp32 figure)"
+        )
     print(f"{'method':<14}{'tasks/s':>9}{'min':>8}{'max':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'util':>7}")
     median = {name: statistics.median(r) for name, r in rates.items()}
     util = {}
@@ -357,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("maml", "fomaml", "protonet")
         if name + "+bf16" in median
     )
+    if matmul_amp:
+        bf16 += f" matmul_bf16_vs_fp32={statistics.median(matmul_amp) / peak:.2f}"
     print(
         f"maml_vs_l2l={maml_ratio:.2f} fomaml_vs_l2l={fomaml_ratio:.2f} protonet_flops_util={protonet_util:.2f}{bf16}"
     )
