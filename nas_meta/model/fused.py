@@ -85,9 +85,10 @@ def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
     """``pool(norm(x))`` for a 2x2 max-pool, fused where that is exact and pays (CPU).
 
     Only the pooled quarter is normalised and the backward is one scatter plus one pass (measured
-    gains in bench/README.md).  Falls back to them inside
-    vmap/grad, off the CPU, for maps the pool passes through, under :func:`unfused`, for a map of
-    another dtype than the norm's weights (autocast), and when a scale is not positive (a negative scale turns the max into a min).  See _BatchNormMaxPool2x2.
+    gains in bench/README.md).  Falls back to them inside vmap/grad, off the CPU, for maps the pool
+    passes through, under :func:`unfused`, for a map of another dtype than the norm's weights
+    (autocast), and when a scale is not positive (a negative scale turns the max into a min).
+    See _BatchNormMaxPool2x2.
     """
     if not _norm_pool_fusable(norm, pool, x):
         return pool(norm(x))
