@@ -151,6 +151,7 @@ def supernet(args: argparse.Namespace) -> int:
 
     from nas_meta import graph
     from nas_meta.data import load_dataset
+    from nas_meta.errors import SpaceError
     from nas_meta.fileio import atomic_write_json
     from nas_meta.learners import build_learner, evaluate_episodes
     from nas_meta.model import network
@@ -184,8 +185,13 @@ def supernet(args: argparse.Namespace) -> int:
         if name in doc.get("inherited", {}):
             continue
         t0 = time.process_time()
-        # Rebuilt from its choices, so that it carries the space's weight slots as built today.
-        arch = space.from_params(graph.from_json(doc["arch"]).graph["params"])
+        # Rebuilt from its choices, so that it carries the space's weight slots as built today;
+        # an architecture the bench added from elsewhere (Conv-4 in chain) as it is, if a path.
+        stored = graph.from_json(doc["arch"])
+        try:
+            arch = space.from_params(stored.graph["params"])
+        except SpaceError:
+            arch = stored
         backbone = network.build(arch, dataset.input_shape, seed=args.seed)
         learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
         inherit_learner(learner, trained)
