@@ -154,18 +154,6 @@ def derived_record(trial: Any, pick: int) -> dict[str, Any]:
     }
 
 
-def study_derived(space: str, algo: str, variant: str, seed: int, pick: int) -> dict[str, Any] | None:
-    """The derived trial's record, read back from the variant's study (records written before it was kept)."""
-    import optuna
-
-    from nas_meta.record import Attr
-
-    path = task_dir(space, algo) / "studies" / f"{variant}-s{seed}" / "study.db"
-    study = optuna.load_study(study_name=f"{variant}-s{seed}", storage=f"sqlite:///{path}")
-    done = [t for t in study.get_trials(deepcopy=False) if Attr.DERIVED in t.user_attrs and t.values]
-    return derived_record(done[0], pick) if done else None
-
-
 def reference_score(
     root: str, arch_doc: dict, fingerprint: str, cache: str, *, space: str = "chain", algo: str = "protonet"
 ) -> dict[str, Any]:
@@ -321,12 +309,6 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             path = out / f"{variant}-s{seed}.json"
             if path.exists():
-                done = json.loads(path.read_text())
-                if done.get("derived") and "reference" not in done["derived"]:  # score what DARTS delivered too
-                    if "arch" not in done["derived"]:
-                        done["derived"] = study_derived(args.space, args.algo, variant, seed, done["pick"]["number"])
-                    add_derived_reference(done, args.root, args.cache_dir)
-                    atomic_write_json(path, done)
                 continue
             doc = run_variant(
                 args.root,

@@ -99,10 +99,11 @@ def run_one(
             "cpu_s": round(time.process_time() - t0, 1),
             "test": [round(float(v), 6) for v in per_episode],
         }
-    from nas_meta.fileio import atomic_write_json
+    if not conv4_arm.is_file():  # trained now: kept for the next backbone compared with it
+        from nas_meta.fileio import atomic_write_json
 
-    conv4_arm.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(conv4_arm, out["conv4"])
+        conv4_arm.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(conv4_arm, out["conv4"])
     return out
 
 
