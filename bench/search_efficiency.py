@@ -68,10 +68,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SPACES = ("chain", "cell")
 ALGOS = ("protonet", "fomaml")
 REFERENCES = {"protonet": "600:400", "fomaml": "300:200"}  # as the fidelity bench's tables
+BUDGET = 600.0  # CPU seconds per search unless --budget says otherwise
 
 
 def task_dir(space: str, algo: str) -> Path:
     return RESULTS / f"{space}-{algo}"
+
+
+def label(variant: str, budget: float) -> str:
+    """A search's name in the results: the variant, with ``@<budget>`` when it ran on another budget
+    than the default, so searches of one variant at two budgets are kept (and paired) apart."""
+    return variant if budget == BUDGET else f"{variant}@{budget:g}"
 
 
 def run_variant(
@@ -92,7 +99,7 @@ def run_variant(
     from nas_meta.search.runner import SearchInterrupted, run_search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = f"{variant}-s{seed}"
+    study = f"{label(variant, budget)}-s{seed}"
     settings = dict(VARIANTS[variant])
     if supernet_steps is not None and "supernet_steps" in settings:
         settings["supernet_steps"] = supernet_steps
@@ -119,6 +126,7 @@ def run_variant(
     supernet = outcome.study.user_attrs.get(StudyAttr.SUPERNET, {})
     return {
         "variant": variant,
+        "label": label(variant, budget),
         "space": space,
         "algo": algo,
         "seed": seed,
@@ -210,8 +218,20 @@ def load(space: str = "chain", algo: str = "protonet") -> dict[tuple[str, int], 
     out = {}
     for path in sorted(task_dir(space, algo).glob("*-s*.json")):
         doc = json.loads(path.read_text())
-        out[(doc["variant"], doc["seed"])] = doc
+        out[(doc["label"], doc["seed"])] = doc
     return out
+
+
+def labels_in_order(results: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """The searches' labels: by budget, then in the order of ``VARIANTS``."""
+    docs = {name: doc for (name, _), doc in results.items()}
+    return sorted(docs, key=lambda name: (docs[name]["budget_cpu_s"], list(VARIANTS).index(docs[name]["variant"])))
+
+
+def per_seed(reference: dict[str, Any]) -> str:
+    """One search's reference score, with its 95% CI over the episodes when the record has it."""
+    ci = f" ± {100 * reference['ci95']:.1f}" if "ci95" in reference else ""
+    return f"{100 * reference['score']:.1f}{ci}"
 
 
 def table(baseline: str = "random", space: str = "chain", algo: str = "protonet") -> int:
@@ -220,23 +240,24 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
         print(f"no results yet for {space}-{algo}: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
         return 1
     seeds = sorted({s for _, s in results})
-    random_ref = {s: results[(baseline, s)]["reference"]["score"] for s in seeds if (baseline, s) in results}
     lines = [
         f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
         f"each variant says; picks re-scored at the reference budget ({REFERENCES[algo]}).",
         "",
-        "| variant | seeds | trials (screened) | pick's search score % | pick's reference % (per seed) "
+        "| variant | seeds | trials (screened) | pick's search score % "
+        "| pick's reference % (per seed, ± 95% CI over its episodes) "
         f"| paired diff. to {baseline}, points | reference error / {baseline}'s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     last = {}
-    for variant in VARIANTS:
-        docs = [results[(variant, s)] for s in seeds if (variant, s) in results]
-        if not docs:
-            continue
+    for name in labels_in_order(results):
+        docs = [results[(name, s)] for s in seeds if (name, s) in results]
+        # paired with the baseline's search of the same seed and budget
+        base = label(baseline, docs[0]["budget_cpu_s"])
+        base_ref = {s: results[(base, s)]["reference"]["score"] for s in seeds if (base, s) in results}
         refs = [d["reference"]["score"] for d in docs]
-        diffs = [d["reference"]["score"] - random_ref[d["seed"]] for d in docs if d["seed"] in random_ref]
-        paired = [(d, random_ref[d["seed"]]) for d in docs if d["seed"] in random_ref]
+        diffs = [d["reference"]["score"] - base_ref[d["seed"]] for d in docs if d["seed"] in base_ref]
+        paired = [(d, base_ref[d["seed"]]) for d in docs if d["seed"] in base_ref]
         ratio = (
             (
                 statistics.mean(1 - d["reference"]["score"] for d, _ in paired)
@@ -246,14 +267,14 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
             else float("nan")
         )
         lines.append(
-            f"| {variant} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
+            f"| {name} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
             f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
             f"{100 * statistics.mean(d['pick']['val'] for d in docs):.1f} | "
-            f"{100 * statistics.mean(refs):.2f} ({', '.join(f'{100 * r:.1f}' for r in refs)}) | "
+            f"{100 * statistics.mean(refs):.2f} ({', '.join(per_seed(d['reference']) for d in docs)}) | "
             f"{f'{100 * statistics.mean(diffs):+.2f}' if diffs else '-'} | {ratio:.3f} |"
         )
-        if variant != baseline:
-            last[f"{variant}_vs_{baseline}"] = ratio
+        if name != base and paired:
+            last[f"{name}_vs_{base}"] = ratio
     lines.append("")
     for (variant, seed), doc in sorted(results.items()):
         derived = doc.get("derived")
@@ -277,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    r.add_argument("--budget", type=float, default=600.0, help="CPU seconds of search per variant and seed")
+    r.add_argument("--budget", type=float, default=BUDGET, help="CPU seconds of search per variant and seed")
     r.add_argument("--space", default="chain", choices=SPACES)
     r.add_argument("--algo", default="protonet", choices=ALGOS)
     r.add_argument(
@@ -307,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:
-            path = out / f"{variant}-s{seed}.json"
+            path = out / f"{label(variant, args.budget)}-s{seed}.json"
             if path.exists():
                 continue
             doc = run_variant(

@@ -110,9 +110,9 @@ def test_each_budget_scores_what_a_run_of_that_length_gives(smoke):
 
     d = cfg.data
     for budget, val_seed, got in [
-        (Budget(2, 4), 21, record["budgets"][0]["score"]),
-        (Budget(4, 6), 21, record["budgets"][1]["score"]),
-        (Budget(5, 8), 31, record["reference"]["score"]),
+        (Budget(2, 4), 21, record["budgets"][0]),
+        (Budget(4, 6), 21, record["budgets"][1]),
+        (Budget(5, 8), 31, record["reference"]),
     ]:
         # The same training, stopped at the budget's step, scored on that budget's episodes.
         backbone = network.build(arch, dataset.input_shape, seed=11)
@@ -121,8 +121,10 @@ def test_each_budget_scores_what_a_run_of_that_length_gives(smoke):
         meta_train(learner, train, None, dataclasses.replace(cfg.learner, iterations=budget.steps), seed=11)
         val = dataset.sampler("val", ways=3, shots=d.shots, queries=d.queries, seed=val_seed, device="cpu")
         per_episode = evaluate_episodes(learner, val, budget.val_episodes, tasks_per_batch=cfg.learner.meta_batch)
-        expected = float(per_episode.mean())
-        assert got == pytest.approx(expected, abs=1e-12)
+        assert got["score"] == pytest.approx(float(per_episode.double().mean()), abs=1e-12)
+        # the episodes' 95% CI half-width: 1.96 x population std / sqrt(episodes)
+        std = float(per_episode.double().std(correction=0))
+        assert got["ci95"] == pytest.approx(1.96 * std / budget.val_episodes**0.5, abs=1e-12)
 
 
 def test_budgets_need_a_constant_rate_and_the_last_weights(smoke):

@@ -35,7 +35,7 @@ from .. import graph
 from ..config import RunConfig
 from ..data import Dataset
 from ..errors import ConfigError
-from ..learners import build_learner, evaluate_episodes, meta_train
+from ..learners import build_learner, confidence_interval, evaluate_episodes, meta_train
 from ..model import network
 from ..spaces import Space
 from .proxies import ProxyInputs, compute_proxies
@@ -182,8 +182,8 @@ def score_architecture(
         for b, val in todo:
             train_cpu = time.process_time() - start - eval_cpu
             t0 = time.process_time()
-            score = float(
-                evaluate_episodes(learner, val_sampler(val), b.val_episodes, tasks_per_batch=lc.meta_batch).mean()
+            score, ci95 = confidence_interval(
+                evaluate_episodes(learner, val_sampler(val), b.val_episodes, tasks_per_batch=lc.meta_batch)
             )
             spent = time.process_time() - t0
             eval_cpu += spent
@@ -191,6 +191,7 @@ def score_architecture(
                 "steps": b.steps,
                 "val_episodes": b.val_episodes,
                 "score": score,
+                "ci95": ci95,
                 "cpu_s": round(train_cpu + spent, 2),
             }
             if b is reference and val == reference_seed:
