@@ -76,9 +76,9 @@ def task_dir(space: str, algo: str) -> Path:
 
 
 def label(variant: str, budget: float) -> str:
-    """A search's name in the results: the variant, with ``@<budget>`` when it ran on another budget
+    """A search's name in the results: the variant, with ``-b<budget>`` when it ran on another budget
     than the default, so searches of one variant at two budgets are kept (and paired) apart."""
-    return variant if budget == BUDGET else f"{variant}@{budget:g}"
+    return variant if budget == BUDGET else f"{variant}-b{budget:g}"
 
 
 def run_variant(
