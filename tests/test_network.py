@@ -334,6 +334,19 @@ def test_batch_norm_fused_with_its_max_pool_gives_the_same_numbers():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * max(t.abs().max().item() for t in plain))
 
 
+@pytest.mark.parametrize("space", ["conv4", "cell"])
+def test_torch_compile_traces_a_compiled_network_as_one_graph(space: str) -> None:
+    """The fused ops and the functorch query stay out of torch.compile's way: no graph breaks (each
+    would also add guards, and a recompile per guard until dynamo's limit)."""
+    import torch._dynamo
+
+    net = network.build(spaces.load_space(space).sample(random.Random(0)), (1, 28, 28), seed=0)
+    x = to_channels_last(torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    assert net.norm_pool or space == "cell"  # Conv-4's eager network fuses (the cell's has no norm+pool pair)
+    explained = torch._dynamo.explain(net)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_activation_with_two_consumers_is_not_moved_after_the_pool():
     arch = make_arch(
         {"input": {"op": "input"}, "act": {"op": "relu"}, "pool": {"op": "max_pool_2x2"}, "out": {"op": "identity"}},

@@ -97,9 +97,12 @@ def batch_norm_max_pool(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> Tensor:
 
 def _norm_pool_fusable(norm: BatchNorm, pool: Pool2x2, x: Tensor) -> bool:
     """What both fused ops need of the norm, the pool and the tensor reaching them (x: the norm's
-    input or the conv's, same batch and map size).  The functorch check precedes any layout query."""
+    input or the conv's, same batch and map size).  The functorch check precedes any layout query.
+    Under torch.compile the ops stay apart: the compiler fuses them itself, and the data-dependent
+    checks below would break its graph."""
     return not (
-        _UNFUSED.on
+        torch.compiler.is_compiling()
+        or _UNFUSED.on
         or pool.kind != "max"
         or x.dim() != 4
         or x.device.type != "cpu"

@@ -130,7 +130,9 @@ class BatchNorm(_AffineNorm):
         return [d for d in range(x.dim()) if d != 1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not functorch_wrapped(x) and not _PLAIN.on:
+        # torch.compile traces the native kernel (the learners never compile under vmap); the
+        # functorch query would break its graph.
+        if not _PLAIN.on and (torch.compiler.is_compiling() or not functorch_wrapped(x)):
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(x)
 
