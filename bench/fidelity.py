@@ -21,7 +21,10 @@ the ``supernet<steps>@<episodes>`` estimator: its validation score with inherite
 
 ``run --amp`` scores under the trainer's bf16 autocast (a CPU with AVX-512 BF16 or AMX) into
 ``<folder>-bf16``; ``table`` then gives the Kendall tau between bf16 and fp32 scores of the same
-architectures (does reduced precision rank candidates as fp32 does?).
+architectures (does reduced precision rank candidates as fp32 does?).  ``run --train-seed N`` trains
+the same architectures from other initial weights on other training episodes (scored on the same
+validation episodes) into ``<folder>-t<N>``; ``table`` gives the tau between the two runs: the
+noise floor a tau between two ways of scoring should be read against.
 
 ``table`` gives, per estimator and space: Kendall's tau-b and Spearman's rho against the reference
 with bootstrap 95% CIs (architectures resampled), the top-10% recall, and the CPU seconds per
@@ -50,8 +53,10 @@ VAL_SEED_OFFSET = 7_919  # as the search's (objective.py): the budgets see the s
 REFERENCE_SEED_OFFSET = 31_337  # another draw of validation episodes for the reference
 
 
-def folder(space: str, algo: str, ways: int, shots: int, amp: bool = False) -> Path:
-    return RESULTS / f"{space}-{algo}-{ways}w{shots}s{'-bf16' if amp else ''}"
+def folder(space: str, algo: str, ways: int, shots: int, amp: bool = False, train_seed: int | None = None) -> Path:
+    """The records' folder: ``-bf16`` for ``--amp``, ``-t<N>`` for a training seed other than ``--seed``."""
+    suffix = ("-bf16" if amp else "") + (f"-t{train_seed}" if train_seed is not None else "")
+    return RESULTS / f"{space}-{algo}-{ways}w{shots}s{suffix}"
 
 
 def bench_config(args: argparse.Namespace, reference: Any) -> Any:
@@ -100,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     include = [load_known_arch("conv4")[1]] if args.space == "chain" else []
     archs = draw_architectures(space, args.archs, args.seed, include=include)
-    out = folder(args.space, args.algo, args.ways, args.shots, args.amp)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    out = folder(
+        args.space, args.algo, args.ways, args.shots, args.amp, None if train_seed == args.seed else train_seed
+    )
     out.mkdir(parents=True, exist_ok=True)
     order = list(enumerate(archs))
     for index, arch in reversed(order) if args.reverse else order:
@@ -115,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             budgets=budgets,
             reference=reference,
             proxies=proxies,
-            seed=args.seed,
+            seed=train_seed,
             val_seed=args.seed + VAL_SEED_OFFSET,
             reference_seed=args.seed + REFERENCE_SEED_OFFSET,
         )
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             ways=args.ways,
             shots=args.shots,
             seed=args.seed,
+            train_seed=train_seed,
             threads=torch.get_num_threads(),
             cpu_s=round(time.process_time() - t0, 1),
             recipe=cfg.recipe(),
@@ -269,38 +278,53 @@ def table(args: argparse.Namespace) -> int:
             if path.name == args.last:
                 last[f"tau_{name.replace('@', '_')}"] = tau
         lines.append("")
-    lines += transfer() + precision()
+    lines += transfer() + precision() + replicates()
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.3f}" for k, v in last.items() if not math.isnan(v)))
     return 0
 
 
-def precision() -> list[str]:
-    """Do bf16 (``run --amp``) scores rank the architectures as fp32 scores do?  Kendall tau between
-    the two on the same architectures, per estimator present in both."""
+def agreement(base: Path, other: Path, what: str) -> list[str]:
+    """Kendall tau between two runs' scores of the same architectures, per trained estimator and
+    the reference (bootstrap 95% CIs); nothing when they share fewer than 4 architectures."""
     from nas_meta.search.fidelity import bootstrap_ci, kendall_tau
 
+    a = {r["fingerprint"]: r for r in load(base) if r.get("reference")}
+    b = {r["fingerprint"]: r for r in load(other) if r.get("reference")}
+    common = sorted(set(a) & set(b))
+    if len(common) < 4:
+        return []
+    pairs = {
+        name: (estimators([a[k] for k in common])[name][0], values)
+        for name, (values, _) in estimators([b[k] for k in common]).items()
+        if name.startswith("train")
+    }
+    pairs["reference"] = ([a[k]["reference"]["score"] for k in common], [b[k]["reference"]["score"] for k in common])
     out = []
-    for bf16 in sorted(RESULTS.glob("*-bf16")):
-        fp32 = bf16.with_name(bf16.name.removesuffix("-bf16"))
-        a = {r["fingerprint"]: r for r in load(fp32) if r.get("reference")}
-        b = {r["fingerprint"]: r for r in load(bf16) if r.get("reference")}
-        common = sorted(set(a) & set(b))
-        if len(common) < 4:
-            continue
-        for name, (values, _) in estimators([b[k] for k in common]).items():
-            if name.startswith("train"):
-                x = estimators([a[k] for k in common])[name][0]
-                lo, hi = bootstrap_ci(kendall_tau, x, values)
-                out.append(
-                    f"bf16 against fp32, `{fp32.name}` `{name}` ({len(common)} architectures): "
-                    f"Kendall tau {kendall_tau(x, values):.2f} [{lo:.2f}, {hi:.2f}]"
-                )
-        x, y = [a[k]["reference"]["score"] for k in common], [b[k]["reference"]["score"] for k in common]
+    for name, (x, y) in pairs.items():
         lo, hi = bootstrap_ci(kendall_tau, x, y)
         out.append(
-            f"bf16 against fp32, `{fp32.name}` reference: Kendall tau {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}]"
+            f"{what}, `{base.name}` `{name}` ({len(common)} architectures): "
+            f"Kendall tau {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}]"
         )
+    return out
+
+
+def precision() -> list[str]:
+    """Do bf16 (``run --amp``) scores rank the architectures as fp32 scores do?"""
+    out = []
+    for bf16 in sorted(RESULTS.glob("*-bf16")):
+        out += agreement(bf16.with_name(bf16.name.removesuffix("-bf16")), bf16, "bf16 against fp32")
+    return out
+
+
+def replicates() -> list[str]:
+    """The noise floor of those taus: the same architectures, validation and reference episodes,
+    trained from another seed (``run --train-seed``: other initial weights and training episodes)."""
+    out = []
+    for other in sorted(RESULTS.glob("*-t[0-9]*")):
+        base, _, seed = other.name.rpartition("-t")
+        out += agreement(other.with_name(base), other, f"training seed {seed} against the run's own")
     return out
 
 
@@ -346,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--reference", default=DEFAULT_REFERENCE, help="STEPS:VAL_EPISODES of the reference")
     r.add_argument("--proxies", default=DEFAULT_PROXIES, help="comma-separated (empty: none)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seed the initial weights and training episodes apart from --seed, which keeps the architectures "
+        "and validation episodes (the noise floor of a ranking; results in <folder>-t<N>)",
+    )
     r.add_argument(
         "--amp", action="store_true", help="train under --amp's bf16 autocast (bf16 CPUs): results in <folder>-bf16"
     )
