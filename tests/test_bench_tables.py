@@ -1,0 +1,59 @@
+"""bench/search_efficiency.py's table: searches are paired with the baseline's of the same seed and budget."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module("search_efficiency")
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    return module
+
+
+def write(bench: ModuleType, variant: str, seed: int, budget: float, score: float, ci95: float | None = 0.01) -> None:
+    name = bench.label(variant, budget)
+    reference = {"score": score, "steps": 600, "val_episodes": 400, **({"ci95": ci95} if ci95 is not None else {})}
+    doc = {
+        "variant": variant,
+        "label": name,
+        "seed": seed,
+        "budget_cpu_s": budget,
+        "trials": 10,
+        "screened": 0,
+        "pick": {"val": 0.8},
+        "reference": reference,
+        "derived": None,
+    }
+    folder = bench.task_dir("cell", "protonet")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-s{seed}.json").write_text(json.dumps(doc))
+
+
+def test_searches_at_another_budget_are_kept_and_paired_apart(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.label("darts", bench.BUDGET) == "darts"
+    assert bench.label("darts", 2000) == "darts-b2000"  # a valid study name: letters, digits, '-', '_'
+    write(bench, "tpe", 0, 600, 0.80)
+    write(bench, "tpe_supernet", 0, 600, 0.82)
+    write(bench, "tpe", 0, 2000, 0.85)
+    write(bench, "darts", 0, 2000, 0.70, ci95=None)  # a record without the CI (written before it was kept)
+    assert bench.table("tpe", "cell", "protonet") == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in out if line.startswith("| ") and "---" not in line}
+    assert list(rows)[1:] == ["tpe", "tpe_supernet", "tpe-b2000", "darts-b2000"]  # by budget, then variant
+    assert "| 82.00 (82.0 ± 1.0) |" in rows["tpe_supernet"]  # mean (per seed ± the reference's CI)
+    assert "+2.00" in rows["tpe_supernet"]  # against tpe at 600 CPU s, not at 2000
+    assert "-15.00" in rows["darts-b2000"] and "(70.0)" in rows["darts-b2000"]  # against tpe-b2000
+    # errors over the baseline's: (1 - 0.82) / (1 - 0.80) and (1 - 0.70) / (1 - 0.85)
+    assert out[-1] == "tpe_supernet_vs_tpe=0.900 darts-b2000_vs_tpe-b2000=2.000"
