@@ -20,7 +20,8 @@ The weight-sharing variants spend part of the same budget on the shared network 
 and meta-trains each pool's best; ``darts`` (cell spaces) trains the relaxed cell, queues the
 discretised architecture as the first trial, and spends what is left of the budget on plain TPE
 trials, so its pick is the derived architecture only when nothing TPE found scores higher (the
-record says which).
+record says which).  For a ``darts`` search ``table`` also reads the relaxed network saved beside
+its study and says how decisive its architecture weights became (``darts_alphas``).
 
 Each (variant, seed) result is kept in ``results/search_efficiency/<space>-<algo>/`` (git-ignored;
 reruns skip what is done).  ``table`` prints per variant the mean reference accuracy of its picks,
@@ -234,6 +235,30 @@ def per_seed(reference: dict[str, Any]) -> str:
     return f"{100 * reference['score']:.1f}{ci}"
 
 
+def darts_alphas(checkpoint: Path) -> dict[str, dict[str, float]]:
+    """How decisive a differentiable search's architecture weights are, per cell type, from its
+    saved relaxed network: the edges and ops, the largest softmax weight of any op on any edge
+    (1/ops: undecided), the median over edges of the gap between the two largest alphas (the margin
+    of the discretisation's argmax), and the largest alpha in magnitude (they start at 1e-3 scale)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out = {}
+    for key, alpha in state["learner"].items():
+        if ".alphas." not in f".{key}":
+            continue
+        top2 = alpha.float().topk(2, dim=-1).values
+        out[key.rsplit(".", 1)[-1]] = {
+            "edges": alpha.shape[0],
+            "ops": alpha.shape[1],
+            "max_weight": float(torch.softmax(alpha.float(), dim=-1).max()),
+            "median_gap": float((top2[:, 0] - top2[:, 1]).median()),
+            "max_abs": float(alpha.abs().max()),
+            "steps": state["record"]["steps"],
+        }
+    return out
+
+
 def table(baseline: str = "random", space: str = "chain", algo: str = "protonet") -> int:
     results = load(space, algo)
     if not results:
@@ -286,6 +311,14 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
                 f"{' (the pick)' if derived['is_pick'] else ''}; its network trained for "
                 f"{doc['supernet_cpu_s']:.0f} of the {doc['budget_cpu_s']:.0f} CPU s"
             )
+        checkpoint = task_dir(space, algo) / "studies" / f"{variant}-s{seed}" / "supernet.pt"
+        if doc["variant"] == "darts" and checkpoint.is_file():
+            for cell_type, a in darts_alphas(checkpoint).items():
+                lines.append(
+                    f"{variant} seed {seed}: {cell_type} alphas after {a['steps']} steps: largest op weight "
+                    f"{a['max_weight']:.4f} (uniform {1 / a['ops']:.4f}), median top-2 gap {a['median_gap']:.4f}, "
+                    f"largest |alpha| {a['max_abs']:.4f} over {a['edges']} edges x {a['ops']} ops"
+                )
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.3f}" for k, v in last.items()))
     return 0

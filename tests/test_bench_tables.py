@@ -57,3 +57,35 @@ def test_searches_at_another_budget_are_kept_and_paired_apart(
     assert "-15.00" in rows["darts-b2000"] and "(70.0)" in rows["darts-b2000"]  # against tpe-b2000
     # errors over the baseline's: (1 - 0.82) / (1 - 0.80) and (1 - 0.70) / (1 - 0.85)
     assert out[-1] == "tpe_supernet_vs_tpe=0.900 darts-b2000_vs_tpe-b2000=2.000"
+
+
+def test_darts_alphas_summarise_how_decisive_the_relaxation_is(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import math
+
+    import torch
+
+    normal = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.2, -0.3]])
+    weights = {"backbone.alphas.normal": normal, "backbone.stem.weight": torch.ones(3)}
+    state = {"learner": weights, "record": {"steps": 50}}
+    checkpoint = bench.task_dir("cell", "protonet") / "studies" / "darts-b2000-s0" / "supernet.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(state, checkpoint)
+    summary = bench.darts_alphas(checkpoint)
+    assert list(summary) == ["normal"]  # the network's weights are not alphas
+    a = summary["normal"]
+    assert (a["edges"], a["ops"], a["steps"]) == (3, 4, 50)
+    assert a["max_weight"] == pytest.approx(math.e / (math.e + math.exp(0.5) + 2))  # edge 1, op 0
+    assert a["median_gap"] == pytest.approx(0.2)  # gaps 0, 0.5, 0.2
+    assert a["max_abs"] == 1.0
+    # the table prints it under the search it belongs to
+    write(bench, "tpe", 0, 2000, 0.85)
+    write(bench, "darts", 0, 2000, 0.70)
+    write(bench, "darts", 0, 600, 0.70)  # no checkpoint: no line
+    assert bench.table("tpe", "cell", "protonet") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "alphas" in line]
+    assert lines == [
+        "darts-b2000 seed 0: normal alphas after 50 steps: largest op weight 0.4269 (uniform 0.2500), "
+        "median top-2 gap 0.2000, largest |alpha| 1.0000 over 3 edges x 4 ops"
+    ]
