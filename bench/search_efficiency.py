@@ -121,9 +121,10 @@ def run_variant(
     except SearchInterrupted as stopped:
         outcome = stopped.outcome
     cpu = time.process_time() - start
-    best = best_trials(outcome.study, "classification", k=1)[0]
+    # none when the budget ran out before a trial completed (the shared network can take it all)
+    best = next(iter(best_trials(outcome.study, "classification", k=1)), None)
     trained = counted_trials(outcome.study)
-    derived = [t for t in trained if Attr.DERIVED in t.user_attrs]
+    derived = [t for t in outcome.study.trials if Attr.DERIVED in t.user_attrs]  # finished or stopped
     supernet = outcome.study.user_attrs.get(StudyAttr.SUPERNET, {})
     return {
         "variant": variant,
@@ -135,14 +136,10 @@ def run_variant(
         "search_cpu_s": round(cpu, 1),
         "trials": len(trained),
         "screened": sum("screening" in t.user_attrs for t in outcome.study.trials),
-        "pick": {
-            "number": best.number,
-            "val": best.values[0],
-            "fingerprint": best.user_attrs["fingerprint"],
-            "arch": best.user_attrs["arch"],
-            "params": best.user_attrs.get("params"),
-        },
-        "derived": derived_record(derived[0], best.number) if derived else None,
+        "pick": trial_record(best) if best is not None else None,
+        "derived": {**trial_record(derived[0]), "is_pick": best is not None and derived[0].number == best.number}
+        if derived
+        else None,
         "supernet_cpu_s": supernet.get("cpu_seconds"),
         "settings": settings,
         "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --space {space} --algo {algo} "
@@ -151,12 +148,11 @@ def run_variant(
     }
 
 
-def derived_record(trial: Any, pick: int) -> dict[str, Any]:
-    """What the differentiable search delivered: its discretised architecture's trial."""
+def trial_record(trial: Any) -> dict[str, Any]:
+    """A trial's architecture and search score (None: stopped by the budget before it finished)."""
     return {
         "number": trial.number,
-        "val": trial.values[0],
-        "is_pick": trial.number == pick,
+        "val": trial.values[0] if trial.values else None,
         "fingerprint": trial.user_attrs["fingerprint"],
         "arch": trial.user_attrs["arch"],
         "params": trial.user_attrs.get("params"),
@@ -229,8 +225,14 @@ def labels_in_order(results: dict[tuple[str, int], dict[str, Any]]) -> list[str]
     return sorted(docs, key=lambda name: (docs[name]["budget_cpu_s"], list(VARIANTS).index(docs[name]["variant"])))
 
 
-def per_seed(reference: dict[str, Any]) -> str:
+def mean_percent(values: list[float], digits: int) -> str:
+    return f"{100 * statistics.mean(values):.{digits}f}" if values else "-"
+
+
+def per_seed(reference: dict[str, Any] | None) -> str:
     """One search's reference score, with its 95% CI over the episodes when the record has it."""
+    if reference is None:
+        return "no pick: no trial completed"
     ci = f" ± {100 * reference['ci95']:.1f}" if "ci95" in reference else ""
     return f"{100 * reference['score']:.1f}{ci}"
 
@@ -279,10 +281,15 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
         docs = [results[(name, s)] for s in seeds if (name, s) in results]
         # paired with the baseline's search of the same seed and budget
         base = label(baseline, docs[0]["budget_cpu_s"])
-        base_ref = {s: results[(base, s)]["reference"]["score"] for s in seeds if (base, s) in results}
-        refs = [d["reference"]["score"] for d in docs]
-        diffs = [d["reference"]["score"] - base_ref[d["seed"]] for d in docs if d["seed"] in base_ref]
-        paired = [(d, base_ref[d["seed"]]) for d in docs if d["seed"] in base_ref]
+        base_ref = {
+            s: results[(base, s)]["reference"]["score"]
+            for s in seeds
+            if (base, s) in results and results[(base, s)]["reference"]
+        }
+        scored = [d for d in docs if d["reference"]]  # a search whose budget ran out first has no pick
+        refs = [d["reference"]["score"] for d in scored]
+        diffs = [d["reference"]["score"] - base_ref[d["seed"]] for d in scored if d["seed"] in base_ref]
+        paired = [(d, base_ref[d["seed"]]) for d in scored if d["seed"] in base_ref]
         ratio = (
             (
                 statistics.mean(1 - d["reference"]["score"] for d, _ in paired)
@@ -294,8 +301,8 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
         lines.append(
             f"| {name} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
             f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
-            f"{100 * statistics.mean(d['pick']['val'] for d in docs):.1f} | "
-            f"{100 * statistics.mean(refs):.2f} ({', '.join(per_seed(d['reference']) for d in docs)}) | "
+            f"{mean_percent([d['pick']['val'] for d in scored], 1)} | "
+            f"{mean_percent(refs, 2)} ({', '.join(per_seed(d['reference']) for d in docs)}) | "
             f"{f'{100 * statistics.mean(diffs):+.2f}' if diffs else '-'} | {ratio:.3f} |"
         )
         if name != base and paired:
@@ -304,9 +311,14 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
     for (variant, seed), doc in sorted(results.items()):
         derived = doc.get("derived")
         if derived and "reference" in derived:
+            searched = (
+                f"scored {100 * derived['val']:.1f}% in the search"
+                if derived["val"] is not None
+                else "was stopped by the budget before it finished training in the search"
+            )
             lines.append(
                 f"{variant} seed {seed}: the weight-sharing network's own architecture (trial #{derived['number']}, "
-                f"{derived['params']:,} params) scored {100 * derived['val']:.1f}% in the search and "
+                f"{derived['params']:,} params) {searched}; "
                 f"{100 * derived['reference']['score']:.2f}% at the reference budget"
                 f"{' (the pick)' if derived['is_pick'] else ''}; its network trained for "
                 f"{doc['supernet_cpu_s']:.0f} of the {doc['budget_cpu_s']:.0f} CPU s"
@@ -375,22 +387,26 @@ def main(argv: list[str] | None = None) -> int:
                 supernet_steps=args.supernet_steps,
             )
             t0 = time.process_time()
-            doc["reference"] = reference_score(
-                args.root,
-                doc["pick"]["arch"],
-                doc["pick"]["fingerprint"],
-                args.cache_dir,
-                space=args.space,
-                algo=args.algo,
+            pick = doc["pick"]
+            doc["reference"] = (
+                reference_score(
+                    args.root, pick["arch"], pick["fingerprint"], args.cache_dir, space=args.space, algo=args.algo
+                )
+                if pick is not None
+                else None
             )
             doc["rescore_cpu_s"] = round(time.process_time() - t0, 1)
             if doc.get("derived"):
                 add_derived_reference(doc, args.root, args.cache_dir)
             atomic_write_json(path, doc)
             print(
-                f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, pick "
-                f"#{doc['pick']['number']} val {100 * doc['pick']['val']:.1f}%, reference "
-                f"{100 * doc['reference']['score']:.2f}%",
+                f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, "
+                + (
+                    f"pick #{pick['number']} val {100 * pick['val']:.1f}%, reference "
+                    f"{100 * doc['reference']['score']:.2f}%"
+                    if pick is not None
+                    else "no trial completed within the budget"
+                ),
                 flush=True,
             )
     return 0

@@ -89,3 +89,27 @@ def test_darts_alphas_summarise_how_decisive_the_relaxation_is(
         "darts-b2000 seed 0: normal alphas after 50 steps: largest op weight 0.4269 (uniform 0.2500), "
         "median top-2 gap 0.2000, largest |alpha| 1.0000 over 3 edges x 4 ops"
     ]
+
+
+def test_a_search_whose_budget_ran_out_before_any_trial_is_a_row_without_a_pick(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(bench, "tpe", 0, 600, 0.80)
+    write(bench, "tpe", 1, 600, 0.70)
+    write(bench, "darts", 0, 600, 0.75)
+    path = bench.task_dir("cell", "protonet") / "darts-s1.json"
+    doc = json.loads(path.with_name("darts-s0.json").read_text()) | {"seed": 1, "trials": 0, "supernet_cpu_s": 538}
+    doc |= {"pick": None, "reference": None}
+    doc["derived"] = {"number": 0, "val": None, "is_pick": False, "params": 28_256, "reference": {"score": 0.5}}
+    path.write_text(json.dumps(doc))
+    assert bench.table("tpe", "cell", "protonet") == 0
+    out = capsys.readouterr().out.splitlines()
+    darts = next(line for line in out if line.startswith("| darts |"))
+    # the mean and the paired difference are of seed 0 only; seed 1 says why it has none
+    assert "| 75.00 (75.0 ± 1.0, no pick: no trial completed) | -5.00 |" in darts
+    assert out[-1] == "darts_vs_tpe=1.250"
+    assert (
+        "darts seed 1: the weight-sharing network's own architecture (trial #0, 28,256 params) was stopped by "
+        "the budget before it finished training in the search; 50.00% at the reference budget; its network "
+        "trained for 538 of the 600 CPU s" in out
+    )
