@@ -82,6 +82,11 @@ def label(variant: str, budget: float) -> str:
     return variant if budget == BUDGET else f"{variant}-b{budget:g}"
 
 
+def studies_dir(space: str, algo: str) -> Path:
+    """Where a task's searches keep their Optuna studies (one folder per ``<label>-s<seed>``)."""
+    return task_dir(space, algo) / "studies"
+
+
 def run_variant(
     root: str,
     variant: str,
@@ -109,7 +114,7 @@ def run_variant(
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1},
         learner={"algo": algo},
         search={"space": space, "trials": 100_000, "study": study, **settings},
-        results_dir=str(task_dir(space, algo) / "studies"),
+        results_dir=str(studies_dir(space, algo)),
         seed=seed,
         device="cpu",
     )
@@ -246,14 +251,15 @@ def darts_alphas(checkpoint: Path) -> dict[str, dict[str, float]]:
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = {}
-    for key, alpha in state["learner"].items():
+    for key, saved in state["learner"].items():
         if ".alphas." not in f".{key}":
             continue
-        top2 = alpha.float().topk(2, dim=-1).values
+        alpha = saved.float()
+        top2 = alpha.topk(2, dim=-1).values
         out[key.rsplit(".", 1)[-1]] = {
             "edges": alpha.shape[0],
             "ops": alpha.shape[1],
-            "max_weight": float(torch.softmax(alpha.float(), dim=-1).max()),
+            "max_weight": float(torch.softmax(alpha, dim=-1).max()),
             "median_gap": float((top2[:, 0] - top2[:, 1]).median()),
             "max_abs": float(alpha.abs().max()),
             "steps": state["record"]["steps"],
@@ -262,6 +268,9 @@ def darts_alphas(checkpoint: Path) -> dict[str, dict[str, float]]:
 
 
 def table(baseline: str = "random", space: str = "chain", algo: str = "protonet") -> int:
+    from nas_meta.search.study import study_dir
+    from nas_meta.search.supernet import SUPERNET_FILE
+
     results = load(space, algo)
     if not results:
         print(f"no results yet for {space}-{algo}: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
@@ -323,7 +332,7 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
                 f"{' (the pick)' if derived['is_pick'] else ''}; its network trained for "
                 f"{doc['supernet_cpu_s']:.0f} of the {doc['budget_cpu_s']:.0f} CPU s"
             )
-        checkpoint = task_dir(space, algo) / "studies" / f"{variant}-s{seed}" / "supernet.pt"
+        checkpoint = study_dir(studies_dir(space, algo), f"{variant}-s{seed}") / SUPERNET_FILE
         if doc["variant"] == "darts" and checkpoint.is_file():
             for cell_type, a in darts_alphas(checkpoint).items():
                 lines.append(
