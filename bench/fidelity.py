@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from nas_meta.data import load_dataset
     from nas_meta.fileio import atomic_write_json
     from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
-    from nas_meta.search.runner import load_known_arch
-    from nas_meta.spaces import load_space
+    from nas_meta.spaces import load_known_arch, load_space
 
     budgets = [Budget.parse(b) for b in args.budgets.split(",") if b]
     reference = Budget.parse(args.reference)
@@ -248,7 +247,7 @@ def estimators(records: list[dict[str, Any]]) -> dict[str, tuple[list[float], li
 
 
 def table(args: argparse.Namespace) -> int:
-    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau, spearman_rho, top_recall
+    from nas_meta.stats import bootstrap_ci, kendall_tau, spearman_rho, top_recall
 
     lines, last = [], {}
     for path in sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []:
@@ -287,7 +286,7 @@ def table(args: argparse.Namespace) -> int:
 def agreement(base: Path, other: Path, what: str) -> list[str]:
     """Kendall tau between two runs' scores of the same architectures, per trained estimator and
     the reference (bootstrap 95% CIs); nothing when they share fewer than 4 architectures."""
-    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau
+    from nas_meta.stats import bootstrap_ci, kendall_tau
 
     a = {r["fingerprint"]: r for r in load(base) if r.get("reference")}
     b = {r["fingerprint"]: r for r in load(other) if r.get("reference")}
@@ -330,7 +329,7 @@ def replicates() -> list[str]:
 
 def transfer() -> list[str]:
     """ProtoNet's reference ranking against MAML's on the same architectures (same draw)."""
-    from nas_meta.search.fidelity import bootstrap_ci, kendall_tau
+    from nas_meta.stats import bootstrap_ci, kendall_tau
 
     out = []
     for proto in sorted(RESULTS.glob("*-protonet-*")):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nas_meta import stats  # noqa: E402  (numpy and scipy only: the table needs no torch)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "recipe"
 
@@ -128,7 +129,7 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
     from nas_meta.data import load_dataset
     from nas_meta.learners import evaluate_episodes
     from nas_meta.retrain import TEST_SEED_OFFSET, retrain
-    from nas_meta.search.runner import load_known_arch
+    from nas_meta.spaces import load_known_arch
 
     spec = row_specs()[name]
     data = {"dataset": "omniglot", "data_root": root, "cache_dir": cache, "split": "lake", **spec["data"]}
@@ -170,17 +171,15 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return mean, 1.96 * std / math.sqrt(n)
+    """Mean and 95% CI half-width over test episodes (nas_meta.stats.mean_ci)."""
+    return stats.mean_ci(values)
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean and 95% CI of b - a over the same episodes."""
     if len(a) != len(b):
         raise ValueError("paired rows need the same test episodes")
-    return mean_ci([y - x for x, y in zip(a, b, strict=True)])
+    return stats.mean_ci([y - x for x, y in zip(a, b, strict=True)])
 
 
 def load_results() -> dict[tuple[str, int], dict[str, Any]]:

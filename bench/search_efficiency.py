@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -44,16 +45,25 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fidelity as fidelity_bench  # noqa: E402  (bench/fidelity.py: its reference protocol)
+from records import write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficiency"
 
-# variant -> search settings over the quick preset
+# variant -> search settings over the quick preset.  Every variant says whether its candidates
+# share their training streams (crn) and whether a race picks (race), so that a change of the
+# search's defaults does not change what a variant measures.
+PLAIN = {"crn": "off", "race": 0}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "random": {"sampler": "random"},
-    "tpe": {"sampler": "tpe"},
-    "evolution": {"sampler": "evolution"},
-    "tpe_halving": {"sampler": "tpe", "pruner": "halving"},
-    "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8},
+    "random": {"sampler": "random", **PLAIN},
+    "tpe": {"sampler": "tpe", **PLAIN},
+    # Common random numbers: every candidate trains on the study's episodes.
+    "tpe_crn": {"sampler": "tpe", "crn": "episodes", "race": 0},
+    # ... and the final race of the 2 best against Conv-4 picks, inside the same CPU budget.
+    "tpe_crn_race": {"sampler": "tpe", "crn": "episodes", "race": 2},
+    "random_crn_race": {"sampler": "random", "crn": "episodes", "race": 2},
+    "evolution": {"sampler": "evolution", **PLAIN},
+    "tpe_halving": {"sampler": "tpe", "pruner": "halving", **PLAIN},
+    "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8, **PLAIN},
     # Weight sharing: a 400-step supernet first (inside the budget), then 32 candidates scored on
     # inherited weights per meta-trained one.
     "tpe_supernet": {
@@ -62,9 +72,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "prescreen": "supernet",
         "prescreen_pool": 32,
         "supernet_steps": 400,
+        **PLAIN,
     },
     # Differentiable search (cell spaces): the relaxed cell first, its discretisation the first trial.
-    "darts": {"sampler": "tpe", "strategy": "darts", "supernet_steps": 400},
+    "darts": {"sampler": "tpe", "strategy": "darts", "supernet_steps": 400, **PLAIN},
 }
 SPACES = ("chain", "cell")
 ALGOS = ("protonet", "fomaml")
@@ -72,8 +83,9 @@ REFERENCES = {"protonet": "600:400", "fomaml": "300:200"}  # as the fidelity ben
 BUDGET = 600.0  # CPU seconds per search unless --budget says otherwise
 
 
-def task_dir(space: str, algo: str) -> Path:
-    return RESULTS / f"{space}-{algo}"
+def task_dir(space: str, algo: str, ways: int = 5) -> Path:
+    """A task's results: ``<space>-<algo>``, with ``-<ways>w`` for other than 5-way episodes."""
+    return RESULTS / (f"{space}-{algo}" + (f"-{ways}w" if ways != 5 else ""))
 
 
 def label(variant: str, budget: float) -> str:
@@ -82,9 +94,9 @@ def label(variant: str, budget: float) -> str:
     return variant if budget == BUDGET else f"{variant}-b{budget:g}"
 
 
-def studies_dir(space: str, algo: str) -> Path:
+def studies_dir(space: str, algo: str, ways: int = 5) -> Path:
     """Where a task's searches keep their Optuna studies (one folder per ``<label>-s<seed>``)."""
-    return task_dir(space, algo) / "studies"
+    return task_dir(space, algo, ways) / "studies"
 
 
 def run_variant(
@@ -97,11 +109,16 @@ def run_variant(
     space: str = "chain",
     algo: str = "protonet",
     supernet_steps: int | None = None,
+    ways: int = 5,
 ) -> dict[str, Any]:
+    """One search of ``variant`` until it has used ``budget`` CPU seconds.  A racing variant stops
+    its trials early enough for its race to fit the budget too (the race's cost estimated from
+    the trials' own: entrants x blocks x the race's steps over a candidate's), then races."""
     import optuna
 
     from nas_meta.config import make_config
     from nas_meta.record import Attr, StudyAttr, best_trials, counted_trials
+    from nas_meta.search.race import race_pick, race_state
     from nas_meta.search.runner import SearchInterrupted, run_search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -111,23 +128,45 @@ def run_variant(
         settings["supernet_steps"] = supernet_steps
     cfg = make_config(
         "quick",
-        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1},
+        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": 1},
         learner={"algo": algo},
         search={"space": space, "trials": 100_000, "study": study, **settings},
-        results_dir=str(studies_dir(space, algo)),
+        results_dir=str(studies_dir(space, algo, ways)),
         seed=seed,
         device="cpu",
     )
     start = time.process_time()
+    entrants = cfg.search.race + 1  # the finalists and Conv-4
+    race_share = entrants * cfg.search.race_blocks * cfg.race_iterations() / cfg.learner.iterations
+    storage = f"sqlite:///{studies_dir(space, algo, ways).resolve() / study / 'study.db'}"
+    cost = {"per_candidate": 0.0, "read_at": -math.inf}
+
+    def out_of_budget() -> bool:
+        spent = time.process_time() - start
+        if not cfg.search.race:
+            return spent > budget
+        # The race costs about race_share candidates' training: stop the trials while it fits.
+        if spent - cost["read_at"] > 15.0:  # read the trials' cost now and then, not every step
+            cost["read_at"] = spent
+            trials = counted_trials(optuna.load_study(study_name=study, storage=storage))
+            seconds = [t.user_attrs.get(Attr.SECONDS, 0.0) for t in trials]
+            cost["per_candidate"] = statistics.median(seconds) if seconds else 0.0
+        return spent + 1.1 * race_share * cost["per_candidate"] > budget
+
+    stream = open(os.devnull, "w")
     try:
-        outcome = run_search(
-            cfg, stream=open(os.devnull, "w"), should_stop=lambda: time.process_time() - start > budget
-        )
+        outcome = run_search(cfg, stream=stream, should_stop=out_of_budget)
     except SearchInterrupted as stopped:
         outcome = stopped.outcome
+        if cfg.search.race and counted_trials(outcome.study):
+            # The trials stopped for the race: the study's budget is what it holds, and the race runs.
+            held = len(counted_trials(outcome.study))
+            outcome = run_search(cfg.replace(search={"trials": held}), stream=stream)
     cpu = time.process_time() - start
     # none when the budget ran out before a trial completed (the shared network can take it all)
     best = next(iter(best_trials(outcome.study, "classification", k=1)), None)
+    state = race_state(outcome.study)
+    raced = race_pick(state)
     trained = counted_trials(outcome.study)
     derived = [t for t in outcome.study.trials if Attr.DERIVED in t.user_attrs]  # finished or stopped
     supernet = outcome.study.user_attrs.get(StudyAttr.SUPERNET, {})
@@ -141,14 +180,17 @@ def run_variant(
         "search_cpu_s": round(cpu, 1),
         "trials": len(trained),
         "screened": sum("screening" in t.user_attrs for t in outcome.study.trials),
-        "pick": trial_record(best) if best is not None else None,
+        "pick": race_record(raced, state) if raced is not None else (trial_record(best) if best is not None else None),
+        "best_trial": trial_record(best) if best is not None else None,
+        "race_cpu_s": state["cpu_seconds"] if state else None,
+        "ways": ways,
         "derived": {**trial_record(derived[0]), "is_pick": best is not None and derived[0].number == best.number}
         if derived
         else None,
         "supernet_cpu_s": supernet.get("cpu_seconds"),
         "settings": settings,
         "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --space {space} --algo {algo} "
-        f"--seeds {seed} --variants {variant} --budget {budget:g}"
+        f"--ways {ways} --seeds {seed} --variants {variant} --budget {budget:g}"
         + (f" --supernet-steps {supernet_steps}" if supernet_steps is not None else ""),
     }
 
@@ -164,15 +206,34 @@ def trial_record(trial: Any) -> dict[str, Any]:
     }
 
 
+def race_record(pick: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The race's pick as the record of a pick, with what the race said."""
+    return {
+        "number": pick.trial,
+        "val": pick.search_score,
+        "fingerprint": pick.fingerprint,
+        "arch": pick.arch,
+        "baseline": pick.baseline,
+        "race": {"verdicts": state.get("verdicts", []), "dropped": state["dropped"], "scores": state["scores"]},
+    }
+
+
 def reference_score(
-    root: str, arch_doc: dict, fingerprint: str, cache: str, *, space: str = "chain", algo: str = "protonet"
+    root: str,
+    arch_doc: dict,
+    fingerprint: str,
+    cache: str,
+    *,
+    space: str = "chain",
+    algo: str = "protonet",
+    ways: int = 5,
 ) -> dict[str, Any]:
-    """The fidelity bench's reference score of an architecture (cached by fingerprint; reused from
-    the fidelity bench's records when it scored the same architecture)."""
-    path = task_dir(space, algo) / "reference" / f"{fingerprint}.json"
+    """The fidelity bench's reference score of an architecture at the task's own episodes (cached
+    by fingerprint; reused from the fidelity bench's records when it scored the same architecture)."""
+    path = task_dir(space, algo, ways) / "reference" / f"{fingerprint}.json"
     if path.exists():
         return json.loads(path.read_text())
-    for record_path in fidelity_bench.folder(space, algo, 5, 1).glob("[0-9]*.json"):
+    for record_path in fidelity_bench.folder(space, algo, ways, 1).glob("[0-9]*.json"):
         record = json.loads(record_path.read_text())
         if record.get("fingerprint") == fingerprint and record.get("reference"):
             return record["reference"]
@@ -185,7 +246,7 @@ def reference_score(
     reference = Budget.parse(REFERENCES[algo])
     cfg = make_config(
         "quick",
-        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": 5, "shots": 1, "queries": 5},
+        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": 1, "queries": 5},
         learner={"algo": algo, "meta_batch": 4, "iterations": reference.steps, "eval_every": reference.steps},
         seed=0,
         device="cpu",
@@ -212,13 +273,21 @@ def add_derived_reference(doc: dict[str, Any], root: str, cache: str) -> None:
     derived["reference"] = (
         doc["reference"]
         if derived["is_pick"]
-        else reference_score(root, derived["arch"], derived["fingerprint"], cache, space=doc["space"], algo=doc["algo"])
+        else reference_score(
+            root,
+            derived["arch"],
+            derived["fingerprint"],
+            cache,
+            space=doc["space"],
+            algo=doc["algo"],
+            ways=doc.get("ways", 5),
+        )
     )
 
 
-def load(space: str = "chain", algo: str = "protonet") -> dict[tuple[str, int], dict[str, Any]]:
+def load(space: str = "chain", algo: str = "protonet", ways: int = 5) -> dict[tuple[str, int], dict[str, Any]]:
     out = {}
-    for path in sorted(task_dir(space, algo).glob("*-s*.json")):
+    for path in sorted(task_dir(space, algo, ways).glob("*-s*.json")):
         doc = json.loads(path.read_text())
         out[(doc["label"], doc["seed"])] = doc
     return out
@@ -267,17 +336,17 @@ def darts_alphas(checkpoint: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def table(baseline: str = "random", space: str = "chain", algo: str = "protonet") -> int:
+def table(baseline: str = "random", space: str = "chain", algo: str = "protonet", ways: int = 5) -> int:
     from nas_meta.search.study import study_dir
     from nas_meta.search.supernet import SUPERNET_FILE
 
-    results = load(space, algo)
+    results = load(space, algo, ways)
     if not results:
         print(f"no results yet for {space}-{algo}: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
         return 1
     seeds = sorted({s for _, s in results})
     lines = [
-        f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), 5-way 1-shot; candidates scored as "
+        f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), {ways}-way 1-shot; candidates scored as "
         f"each variant says; picks re-scored at the reference budget ({REFERENCES[algo]}).",
         "",
         "| variant | seeds | trials (screened) | pick's search score % "
@@ -332,7 +401,7 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
                 f"{' (the pick)' if derived['is_pick'] else ''}; its network trained for "
                 f"{doc['supernet_cpu_s']:.0f} of the {doc['budget_cpu_s']:.0f} CPU s"
             )
-        checkpoint = study_dir(studies_dir(space, algo), f"{variant}-s{seed}") / SUPERNET_FILE
+        checkpoint = study_dir(studies_dir(space, algo, ways), f"{variant}-s{seed}") / SUPERNET_FILE
         if doc["variant"] == "darts" and checkpoint.is_file():
             for cell_type, a in darts_alphas(checkpoint).items():
                 lines.append(
@@ -355,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--budget", type=float, default=BUDGET, help="CPU seconds of search per variant and seed")
     r.add_argument("--space", default="chain", choices=SPACES)
     r.add_argument("--algo", default="protonet", choices=ALGOS)
+    r.add_argument("--ways", type=int, default=5, help="the task's episodes: searched and re-scored at this shape")
     r.add_argument(
         "--supernet-steps", type=int, default=None, help="the weight-sharing variants' shared-network steps (400)"
     )
@@ -365,9 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--space", default="chain", choices=SPACES)
     t.add_argument("--algo", default="protonet", choices=ALGOS)
+    t.add_argument("--ways", type=int, default=5)
     args = parser.parse_args(argv)
     if args.command == "table":
-        return table(args.baseline, args.space, args.algo)
+        return table(args.baseline, args.space, args.algo, args.ways)
     if not Path(args.root).is_dir():
         print(f"search_efficiency.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
         return 2
@@ -378,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             "search_efficiency.py: error: variant 'darts' needs --space cell (a relaxable cell space)", file=sys.stderr
         )
         return 2
-    out = task_dir(args.space, args.algo)
+    out = task_dir(args.space, args.algo, args.ways)
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:
@@ -394,12 +465,19 @@ def main(argv: list[str] | None = None) -> int:
                 space=args.space,
                 algo=args.algo,
                 supernet_steps=args.supernet_steps,
+                ways=args.ways,
             )
             t0 = time.process_time()
             pick = doc["pick"]
             doc["reference"] = (
                 reference_score(
-                    args.root, pick["arch"], pick["fingerprint"], args.cache_dir, space=args.space, algo=args.algo
+                    args.root,
+                    pick["arch"],
+                    pick["fingerprint"],
+                    args.cache_dir,
+                    space=args.space,
+                    algo=args.algo,
+                    ways=args.ways,
                 )
                 if pick is not None
                 else None
@@ -408,6 +486,14 @@ def main(argv: list[str] | None = None) -> int:
             if doc.get("derived"):
                 add_derived_reference(doc, args.root, args.cache_dir)
             atomic_write_json(path, doc)
+            write_record(
+                "search_efficiency",
+                f"{out.name}-{path.stem}",
+                doc,
+                command=doc["command"],
+                seed=seed,
+                cpu_seconds=doc["search_cpu_s"] + doc["rescore_cpu_s"],
+            )
             print(
                 f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, "
                 + (

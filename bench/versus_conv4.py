@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recipe import mean_ci, paired  # noqa: E402  (bench/recipe.py: the same statistics)
+from records import write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "versus_conv4"
 TEST_EPISODES = 600
@@ -48,7 +49,7 @@ def run_one(
     from nas_meta.learners import evaluate_episodes
     from nas_meta.model import network
     from nas_meta.retrain import TEST_SEED_OFFSET, retrain
-    from nas_meta.search.runner import load_known_arch
+    from nas_meta.spaces import load_known_arch
 
     ways, shots = parse_task(task)
     cfg = make_config(
@@ -82,9 +83,14 @@ def run_one(
         "recipe": cfg.recipe(),
     }
     conv4_arm = RESULTS / "conv4" / f"{algo}-{task}-s{seed}-{iterations}.json"
-    for side, arch in (("searched", load_known_arch(arch_path)[1]), ("conv4", load_known_arch("conv4")[1])):
+    searched, conv4 = load_known_arch(arch_path)[1], load_known_arch("conv4")[1]
+    same = graph.fingerprint(searched) == graph.fingerprint(conv4)  # a race can pick Conv-4 itself
+    for side, arch in (("conv4", conv4), ("searched", searched)):
         if side == "conv4" and conv4_arm.is_file():
             out[side] = json.loads(conv4_arm.read_text())
+            continue
+        if side == "searched" and same:  # the same training from the same seed: the same numbers
+            out[side] = out["conv4"]
             continue
         t0 = time.process_time()
         model, result = retrain(cfg, arch, dataset=dataset)
@@ -107,6 +113,56 @@ def run_one(
     return out
 
 
+def default_search(root: str, seed: int, task: str, algo: str, space: str, cache: str) -> dict[str, Any]:
+    """The toolkit's default search (``quick`` preset, its defaults: common random numbers and the
+    race against Conv-4) on the task's own episodes; its pick, the race's verdict and its CPU."""
+    import optuna
+
+    from nas_meta.config import make_config
+    from nas_meta.search.race import race_state
+    from nas_meta.search.runner import run_search
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ways, shots = parse_task(task)
+    study = f"{space}-{algo}-{task}-s{seed}"
+    cfg = make_config(
+        "quick",
+        data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": shots},
+        learner={"algo": algo},
+        search={"space": space, "study": study},
+        results_dir=str(RESULTS / "searches"),
+        seed=seed,
+        device="cpu",
+    )
+    t0 = time.process_time()
+    outcome = run_search(cfg, stream=open(os.devnull, "w"))
+    state = race_state(outcome.study) or {}
+    verdicts = state.get("verdicts", [])
+    trials = [t for t in outcome.study.trials if t.values]
+    return {
+        "arch_path": str(outcome.directory / "best" / "arch.json"),
+        "study": study,
+        "search_cpu_s": round(time.process_time() - t0, 1),
+        "race_cpu_s": state.get("cpu_seconds"),
+        "trial_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in trials), 1),
+        "pick": state.get("pick"),
+        "race_verdict": verdicts[0] if verdicts else None,
+        "race_scores": {k: v["mean"] for k, v in state.get("scores", {}).items()},
+        "dropped": state.get("dropped", {}),
+        "settings": {"crn": cfg.search.crn, "race": cfg.search.race, **state.get("settings", {})},
+    }
+
+
+def _race_cell(row: dict[str, Any]) -> str:
+    """What the search's race said of its pick against Conv-4 on validation (rows of the default search)."""
+    verdict = (row.get("search") or {}).get("race_verdict")
+    if not verdict:
+        return "-"
+    if not verdict.get("blocks"):
+        return "Conv-4 is the pick"
+    return f"{100 * verdict['difference']:+.2f} ± {100 * verdict['ci95']:.2f}"
+
+
 def table() -> int:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     if not rows:
@@ -114,8 +170,9 @@ def table() -> int:
         return 1
     lines = [
         "| searched | learner | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
-        "| beats Conv-4? | params (searched / Conv-4) | CPU s (searched / Conv-4) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| beats Conv-4? | race's validation difference (95% CI over its blocks) | params (searched / Conv-4) "
+        "| CPU s (searched / Conv-4) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     last = {}
     for r in rows:
@@ -126,7 +183,7 @@ def table() -> int:
             f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {r['iterations']} | "
             f"{100 * s[0]:.2f} ± "
             f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
-            f"{verdict} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
+            f"{verdict} | {_race_cell(r)} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
             f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |"
         )
         last[f"{r['name']}_{r['task']}_s{r['seed']}"] = 100 * d
@@ -147,10 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--iterations", type=int, default=600, help="meta-training steps of both backbones")
     r.add_argument("--algo", default="protonet", choices=["protonet", "fomaml", "maml"], help="the learner of both")
     r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    d = sub.add_parser("default", help="the default search's pick (its race included) against Conv-4")
+    d.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    d.add_argument("--tasks", nargs="+", default=["5w1s", "20w1s"])
+    d.add_argument("--algo", default="protonet", choices=["protonet", "fomaml", "maml"])
+    d.add_argument("--space", default="chain", help="the space searched (default: chain, which holds Conv-4)")
+    d.add_argument("--iterations", type=int, default=600, help="meta-training steps of both final backbones")
+    d.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "table":
         return table()
+    if args.command == "default":
+        return run_default(args)
     if not Path(args.root).is_dir() or not Path(args.arch).is_file():
         print(
             f"versus_conv4.py: error: need an OMNIGLOT_ROOT folder and an arch.json file, got {args.root!r} "
@@ -174,10 +241,48 @@ def main(argv: list[str] | None = None) -> int:
                 f"--tasks {task} --iterations {args.iterations} --algo {args.algo}",
             )
             atomic_write_json(path, doc)
+            # Both arms' seconds: the row's figures need both trainings, even when the Conv-4 arm is shared.
+            cpu = doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
+            write_record("versus_conv4", path.stem, doc, command=doc["command"], seed=seed, cpu_seconds=cpu)
             d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
             print(
                 f"{args.name} {task} seed {seed}: searched {100 * mean_ci(doc['searched']['test'])[0]:.2f}%, "
                 f"Conv-4 {100 * mean_ci(doc['conv4']['test'])[0]:.2f}%, paired diff {100 * d:+.2f} ± {100 * ci:.2f}",
+                flush=True,
+            )
+    return 0
+
+
+def run_default(args: argparse.Namespace) -> int:
+    """Rows named ``default``: each seed and task searched with the defaults, then its pick against Conv-4."""
+    if not Path(args.root).is_dir():
+        print(f"versus_conv4.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+        return 2
+    from nas_meta.fileio import atomic_write_json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for task in args.tasks:
+            path = RESULTS / f"default-{args.algo}-{task}-s{seed}.json"
+            if path.exists():
+                continue
+            search = default_search(args.root, seed, task, args.algo, args.space, args.cache_dir)
+            doc = run_one(args.root, search["arch_path"], seed, task, args.iterations, args.cache_dir, args.algo)
+            doc.update(
+                name="default",
+                arch=json.loads(Path(search["arch_path"]).read_text()),
+                search=search,
+                command=f"python bench/versus_conv4.py default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "
+                f"--algo {args.algo} --space {args.space} --iterations {args.iterations}",
+            )
+            atomic_write_json(path, doc)
+            cpu = search["search_cpu_s"] + doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
+            write_record("versus_conv4", path.stem, doc, command=doc["command"], seed=seed, cpu_seconds=cpu)
+            d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
+            verdict = (search["race_verdict"] or {}).get("text", "no race")
+            print(
+                f"default {args.algo} {task} seed {seed}: race: {verdict}; test: paired diff "
+                f"{100 * d:+.2f} ± {100 * ci:.2f} ({search['search_cpu_s']:.0f} CPU s of search)",
                 flush=True,
             )
     return 0

@@ -36,6 +36,9 @@ __all__ = [
     "STRATEGIES",
     "DEFAULT_SUPERNET_POOL",
     "DEFAULT_SUPERNET_STEPS",
+    "CRN_MODES",
+    "LEGACY_SEARCH",
+    "RECIPE_FIELDS",
 ]
 
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
@@ -59,6 +62,12 @@ DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --pr
 STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
+# Common random numbers (search/objective.py): which random streams candidates of one study share.
+# "episodes": the training episodes and their jitter come from the study's seed, the initial
+# weights from the trial's; "all": the initial weights' seed too; "off": every trial draws its own.
+CRN_MODES = ("episodes", "all", "off")
+# What a study stored before a setting existed meant: studies resume as they started.
+LEGACY_SEARCH: dict[str, Any] = {"crn": "off", "race": 0}
 
 
 # The largest value accepted for each count a user gives (CLI option, config JSON): far past any
@@ -81,6 +90,10 @@ MAX_COUNTS: dict[str, int] = {
     "trials": 1_000_000,
     "prescreen_pool": 100_000,
     "supernet_steps": 10_000_000,
+    "race": 1_000,
+    "race_iterations": 10_000_000,
+    "race_blocks": 1_000,
+    "race_episodes": 1_000_000,
 }
 
 
@@ -213,9 +226,28 @@ class SearchConfig:
     # "darts", the relaxed cell network is, and its discretised architecture is the first trial.
     strategy: str = "scratch"
     supernet_steps: int = DEFAULT_SUPERNET_STEPS
+    # Candidates are compared on common random numbers (one of CRN_MODES): score differences
+    # between candidates then come from the architectures, not from their training streams.
+    crn: str = "episodes"
+    # The final race (search/race.py): the ``race`` best candidates by search score and the
+    # ``baselines`` are meta-trained again for ``race_iterations`` steps (None: the candidates'),
+    # once per block with the block's own training seed, and scored on ``race_episodes`` fresh
+    # validation episodes per block (None: twice ``val_episodes``); after each block an entrant
+    # behind the leader with 95% confidence is dropped.  0 = no race.  The defaults keep the race's
+    # CPU below the trials' (3 entrants x 2 blocks = 6 trainings against the preset's 8 trials).
+    race: int = 2
+    race_iterations: int | None = None
+    race_blocks: int = 2
+    race_episodes: int | None = None
+    # Known architectures the pick must beat (one-architecture spaces or arch JSON paths), raced
+    # without using up ``trials``; None: conv4 for images, mlp40 for vectors.  Without a race they
+    # are trained first as trials, and the search reports the gap.
+    baselines: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))  # JSON gives a list
+        if self.baselines is not None:
+            object.__setattr__(self, "baselines", tuple(self.baselines))
 
     def validate(self) -> None:
         for name in ("sampler", "pruner"):
@@ -239,6 +271,17 @@ class SearchConfig:
             raise ConfigError(f"--strategy darts derives one architecture; drop --prescreen {self.prescreen!r}")
         if self.prescreen == "supernet" and self.strategy != "supernet":
             raise ConfigError("--prescreen supernet needs a trained supernet: use --strategy supernet")
+        if self.crn not in CRN_MODES:
+            raise ConfigError(f"unknown --crn {self.crn!r}; choose from {list(CRN_MODES)}")
+        check_count("race", self.race, low=0)
+        check_count("race_blocks", self.race_blocks)
+        for name in ("race_iterations", "race_episodes"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        if self.race and self.sampler == "nsga2":
+            raise ConfigError(
+                f"--race {self.race} picks one architecture; --sampler nsga2 returns a Pareto front: use --race 0"
+            )
         if self.trial_timeout is not None and not (
             isinstance(self.trial_timeout, (int, float)) and 0 < self.trial_timeout < float("inf")
         ):
@@ -280,6 +323,26 @@ class RunConfig:
             "checkpoint": lr.checkpoint,
             "refit": lr.refit,
         }
+
+    def race_iterations(self) -> int:
+        """Meta-training steps of each race entrant per block: ``search.race_iterations``, or the candidates'."""
+        return self.search.race_iterations or self.learner.iterations
+
+    def race_episodes(self) -> int:
+        """Validation episodes per race block: ``search.race_episodes``, or twice a candidate's."""
+        return self.search.race_episodes or 2 * self.learner.val_episodes
+
+    def with_recipe(self, recipe: dict[str, Any] | None) -> RunConfig:
+        """The config a candidate trains under: the run's, with the training choices its space
+        drew for it (``arch.graph["recipe"]``) in place of the run's values."""
+        if not recipe:
+            return self
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in recipe.items():
+            if key not in RECIPE_FIELDS:
+                raise ConfigError(f"unknown recipe key {key!r}; choose from {sorted(RECIPE_FIELDS)}")
+            sections.setdefault(RECIPE_FIELDS[key], {})[key] = value
+        return self.replace(**sections).validate()
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RunConfig:
@@ -334,7 +397,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "test_episodes": 20,
             "test_inner_steps": 1,
         },
-        "search": {"trials": 2},
+        # Tests run a race only where they test it: a race can pick the baseline over every trial.
+        "search": {"trials": 2, "race": 0},
     },
     "quick": {},  # the dataclass defaults: one truth for `RunConfig()` and the default preset
     "paper": {
@@ -357,6 +421,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 PAPER_PROTONET_TRAIN_WAYS = 60
 
 
+# A space's recipe keys (spaces/base.py RECIPE_KEYS) -> the config section each sets.
+RECIPE_FIELDS = {
+    "outer_lr": "learner",
+    "weight_decay": "learner",
+    "lr_schedule": "learner",
+    "augment": "data",
+    "train_ways": "learner",
+    "inner_lr": "learner",
+    "inner_steps": "learner",
+}
+
+
 # Per-dataset protocol values, applied after the preset and before the user's own values.
 # Sinusoid: Finn et al. (2017, section 5.1) used an inner step size of 0.01; Omniglot's 0.4
 # makes the regression diverge.
@@ -364,7 +440,8 @@ PAPER_PROTONET_TRAIN_WAYS = 60
 # row of the recipe ablation, both seeds (bench/recipe.py; results/README.md); neither costs a
 # training step.  (Its FOMAML rows disagreed between seeds.)
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "sinusoid": {"learner": {"inner_lr": 0.01}},
+    # The race is on by default for image datasets only.
+    "sinusoid": {"learner": {"inner_lr": 0.01}, "search": {"race": 0}},
     "omniglot": {"data": {"rotations": True, "augment": True}},
 }
 

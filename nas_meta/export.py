@@ -37,6 +37,8 @@ __all__ = [
     "require_onnx",
     "load_weights",
     "select_trials",
+    "Chosen",
+    "choose_exports",
     "export_trials",
     "input_spec",
     "CARD_VERSION",
@@ -87,6 +89,52 @@ def select_trials(study: optuna.Study, task: str, *, top: int = 1, pareto: bool 
     if not chosen:
         raise StudyError(f"study {study.study_name!r} has no completed trial to export")
     return chosen
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """One architecture to export: a trial of the study, or the race's pick (which may be a
+    baseline the search never trained as a trial)."""
+
+    arch: dict[str, Any]  # node-link JSON
+    number: int | None  # its trial (None: a baseline that entered the race only)
+    fingerprint: str
+    search_score: float | None  # its trial's validation score (None without a trial)
+    baseline: str | None = None  # the baseline it is (conv4), if it is one
+    race: dict[str, Any] | None = None  # on the race's pick: its race score and verdicts
+
+    @classmethod
+    def of_trial(cls, trial: FrozenTrial) -> Chosen:
+        return cls(
+            arch=trial.user_attrs[Attr.ARCH],
+            number=trial.number,
+            fingerprint=trial.user_attrs[Attr.FINGERPRINT],
+            search_score=trial.values[0],
+            baseline=trial.user_attrs.get(Attr.BASELINE),
+        )
+
+
+def choose_exports(study: optuna.Study, task: str, *, top: int = 1, pareto: bool = False) -> list[Chosen]:
+    """What ``export`` writes: the race's pick first (a study with a finished race), then the best
+    distinct trials by search score; or the Pareto front (:func:`select_trials`)."""
+    from .search.race import race_pick, race_state, race_summary
+
+    state = race_state(study)
+    pick = None if pareto else race_pick(state)
+    if pick is None or state is None:
+        return [Chosen.of_trial(t) for t in select_trials(study, task, top=top, pareto=pareto)]
+    first = Chosen(
+        arch=pick.arch,
+        number=pick.trial,
+        fingerprint=pick.fingerprint,
+        search_score=pick.search_score,
+        baseline=pick.baseline,
+        race=race_summary(state, task),
+    )
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    rest = [Chosen.of_trial(t) for t in best_trials(study, task, k=len(done)) if t.number != pick.trial]
+    rest = [c for c in rest if c.fingerprint != pick.fingerprint]
+    return [first, *rest][:top]
 
 
 def load(path: str | Path, *, weights: bool = True) -> nn.Module:
@@ -184,7 +232,7 @@ def read_card(folder: Path) -> dict[str, Any] | None:
 @dataclass
 class Exported:
     rank: int
-    trial: int
+    trial: int | None  # None: a baseline the race picked
     folder: Path
     card: dict[str, Any]
 
@@ -192,7 +240,7 @@ class Exported:
 def export_trials(
     study: optuna.Study,
     cfg: RunConfig,
-    trials: list[FrozenTrial],
+    chosen: list[Chosen],
     out: Path,
     *,
     retrain_them: bool = False,
@@ -200,7 +248,7 @@ def export_trials(
     progress: Any = None,
     log: Any = None,
 ) -> list[Exported]:
-    """Write each trial's architecture files (and weights and test scores with ``retrain_them``,
+    """Write each chosen architecture's files (and weights and test scores with ``retrain_them``,
     trained on the classes ``cfg.learner.refit`` names: see :func:`retrain`; with ``onnx`` the
     backbone, with its weights when retrained, as ``model.onnx``)."""
     if onnx:
@@ -208,8 +256,8 @@ def export_trials(
     dataset = load_dataset(cfg.data)
     task = dataset.task
     exported = []
-    for rank, trial in enumerate(trials, start=1):
-        arch = graph.from_json(trial.user_attrs[Attr.ARCH])
+    for rank, item in enumerate(chosen, start=1):
+        arch = graph.from_json(item.arch)
         folder = out / f"rank{rank}"
         folder.mkdir(parents=True, exist_ok=True)
         backbone = network.build(arch, dataset.input_shape)
@@ -218,8 +266,8 @@ def export_trials(
             "version": CARD_VERSION,
             "study": study.study_name,
             "rank": rank,
-            "trial": trial.number,
-            "fingerprint": trial.user_attrs.get(Attr.FINGERPRINT),
+            "trial": item.number,
+            "fingerprint": item.fingerprint,
             "space": cfg.search.space,
             "dataset": cfg.data.dataset,
             "algo": cfg.learner.algo,
@@ -233,14 +281,23 @@ def export_trials(
             "search_score": {
                 "metric": "accuracy" if task == "classification" else "mse",
                 "split": "val",
-                "value": trial.values[0],
+                "value": item.search_score,
             },
             "input": input_spec(dataset),
-            "recipe": cfg.recipe(),
+            "recipe": cfg.with_recipe(arch.graph.get("recipe")).recipe(),
         }
+        if arch.graph.get("recipe"):
+            card["searched_recipe"] = arch.graph["recipe"]  # the training choices the search drew for it
+        skipped = _skipped_recipe(cfg)
+        if skipped:
+            card["recipe_not_drawn"] = skipped
+        if item.baseline is not None:
+            card["baseline"] = item.baseline
+        if item.race is not None:
+            card["race"] = item.race
         if retrain_them:
             if log:
-                log(f"retraining rank {rank} (trial #{trial.number}) with the {cfg.preset} budget")
+                log(f"retraining rank {rank} ({describe(item)}) with the {cfg.preset} budget")
             learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, log=log)
             save_weights(learner, folder / WEIGHTS)
             card["retrain"] = result
@@ -257,16 +314,34 @@ def export_trials(
         draw_arch(arch, folder / "arch.png")
         atomic_write_json(folder / "card.json", card)
         atomic_write_text(folder / "README.md", render_card(card))
-        exported.append(Exported(rank, trial.number, folder, card))
+        exported.append(Exported(rank, item.number, folder, card))
     return exported
+
+
+def _skipped_recipe(cfg: RunConfig) -> list[str]:
+    """Recipe choices the study's space offers that do not apply to its learner (never drawn)."""
+    from .errors import SpaceError
+    from .spaces import load_space
+
+    try:
+        return load_space(cfg.search.space).recipe_skipped(cfg.learner.algo)
+    except SpaceError:  # the space file moved or changed since the search: the card just says less
+        return []
+
+
+def describe(item: Chosen) -> str:
+    """ "trial #3", "conv4 (baseline)", "trial #3, the race's pick"."""
+    what = f"trial #{item.number}" if item.number is not None else f"{item.baseline} (baseline)"
+    return what + (", the race's pick" if item.race is not None else "")
 
 
 def render_card(card: dict[str, Any]) -> str:
     score = card["search_score"]
     pct = score["metric"] == "accuracy"
     fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.4f}")
+    title = f"trial #{card['trial']}" if card["trial"] is not None else f"{card.get('baseline')} (baseline)"
     lines = [
-        f"# {card['study']}, rank {card['rank']}: trial #{card['trial']}",
+        f"# {card['study']}, rank {card['rank']}: {title}",
         "",
         f"Found by searching `{card['space']}` with `{card['algo']}` on `{card['dataset']}` "
         f"({card['ways']}-way {card['shots']}-shot, preset `{card['preset']}`, seed {card['seed']}).",
@@ -276,9 +351,18 @@ def render_card(card: dict[str, Any]) -> str:
         f"| parameters | {card['params']:,} |",
         f"| FLOPs per image | {card['flops']:,} |",
         f"| feature dimension | {card['feature_dim']} |",
-        f"| validation {score['metric']} (search) | {fmt(score['value'])} |",
+        f"| validation {score['metric']} (search) | "
+        + (fmt(score["value"]) if score["value"] is not None else "- (raced, not a trial)")
+        + " |",
         f"| fingerprint | `{card['fingerprint']}` |",
     ]
+    if "race" in card:
+        race = card["race"]
+        lines.append(
+            f"| the race's pick | {fmt(race['mean'])} over {race['blocks']} training seeds on fresh validation "
+            "episodes |"
+        )
+        lines += [f"| verdict | {text} |" for text in race["verdicts"]]
     if "retrain" in card:
         test = card["retrain"]["test"]
         lines.append(

@@ -20,6 +20,7 @@ An architecture is a plain ``networkx.DiGraph``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Collection
@@ -69,7 +70,8 @@ def fingerprint(arch: nx.DiGraph) -> str:
     Iterations = the longest path + 1, so every node's label covers the whole graph instead of the
     default 3 hops (two cells that differ deep inside a long network still get different hashes).
     The hash of directed graphs changed in networkx 3.5: fingerprints are comparable only under
-    one networkx version range (>= 3.5).
+    one networkx version range (>= 3.5).  A candidate drawn with a training recipe
+    (``arch.graph["recipe"]``, a space's ``recipe:`` block) hashes the recipe too.
     """
     labelled = nx.DiGraph()
     for node, attrs in arch.nodes(data=True):
@@ -78,7 +80,14 @@ def fingerprint(arch: nx.DiGraph) -> str:
     depth = nx.dag_longest_path_length(labelled) if nx.is_directed_acyclic_graph(labelled) else len(labelled)
     with warnings.catch_warnings():  # networkx warns on every call that 3.5 changed directed hashes
         warnings.filterwarnings("ignore", message="The hashes produced for directed graphs")
-        return nx.weisfeiler_lehman_graph_hash(labelled, node_attr="label", iterations=depth + 1)
+        wl = nx.weisfeiler_lehman_graph_hash(labelled, node_attr="label", iterations=depth + 1)
+    recipe = arch.graph.get("recipe")
+    if not recipe:
+        return wl
+    # A candidate is an architecture and how it is trained: the same graph under another recipe
+    # is another candidate (and an architecture without a recipe keeps its plain WL hash).
+    text = wl + json.dumps(recipe, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=len(wl) // 2).hexdigest()
 
 
 def source(arch: nx.DiGraph) -> str:
@@ -208,9 +217,10 @@ def save_graphml(arch: nx.DiGraph, path: str | Path) -> None:
 
 
 def load_graphml(path: str | Path) -> nx.DiGraph:
-    """Read :func:`save_graphml` output back (``params`` decoded from JSON)."""
+    """Read :func:`save_graphml` output back (``params`` and ``recipe`` decoded from JSON)."""
     arch = nx.DiGraph(nx.read_graphml(str(path)))
-    if "params" in arch.graph and isinstance(arch.graph["params"], str):
-        arch.graph["params"] = json.loads(arch.graph["params"])
+    for key in ("params", "recipe"):
+        if key in arch.graph and isinstance(arch.graph[key], str):
+            arch.graph[key] = json.loads(arch.graph[key])
     arch.graph.pop("nas_meta_version", None)
     return arch

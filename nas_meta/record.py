@@ -44,7 +44,8 @@ class Attr(StrEnum):
     CURVE = "curve"  # [[step, validation score], ...] at each checkpoint (pruned trials keep theirs)
     WEIGHTS_STEP = "weights_step"  # the step whose weights the score comes from
     RUNGS = "rungs"  # [[step, validation episodes], ...] of successive halving
-    DUPLICATE_OF = "duplicate_of"  # the trial this architecture was trained in (score reused)
+    DUPLICATE_OF = "duplicate_of"  # the trial this architecture was trained in (score reused; not counted)
+    UNSTUCK = "unstuck"  # a random draw queued after this many duplicates in a row
     PRUNED_AT = "pruned_at"  # the step a pruner stopped the trial at
     FAILURE = "failure"  # why the candidate failed (diverged, out of memory, timeout): counts as a trial
     INTERRUPTED = "interrupted"  # stopped through no fault of the candidate (Ctrl-C, a dead worker): retried
@@ -65,6 +66,9 @@ class StudyAttr(StrEnum):
     TASK = "nas_meta:task"  # "classification" (score: accuracy, up) or "regression" (MSE, down)
     FORMAT = "nas_meta:format"  # FORMAT_VERSION of the record
     SUPERNET = "nas_meta:supernet"  # --strategy supernet: its steps, CPU seconds and last loss
+    # The final race (search/race.py): its settings, entrants, each (entrant, block) result, who
+    # was dropped when, the pick, a verdict per baseline and what it cost; absent without a race.
+    RACE = "nas_meta:race"
 
 
 FORMAT_VERSION = 1
@@ -110,11 +114,12 @@ def format_count(n: float | None) -> str:
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that use up the budget: finished ones, and failures that were the candidate's fault
-    (screening trials never count)."""
+    """Trials that use up the budget: finished ones, and failures that were the candidate's fault.
+    Screening trials never count, nor do duplicates (an architecture already trained, whose score
+    is copied): ``--trials`` counts distinct trained candidates."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        if Attr.SCREENING in t.user_attrs:
+        if Attr.SCREENING in t.user_attrs or Attr.DUPLICATE_OF in t.user_attrs:
             continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             out.append(t)

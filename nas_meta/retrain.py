@@ -55,6 +55,7 @@ def evaluate_arch(
         if save_to is not None:
             save_weights(learner, Path(save_to))
         return {**result["test"], "train_seconds": result["train_seconds"], "weights_step": result["weights_step"]}
+    cfg = cfg.with_recipe(arch.graph.get("recipe"))  # MAML adapts at test with its own inner lr
     ways = cfg.data.episode_ways(dataset.task)
     backbone = network.build(arch, dataset.input_shape)
     state = load_weights(weights)
@@ -132,6 +133,7 @@ def retrain(
 def _train_arch(
     cfg: RunConfig, arch: Any, dataset: Dataset, device: torch.device, progress: Any, *, validate: bool = True
 ) -> tuple[nn.Module, Any]:
+    cfg = cfg.with_recipe(arch.graph.get("recipe"))  # a candidate searched with its own training choices
     ways = cfg.data.episode_ways(dataset.task)
     backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
     learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(

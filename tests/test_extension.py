@@ -119,6 +119,6 @@ def test_unregistered_names_are_refused_with_the_registered_ones(tmp_path, toy_l
     cfg = make_config("smoke", learner={"algo": "mamll"}, results_dir=str(tmp_path / "r"))
     with pytest.raises(ConfigError, match=r"unknown learner 'mamll'; choose from \['cosine_protos', 'fomaml', "):
         prepare(cfg)
-    with pytest.raises(ConfigError, match=r"unknown sampler 'cmaes'; choose from \['evolution', 'nsga2', "):
+    with pytest.raises(ConfigError, match=r"unknown sampler 'cmaes'; choose from \['evolution', 'local', 'nsga2', "):
         prepare(make_config("smoke", search={"sampler": "cmaes"}))
     assert not (tmp_path / "r").exists()

@@ -23,8 +23,7 @@ from nas_meta.search.fidelity import (
     spearman_rho,
     top_recall,
 )
-from nas_meta.search.runner import load_known_arch
-from nas_meta.spaces import load_space
+from nas_meta.spaces import load_known_arch, load_space
 
 
 def test_kendall_tau_b_with_a_tie_by_hand():

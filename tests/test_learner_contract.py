@@ -14,7 +14,7 @@ from nas_meta.data import load_dataset
 from nas_meta.data.sampler import Episodes
 from nas_meta.learners import LEARNERS, build_learner, meta_train
 from nas_meta.model import network
-from nas_meta.search.runner import load_known_arch
+from nas_meta.spaces import load_known_arch
 
 WAYS = 3
 

@@ -21,8 +21,9 @@ from nas_meta.errors import ConfigError
 from nas_meta.learners import meta_train
 from nas_meta.learners.train import make_optimizer, make_schedule
 from nas_meta.retrain import retrain
-from nas_meta.search.runner import load_known_arch, run_search
+from nas_meta.search.runner import run_search
 from nas_meta.search.study import load_study, stored_config
+from nas_meta.spaces import load_known_arch
 
 SIZE = 6
 

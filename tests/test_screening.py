@@ -101,12 +101,16 @@ def test_a_search_interrupted_mid_screening_resumes_to_the_requested_total(tmp_p
 
 
 def test_a_winner_is_a_new_architecture(tmp_path):
-    # A one-architecture space: after the first pool every candidate is a duplicate, and a pool of
-    # duplicates still gives one trained trial (which reuses the score, as any duplicate does).
+    # A one-architecture space: after the first pool every candidate is a duplicate; a pool of
+    # duplicates promotes one (which reuses the score, as any duplicate does, and is not counted),
+    # and the search stops once it is clear that the space holds nothing new.
     cfg = smoke(tmp_path, trials=2, prescreen="params", prescreen_pool=2, space="conv4", sampler="random")
-    study = run_search(cfg, stream=io.StringIO()).study
+    out = io.StringIO()
+    study = run_search(cfg, stream=out).study
     trained = [t for t in study.trials if "screening" not in t.user_attrs]
-    assert len(trained) == 2 and "duplicate_of" in trained[1].user_attrs
+    assert "duplicate_of" not in trained[0].user_attrs
+    assert len(trained) > 1 and all("duplicate_of" in t.user_attrs for t in trained[1:])
+    assert len(counted_trials(study)) == 1 and "the search stops here" in out.getvalue()
 
 
 def test_screening_options_are_checked(tmp_path):

@@ -32,6 +32,7 @@ def add_parsers(sub: Any) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..analyze import compare_frame, ranked_frame, render, study_summary
     from ..fileio import atomic_write_text
+    from ..search.race import race_state, verdict_lines
     from ..search.study import find_studies, load_study, stored_config, study_task
 
     if args.out:
@@ -52,10 +53,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"{cfg.data.ways}-way {cfg.data.shots}-shot, sampler {cfg.search.sampler}"
         )
         summary_text = ", ".join(f"{k}={v}" for k, v in summary.items())
+        race = verdict_lines(race_state(study), task)
         if args.format == "md":
-            parts.append(f"## {heading}\n\n{summary_text}\n\n" + render(frame, "md"))
+            race_text = "\n### race\n\n" + "".join(f"- {line}\n" for line in race) if race else ""
+            parts.append(f"## {heading}\n\n{summary_text}\n\n" + render(frame, "md") + race_text)
         elif args.format == "latex":
-            parts.append(f"% {heading}\n% {summary_text}\n" + render(frame, "latex"))
+            race_text = "".join(f"% {line}\n" for line in race)
+            parts.append(f"% {heading}\n% {summary_text}\n" + render(frame, "latex") + race_text)
         else:
             parts.append(render(frame, "csv"))
     if len(entries) > 1:
@@ -91,9 +95,10 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     rows = []
     for name in spaces.list_spaces():
         space = spaces.load_space(name)
-        rows.append((name, space.kind, len(space.choices()), space.size()))
+        recipe = ",".join(sorted(space.recipe)) or "-"
+        rows.append((name, space.kind, len(space.choices()), space.size(), recipe))
     width = max(len(r[0]) for r in rows) if rows else 4
-    print(f"{'space':<{width}}  {'kind':<6}  {'choices':>7}  {'architectures':>16}")
-    for name, kind, n_choices, size in rows:
-        print(f"{name:<{width}}  {kind:<6}  {n_choices:>7}  {size:>16,}")
+    print(f"{'space':<{width}}  {'kind':<6}  {'choices':>7}  {'architectures':>16}  training choices")
+    for name, kind, n_choices, size, recipe in rows:
+        print(f"{name:<{width}}  {kind:<6}  {n_choices:>7}  {size:>16,}  {recipe}")
     return 0

@@ -88,7 +88,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_trials, require_onnx, select_trials
+    from ..export import choose_exports, describe, export_trials, require_onnx
     from ..search.study import find_studies, load_study, stored_config, study_task
 
     positive("top", args.top)
@@ -107,20 +107,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         learner["refit"] = args.refit
     cfg = cfg.replace(data=data, learner=learner).validate()
     task = study_task(study)
-    trials = select_trials(study, task, top=args.top, pareto=args.pareto)
+    chosen = choose_exports(study, task, top=args.top, pareto=args.pareto)
     out = check_folder(args.out, "--out") if args.out else Path(args.results_dir) / name / "export"
     log = lambda text: print(text, file=sys.stderr)  # noqa: E731
     for item in export_trials(
         study,
         cfg,
-        trials,
+        chosen,
         out,
         retrain_them=args.retrain,
         onnx=args.onnx,
         log=log,
         progress=step_printer() if args.retrain else None,
     ):
-        line = f"rank {item.rank}: trial #{item.trial} -> {item.folder}"
+        line = f"rank {item.rank}: {describe(chosen[item.rank - 1])} -> {item.folder}"
         if "retrain" in item.card:
             test = item.card["retrain"]["test"]
             line += f"  test {test['metric']} {format_test(test, task)}"
@@ -176,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if from_files:
         arch = load_json(path / "arch.json" if path.is_dir() else path)
     else:  # a space with exactly one architecture, such as conv4
-        from ..search.runner import load_known_arch
+        from ..spaces import load_known_arch
 
         arch = load_known_arch(args.arch)[1]
     if args.save_weights:

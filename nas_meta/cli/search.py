@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..config import (
+    CRN_MODES,
     DEFAULT_PRESCREEN_POOL,
     DEFAULT_SUPERNET_POOL,
     DEVICES,
@@ -149,9 +150,49 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baseline",
         action="append",
-        default=[],
+        default=None,
         metavar="SPACE",
-        help="train this one-architecture space first, e.g. conv4 (repeatable)",
+        help="a known architecture the pick must beat: a one-architecture space (conv4) or an arch JSON; "
+        "raced against the best candidates, or with --race 0 trained first as a trial (repeatable; "
+        "'none' for no baseline) (default with a race: conv4 for images, mlp40 for vectors)",
+    )
+    p.add_argument(
+        "--crn",
+        default=D.search.crn,
+        choices=CRN_MODES,
+        help="common random numbers: episodes = every candidate trains on the study's training episodes, "
+        "all = and from the study's initial-weight seed, off = each trial its own streams "
+        f"(default: {D.search.crn})",
+    )
+    p.add_argument(
+        "--race",
+        type=int,
+        default=None,
+        metavar="K",
+        help="after the trials, race the K best candidates and the baselines on fresh episodes and pick the "
+        f"survivor (README: The race); 0 = the best trial is the pick (default: {D.search.race}; smoke: 0)",
+    )
+    p.add_argument(
+        "--race-iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="meta-training steps of each race entrant per block (default: --iterations)",
+    )
+    p.add_argument(
+        "--race-blocks",
+        type=int,
+        default=None,
+        metavar="B",
+        help=f"race blocks: each entrant trained once per block, from the block's seed "
+        f"(default: {D.search.race_blocks})",
+    )
+    p.add_argument(
+        "--race-episodes",
+        type=int,
+        default=None,
+        metavar="E",
+        help="fresh validation episodes per race block (default: twice the preset's validation episodes)",
     )
     p.add_argument(
         "--n-workers", type=int, default=1, help="worker processes on this machine sharing the study (default: 1)"
@@ -177,9 +218,15 @@ def search_config(args: argparse.Namespace):
         "study": args.study,
         "storage": args.storage,
         "trial_timeout": args.trial_timeout,
-        "enqueue": tuple(args.baseline) + tuple(args.enqueue),
+        "enqueue": tuple(args.enqueue),
         "prescreen": args.prescreen,
+        "crn": args.crn,
     }
+    if args.baseline is not None:
+        search["baselines"] = () if args.baseline == ["none"] else tuple(args.baseline)
+    for name in ("race", "race_iterations", "race_blocks", "race_episodes"):
+        if getattr(args, name) is not None:
+            search[name] = getattr(args, name)
     if args.strategy == "supernet":
         search.update(strategy="supernet", prescreen=args.prescreen or "supernet")
     if args.supernet_steps is not None:
@@ -245,6 +292,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def print_table(outcome) -> None:
     from ..analyze import baseline_report, best_trials, format_count, format_score, summary_frame
+    from ..search.race import race_state, verdict_lines
 
     print(summary_frame(outcome.table, outcome.task).to_string(index=False))
     best = best_trials(outcome.study, outcome.task, k=1)
@@ -255,6 +303,9 @@ def print_table(outcome) -> None:
             f"params {format_count(best[0].user_attrs.get('params'))}"
         )
     for line in baseline_report(outcome.study, outcome.task):
+        print(line)
+    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in outcome.study.get_trials(deepcopy=False))
+    for line in verdict_lines(race_state(outcome.study), outcome.task, trial_seconds=seconds):
         print(line)
 
 

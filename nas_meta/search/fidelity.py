@@ -7,10 +7,11 @@ meta-training scored on many validation episodes): a training-free proxy at init
 a constant learning rate and the last step's weights, the first k steps of a long run *are* a
 k-step run (same seed, same episodes, same optimizer state), so the budgets cost nothing extra
 but their own validation.  ``bench/fidelity.py`` runs it over many architectures; the rank
-statistics below turn its records into the table of ``results/README.md``.
+statistics of ``nas_meta.stats`` (re-exported here) turn its records into the table of
+``results/README.md``.
 
-    >>> kendall_tau([1, 2, 3, 4], [10, 20, 40, 30])
-    0.6666666666666666
+    >>> round(kendall_tau([1, 2, 3, 4], [10, 20, 40, 30]), 6)
+    0.666667
     >>> round(spearman_rho([1, 2, 3, 4], [10, 20, 40, 30]), 6)
     0.8
     >>> top_recall([4, 3, 2, 1], [4, 3, 1, 2], fraction=0.5)
@@ -20,7 +21,6 @@ statistics below turn its records into the table of ``results/README.md``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
-import numpy as np
 import torch
 
 from .. import graph
@@ -38,6 +37,7 @@ from ..errors import ConfigError
 from ..learners import build_learner, confidence_interval, evaluate_episodes, meta_train
 from ..model import network
 from ..spaces import Space
+from ..stats import bootstrap_ci, kendall_tau, spearman_rho, top_recall
 from .proxies import ProxyInputs, compute_proxies
 
 __all__ = [
@@ -211,88 +211,3 @@ def score_architecture(
     record["budgets"] = results
     record["reference"] = ref
     return record
-
-
-# --- rank statistics --------------------------------------------------------------------------
-
-
-def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"need two equal-length 1-D sequences, got shapes {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    return a[keep], b[keep]
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties counted as in scipy.stats.kendalltau); pairs with a non-finite value
-    are dropped; NaN when fewer than two remain or one side is constant."""
-    a, b = _finite_pairs(x, y)
-    if len(a) < 2:
-        return math.nan
-    sa = np.sign(a[:, None] - a[None, :])
-    sb = np.sign(b[:, None] - b[None, :])
-    upper = np.triu_indices(len(a), 1)
-    concordance = float((sa * sb)[upper].sum())
-    na, nb = float((sa[upper] != 0).sum()), float((sb[upper] != 0).sum())
-    if na == 0 or nb == 0:
-        return math.nan
-    return concordance / math.sqrt(na * nb)
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based), ties sharing their mean rank."""
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v), dtype=float)
-    ranks[order] = np.arange(1, len(v) + 1)
-    for value in np.unique(v):
-        tied = v == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson's correlation of the average ranks (non-finite pairs dropped)."""
-    a, b = _finite_pairs(x, y)
-    if len(a) < 2:
-        return math.nan
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def top_recall(estimate: Sequence[float], reference: Sequence[float], *, fraction: float = 0.1) -> float:
-    """Of the reference's top ``fraction`` (at least one), the share the estimate also puts in its top
-    ``fraction``; higher is better on both sides."""
-    a, b = _finite_pairs(estimate, reference)
-    if len(a) == 0:
-        return math.nan
-    k = max(1, math.ceil(fraction * len(a)))
-    top_est = set(np.argsort(-a, kind="mergesort")[:k].tolist())
-    top_ref = set(np.argsort(-b, kind="mergesort")[:k].tolist())
-    return len(top_est & top_ref) / k
-
-
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    x: Sequence[float],
-    y: Sequence[float],
-    *,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile 95% interval of ``statistic(x, y)`` over architectures resampled with replacement."""
-    a, b = _finite_pairs(x, y)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(a), len(a))
-        v = statistic(a[idx], b[idx])
-        if math.isfinite(v):
-            values.append(v)
-    if not values:
-        return math.nan, math.nan
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)

@@ -27,7 +27,7 @@ from ..spaces import Space
 from .proxies import ProxyInputs
 from .study import halving_rungs
 
-__all__ = ["Objective", "CandidateFailure", "trial_seed", "VAL_SEED_OFFSET"]
+__all__ = ["Objective", "CandidateFailure", "trial_seed", "common_seed", "trial_streams", "VAL_SEED_OFFSET"]
 
 # Every candidate is validated on the same episodes, so their scores compare like with like.
 VAL_SEED_OFFSET = 7_919
@@ -45,6 +45,35 @@ class CandidateFailure(RuntimeError):
 def trial_seed(run_seed: int, trial_number: int) -> int:
     """A distinct, reproducible seed per trial for initial weights and training episodes."""
     return (run_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
+
+
+def common_seed(run_seed: int) -> int:
+    """The seed of the streams every candidate of a run shares under common random numbers
+    (distinct from every trial's: trial numbers are never negative)."""
+    return trial_seed(run_seed, -1)
+
+
+def trial_streams(run_seed: int, trial_number: int, crn: str) -> tuple[int, int]:
+    """(seed of the initial weights and stochastic ops, seed of the training episodes and their
+    jitter) of a trial under the common-random-numbers mode ``crn`` (config.CRN_MODES).
+
+    Under "episodes" every candidate meets the same training episodes, so the difference of two
+    candidates' scores carries no noise from what each happened to be trained on (Pearce,
+    Poloczek & Branke 2019: common random numbers in simulation optimisation).
+
+        >>> trial_streams(0, 3, "episodes")[1] == trial_streams(0, 4, "episodes")[1]
+        True
+        >>> trial_streams(0, 3, "off")[1] == trial_streams(0, 4, "off")[1]
+        False
+    """
+    own, shared = trial_seed(run_seed, trial_number), common_seed(run_seed)
+    if crn == "off":
+        return own, own
+    if crn == "episodes":
+        return own, shared
+    if crn == "all":
+        return shared, shared
+    raise ValueError(f"unknown crn mode {crn!r}")
 
 
 @dataclass
@@ -79,24 +108,31 @@ class Objective:
     def ways(self) -> int:
         return self.cfg.data.episode_ways(self.dataset.task)
 
-    def make_samplers(self, seed: int) -> tuple[Any, Any]:
-        """Train and validation episode samplers; raises DataError before any training if the
-        splits cannot supply the episodes asked for."""
-        return episode_samplers(self.cfg, self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device)
+    def make_samplers(self, seed: int, cfg: RunConfig | None = None) -> tuple[Any, Any]:
+        """Train and validation episode samplers (of ``cfg``, a candidate's own recipe; the run's
+        by default); raises DataError before any training if the splits cannot supply the
+        episodes asked for."""
+        cfg = cfg or self.cfg
+        return episode_samplers(cfg, self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device)
 
     def proxy_inputs(self, arch: Any, trial_number: int) -> ProxyInputs:
         """What a training-free proxy sees of a candidate: its backbone as the trial would
         initialise it, its learner, one batch of training episodes (no jitter) and the search's
         validation episodes (the same for every candidate)."""
-        seed = trial_seed(self.cfg.seed, trial_number)
+        seed, episodes_seed = trial_streams(self.cfg.seed, trial_number, self.cfg.search.crn)
+        cfg = self.cfg.with_recipe(arch.graph.get("recipe"))
         backbone = network.build(arch, self.dataset.input_shape, seed=seed)
         learner = build_learner(
-            self.cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
+            cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
         ).to(self.device)
-        lc = self.cfg.learner
+        lc = cfg.learner
         # The trial's own samplers (one rule for the episodes' shape), without the jitter.
         train, val = episode_samplers(
-            self.cfg.replace(data={"augment": False}), self.dataset, seed, self.cfg.seed + VAL_SEED_OFFSET, self.device
+            cfg.replace(data={"augment": False}),
+            self.dataset,
+            episodes_seed,
+            self.cfg.seed + VAL_SEED_OFFSET,
+            self.device,
         )
         return ProxyInputs(
             backbone,
@@ -125,7 +161,7 @@ class Objective:
             # A known architecture (--enqueue / --baseline): trained as it is, no choices sampled.
             arch = graph.from_json(trial.user_attrs[Attr.ENQUEUED_ARCH])
         else:
-            arch = self.space.build(trial.suggest_categorical)
+            arch = self.space.draw(trial.suggest_categorical, self.cfg.learner.algo)
         fingerprint = graph.fingerprint(arch)
         trial.set_user_attr(Attr.FINGERPRINT, fingerprint)
         trial.set_user_attr(Attr.ARCH, graph.to_json(arch))
@@ -140,7 +176,7 @@ class Objective:
             values = previous.values
             return (values[0], values[1]) if self.multi_objective else values[0]
 
-        seed = trial_seed(self.cfg.seed, trial.number)
+        seed, episodes_seed = trial_streams(self.cfg.seed, trial.number, self.cfg.search.crn)
         try:
             # Initial weights depend on the trial's seed, not on what ran before in the process.
             backbone = network.build(arch, self.dataset.input_shape, seed=seed)
@@ -150,10 +186,11 @@ class Objective:
         trial.set_user_attr(Attr.PARAMS, n_params)
         trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
 
+        cfg = self.cfg.with_recipe(arch.graph.get("recipe"))  # the candidate's own training choices
         learner = build_learner(
-            self.cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
+            cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
         ).to(self.device)
-        train_sampler, val_sampler = self.make_samplers(seed)
+        train_sampler, val_sampler = self.make_samplers(episodes_seed, cfg)
         curve: list[list[float]] = []
 
         def report(step: int, value: float) -> None:
@@ -185,7 +222,7 @@ class Objective:
                 learner,
                 train_sampler,
                 val_sampler,
-                self.cfg.learner,
+                cfg.learner,
                 seed=seed,
                 report=report,
                 progress=progress,

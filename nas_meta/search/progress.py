@@ -27,6 +27,9 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+RACE_LINE_SECONDS = 30.0  # a line at least this often while a race entrant trains, in a log
+
+
 class SearchProgress:
     """Hooks for :class:`~nas_meta.search.objective.Objective` and an Optuna trial callback."""
 
@@ -41,6 +44,7 @@ class SearchProgress:
         self._number: int | None = None
         self._last_val: float | None = None
         self._dirty = False
+        self._race_line = self.start
 
     def _write(self, text: str) -> None:
         if self._dirty:
@@ -80,6 +84,19 @@ class SearchProgress:
         elif step % SUPERNET_LINE_EVERY == 0 or step == total:
             self._write(text)
 
+    def race_step(self, step: int, total: int, _val: float | None) -> None:
+        """Meta-training of a race entrant: in place on a terminal, a line every
+        RACE_LINE_SECONDS in a log (a long race is never silent)."""
+        now = time.perf_counter()
+        text = f"  race step {step}/{total}  elapsed {format_seconds(now - self.start)}"
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+            self._dirty = True
+        elif now - self._race_line >= RACE_LINE_SECONDS:
+            self._race_line = now
+            self._write(text)
+
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(Attr.SURPLUS):
             return  # not a trial of the search: other workers had already taken the budget
@@ -87,7 +104,7 @@ class SearchProgress:
         self.index = len(counted)
         note = ""
         if Attr.DUPLICATE_OF in trial.user_attrs:
-            note = f"  duplicate of #{trial.user_attrs['duplicate_of']}, not retrained"
+            note = f"  duplicate of #{trial.user_attrs['duplicate_of']}, not retrained, not counted"
         elif trial.state == TrialState.PRUNED:
             note = f"  pruned at step {trial.user_attrs.get('pruned_at', '?')}"
         elif trial.state == TrialState.FAIL:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import networkx as nx
 import optuna
 import pandas as pd
 
@@ -33,10 +33,12 @@ from ..learners import resolve_device
 from ..learners.train import amp_dtype, check_compile
 from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
-from ..spaces import Space, load_space
+from ..spaces import Space, load_space, resolve_known_arch
 from .objective import CandidateFailure, Objective, TrialHooks
 from .progress import SearchProgress
+from .race import race_pick, race_state, run_race
 from .study import (
+    adopt_study_settings,
     create_study,
     default_study_name,
     load_study,
@@ -46,7 +48,7 @@ from .study import (
     study_dir,
 )
 from .supernet import SUPERNET_FILE, derived_params, train_supernet
-from .workers import enqueue_architectures, optimize_until, retry_interrupted
+from .workers import SpaceExhausted, enqueue_architectures, optimize_until, retry_interrupted, unstick
 
 __all__ = [
     "SearchOutcome",
@@ -86,7 +88,8 @@ class Prepared:
     directory: Path
     objective: Objective
     hooks: TrialHooks
-    enqueued: list[tuple[str, dict]]  # (name, arch JSON) of --enqueue / --baseline
+    enqueued: list[tuple[str, dict]]  # (name, arch JSON) of --enqueue, and of --baseline without a race
+    baselines: list[tuple[str, dict]]  # (name, arch JSON) the race's pick must beat
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -121,9 +124,31 @@ def prepare(cfg: RunConfig) -> Prepared:
     check_memory(cfg, dataset, device)  # a step that cannot fit: refused now, with the estimate
     check_space_fits(space, dataset.input_shape)
     objective.make_samplers(cfg.seed)  # DataError now (too few classes/images), not mid-search
+    widest = space.recipe_choices(cfg.learner.algo).get("train_ways")
+    if widest:  # the widest training episodes the space's recipe can draw must exist too
+        objective.make_samplers(cfg.seed, cfg.with_recipe({"train_ways": max(widest)}))
     enqueued = [resolve_known_arch(entry, dataset.input_shape) for entry in cfg.search.enqueue]
+    baselines = known_baselines(cfg, dataset.input_shape)
+    if not cfg.search.race:
+        enqueued += baselines  # no race: trained first as trials, and the search reports the gap
     study_name = cfg.search.study or default_study_name(cfg)
-    return Prepared(cfg, study_name, study_dir(cfg.results_dir, study_name), objective, hooks, enqueued)
+    directory = study_dir(cfg.results_dir, study_name)
+    return Prepared(cfg, study_name, directory, objective, hooks, enqueued, baselines if cfg.search.race else [])
+
+
+def known_baselines(cfg: RunConfig, input_shape: tuple[int, ...]) -> list[tuple[str, dict]]:
+    """The baselines of ``cfg`` as (name, arch JSON), compiled for the inputs: ``search.baselines``,
+    or with a race and none given, Conv-4 for images and MAML's 40-40 network for vectors."""
+    names = cfg.search.baselines
+    if names is None:
+        names = (("conv4",) if len(input_shape) == 3 else ("mlp40",)) if cfg.search.race else ()
+    try:
+        return [resolve_known_arch(name, input_shape) for name in names]
+    except SpaceError as exc:
+        raise ConfigError(
+            f"baseline {', '.join(names)} does not fit the dataset's inputs {tuple(input_shape)}: {exc}; "
+            "choose another with --baseline, or --baseline none"
+        ) from None
 
 
 def check_space_fits(space: Space, input_shape: tuple[int, ...], tries: int = 8) -> None:
@@ -145,53 +170,35 @@ def check_space_fits(space: Space, input_shape: tuple[int, ...], tries: int = 8)
     )
 
 
-def load_known_arch(entry: str) -> tuple[str, nx.DiGraph]:
-    """``path/arch.json`` or the name of a space with exactly one architecture (conv4) ->
-    (name, architecture)."""
-    path = Path(entry)
-    if path.suffix == ".json" or path.is_file():
-        return (path.stem if path.stem != "arch" else path.parent.name), graph.load_json(path)
-    space = load_space(entry)
-    if space.size() != 1:
-        raise ConfigError(
-            f"{entry!r} is a space of {space.size():,} architectures; give a space "
-            "with exactly one (such as conv4) or an architecture JSON"
-        )
-    return space.name, space.build(lambda _name, options: options[0])
-
-
-def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
-    """``--enqueue path/arch.json`` or ``--baseline conv4`` -> (name, arch JSON), validated by
-    compiling it for the dataset's input."""
-    from ..model import network
-
-    name, arch = load_known_arch(entry)
-    network.build(arch, input_shape)  # SpaceError now if it does not fit the data
-    return name, graph.to_json(arch)
-
-
 def _optimize(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> int:
     cfg = prepared.cfg
     task = prepared.objective.dataset.task
     progress = SearchProgress(total=cfg.search.trials, task=task, stream=stream)
     prepared.hooks.started, prepared.hooks.step = progress.trial_started, progress.step
-    queue_next = None
     if cfg.search.strategy != "scratch":
         _train_supernet(study, prepared, progress)
-    if cfg.search.prescreen is not None:
-        from .screening import screen
+    from .screening import screen
 
-        def queue_next(study: optuna.Study) -> None:
+    def queue_next(study: optuna.Study) -> None:
+        # A random draw after a run of duplicates comes first; else screening draws its pool.
+        if (
+            not unstick(study, prepared.objective.space, cfg.seed, cfg.learner.algo)
+            and cfg.search.prescreen is not None
+        ):
             screen(study, prepared.objective)
 
-    return optimize_until(
-        study,
-        prepared.objective,
-        target=cfg.search.trials,
-        callbacks=[progress.trial_finished],
-        catch=(CandidateFailure,),
-        queue_next=queue_next,
-    )
+    try:
+        return optimize_until(
+            study,
+            prepared.objective,
+            target=cfg.search.trials,
+            callbacks=[progress.trial_finished],
+            catch=(CandidateFailure,),
+            queue_next=queue_next,
+        )
+    except SpaceExhausted as exc:
+        print(f"{exc}; the search stops here", file=stream or sys.stderr)
+        return 0
 
 
 def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchProgress) -> None:
@@ -269,6 +276,13 @@ def run_search(
         if created is not None:  # nothing half-written: a refused storage leaves no empty folders
             shutil.rmtree(created, ignore_errors=True)
         raise
+    cfg, notes = adopt_study_settings(study, cfg)
+    if notes:
+        enqueued, baselines = _study_baselines(prepared, cfg)
+        prepared = dataclasses.replace(prepared, cfg=cfg, enqueued=enqueued, baselines=baselines)
+        prepared.objective.cfg = cfg
+        for line in notes:
+            print(line, file=stream or sys.stdout)
     atomic_write_json(prepared.directory / "config.json", public_config(cfg).to_dict())
     retry_interrupted(study)
     enqueue_architectures(study, prepared.enqueued)
@@ -280,14 +294,45 @@ def run_search(
     if workers > 1:
         torch.set_num_threads(_threads_per_worker(workers))
     try:
-        ran = _optimize(study, prepared, stream)
+        try:
+            ran = _optimize(study, prepared, stream)
+        finally:
+            for child in children:
+                child.wait()
+        if cfg.search.race:
+            _race(study, prepared, stream)  # this process alone: workers never race
     except KeyboardInterrupt:
-        # The interrupted trial is FAIL with an "interrupted" attribute and runs again on resume.
+        # The interrupted trial is FAIL with an "interrupted" attribute and runs again on resume;
+        # a race resumes from the blocks it finished.
         raise SearchInterrupted(write_outputs(study, prepared, task, url, ran=0)) from None
-    finally:
-        for child in children:
-            child.wait()
     return write_outputs(study, prepared, task, url, ran)
+
+
+def _study_baselines(prepared: Prepared, cfg: RunConfig) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(enqueued, raced) architectures again, for the settings the study kept."""
+    shape = tuple(prepared.objective.dataset.input_shape)
+    enqueued = [resolve_known_arch(entry, shape) for entry in cfg.search.enqueue]
+    baselines = known_baselines(cfg, shape)
+    if not cfg.search.race:
+        return enqueued + baselines, []
+    return enqueued, baselines
+
+
+def _race(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> None:
+    """The final race (search/race.py) between the best candidates and the baselines."""
+    objective = prepared.objective
+    out = stream or sys.stdout
+    progress = SearchProgress(total=prepared.cfg.search.trials, task=objective.dataset.task, stream=stream)
+    run_race(
+        study,
+        prepared.cfg,
+        objective.dataset,
+        objective.device,
+        prepared.baselines,
+        log=lambda line: print(line, file=out, flush=True),
+        step=progress.race_step,
+        should_stop=prepared.hooks.should_stop,
+    )
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -351,13 +396,15 @@ def run_worker(
 
 
 def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, ran: int) -> SearchOutcome:
-    """The trials table as CSV and the best architecture as JSON and PNG, beside the study."""
+    """The trials table as CSV and the pick (the race's, else the best trial) as JSON and PNG,
+    beside the study."""
     directory = prepared.directory
     table = trials_frame(study, task)
     atomic_write(directory / "trials.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+    pick = race_pick(race_state(study))
     best = best_trials(study, task, k=1)
-    if best:
-        arch = graph.from_json(best[0].user_attrs[Attr.ARCH])
+    if pick is not None or best:
+        arch = graph.from_json(pick.arch if pick is not None else best[0].user_attrs[Attr.ARCH])
         (directory / "best").mkdir(exist_ok=True)
         graph.save_json(arch, directory / "best" / "arch.json")
         from ..viz.arch import draw_arch  # matplotlib only when a picture is written

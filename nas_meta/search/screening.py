@@ -55,7 +55,7 @@ def screen(study: optuna.Study, objective: Any) -> int:
             open_trials.append(trial)
             trial.set_user_attr(Attr.WORKER, worker_identity())
             trial.set_user_attr(Attr.SCREENING, {"proxy": proxy})
-            arch = objective.space.build(trial.suggest_categorical)
+            arch = objective.space.draw(trial.suggest_categorical, objective.cfg.learner.algo)
             fingerprint = graph.fingerprint(arch)
             trial.set_user_attr(Attr.FINGERPRINT, fingerprint)
             trial.set_user_attr(Attr.ARCH, graph.to_json(arch))

@@ -17,11 +17,12 @@ from typing import Any, Literal
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from ..config import RunConfig
+from ..config import LEGACY_SEARCH, RunConfig
 from ..errors import ConfigError, StudyError
 from ..record import FORMAT_VERSION, StudyAttr
 from ..registry import Registry
 from .evolution import RegularizedEvolutionSampler
+from .local import LocalSearchSampler
 
 __all__ = [
     "SAMPLER_BUILDERS",
@@ -35,6 +36,8 @@ __all__ = [
     "stored_config",
     "redact_url",
     "halving_rungs",
+    "STUDY_SETTINGS",
+    "adopt_study_settings",
 ]
 
 
@@ -78,6 +81,11 @@ def _nsga2(seed: int) -> optuna.samplers.BaseSampler:
 @SAMPLER_BUILDERS.register("evolution")
 def _evolution(seed: int) -> optuna.samplers.BaseSampler:
     return RegularizedEvolutionSampler(seed=seed)
+
+
+@SAMPLER_BUILDERS.register("local")
+def _local(seed: int) -> optuna.samplers.BaseSampler:
+    return LocalSearchSampler(seed=seed)
 
 
 @PRUNER_BUILDERS.register("none")
@@ -249,8 +257,35 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
         study.set_user_attr(StudyAttr.TASK, task)
         study.set_user_attr(StudyAttr.FORMAT, FORMAT_VERSION)
     else:
-        _check_resumable(RunConfig.from_dict(stored), cfg, study_name)
+        _check_resumable(RunConfig.from_dict(_upgrade(stored)), cfg, study_name)
     return study
+
+
+# Settings a study keeps from its first run whatever a resumed run asks: each changes what its
+# numbers mean (the streams candidates were trained on, how the pick is chosen), and a study
+# started before a setting existed resumes as it started (config.LEGACY_SEARCH).
+STUDY_SETTINGS = ("crn", "race", "race_iterations", "race_blocks", "race_episodes", "baselines")
+
+
+def adopt_study_settings(study: optuna.Study, cfg: RunConfig) -> tuple[RunConfig, list[str]]:
+    """``cfg`` with the study's own :data:`STUDY_SETTINGS`, and one line per setting that differs
+    from what ``cfg`` asked for (to tell the user)."""
+    stored = stored_config(study).search
+    notes, changes = [], {}
+    for name in STUDY_SETTINGS:
+        old, new = getattr(stored, name), getattr(cfg.search, name)
+        if old != new:
+            changes[name] = old
+            notes.append(f"study {study.study_name!r} keeps {name}={old!r} from its first run (not {new!r})")
+    return (cfg.replace(search=changes) if changes else cfg), notes
+
+
+def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as this version reads it: settings it predates take their legacy values."""
+    search = dict(doc.get("search", {}))
+    for name, value in LEGACY_SEARCH.items():
+        search.setdefault(name, value)
+    return {**doc, "search": search}
 
 
 def _check_resumable(stored: RunConfig, cfg: RunConfig, study_name: str) -> None:
@@ -310,7 +345,7 @@ def stored_config(study: optuna.Study) -> RunConfig:
     doc: Any = study.user_attrs.get(StudyAttr.CONFIG)
     if doc is None:
         raise StudyError(f"study {study.study_name!r} was not made by nas_meta (no stored config)")
-    return RunConfig.from_dict(doc)
+    return RunConfig.from_dict(_upgrade(doc))
 
 
 def study_task(study: optuna.Study) -> str:

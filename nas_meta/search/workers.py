@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import time
 import warnings
@@ -27,6 +28,7 @@ from optuna.trial import TrialState
 
 from ..errors import StudyError
 from ..record import Attr, counted_trials
+from ..spaces import Space
 
 __all__ = ["worker_identity", "recover_dead_trials", "optimize_until"]
 
@@ -131,6 +133,51 @@ def _taken(study: optuna.Study, below: int | None = None, include_waiting: bool 
     if below is not None:
         numbers = {n for n in numbers if n < below}
     return len(numbers)
+
+
+# A sampler that proposes only architectures the study has trained (a converged TPE, a local
+# search in a small basin) gets one random draw after this many duplicates in a row.
+DUPLICATE_STREAK = 3
+# ... and a space in which this many draws in a row were duplicates is taken as exhausted.
+EXHAUSTED_STREAK = 30
+
+
+class SpaceExhausted(Exception):
+    """Every architecture of the space was trained (or draws keep finding trained ones)."""
+
+
+def unstick(study: optuna.Study, space: Space, seed: int, algo: str) -> bool:
+    """Queue one random architecture of ``space`` when the last :data:`DUPLICATE_STREAK` trials
+    were duplicates (duplicates do not use up the budget, so a sampler that repeats itself would
+    otherwise loop); True when it queued one.  SpaceExhausted when the study has tried as many
+    distinct choices as the space holds, or :data:`EXHAUSTED_STREAK` duplicates came in a row."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+        if Attr.SCREENING not in t.user_attrs
+        and Attr.SURPLUS not in t.user_attrs
+        and Attr.INTERRUPTED not in t.user_attrs
+    ]
+    streak = 0
+    for t in reversed(done):
+        if Attr.DUPLICATE_OF not in t.user_attrs:
+            break
+        streak += 1
+    if streak < DUPLICATE_STREAK:
+        return False
+    # Known architectures (baselines) are not points the sampler drew: their empty params say nothing.
+    tried = {tuple(sorted(t.params.items())) for t in done if Attr.ENQUEUED_ARCH not in t.user_attrs}
+    size = space.candidates(algo)
+    if streak >= EXHAUSTED_STREAK or len(tried) >= size:
+        distinct = sum(Attr.DUPLICATE_OF not in t.user_attrs and t.state == TrialState.COMPLETE for t in done)
+        raise SpaceExhausted(
+            f"space {space.name!r} holds {size:,} architecture{'s' if size != 1 else ''} and the study has "
+            f"trained {distinct} distinct ones; the last {streak} proposals were all trained already"
+        )
+    rng = random.Random(seed * 1_000_003 + len(done))
+    drawn = space.draw(lambda _name, options: options[rng.randrange(len(options))], algo)
+    study.enqueue_trial(drawn.graph["params"], user_attrs={Attr.UNSTUCK: streak})
+    return True
 
 
 class Surplus(Exception):

@@ -10,7 +10,17 @@ module (``cell.py``: DARTS cells; ``stacks.py``: ``chain`` and ``mlp``) and regi
     'chain'
 """
 
-from .base import KINDS, SPACES_DIR, Choose, Space, draw_space, list_spaces, load_space
+from .base import (
+    KINDS,
+    SPACES_DIR,
+    Choose,
+    Space,
+    draw_space,
+    list_spaces,
+    load_known_arch,
+    load_space,
+    resolve_known_arch,
+)
 from .cell import CellSpace, build_cells
 from .stacks import ChainSpace, MlpSpace
 
@@ -25,5 +35,7 @@ __all__ = [
     "load_space",
     "list_spaces",
     "draw_space",
+    "load_known_arch",
+    "resolve_known_arch",
     "build_cells",
 ]

@@ -5,7 +5,8 @@ named categorical choices, and ``nas_meta.model.network.build`` compiles it.  ``
 may be ``optuna.Trial.suggest_categorical``, a seeded random choice (:meth:`Space.sample`) or a
 look-up in stored params (:meth:`Space.from_params`); a name always comes with the same options.
 
-    >>> import random
+    >>> import math
+import random
     >>> space = load_space("cell")
     >>> arch = space.sample(random.Random(0))
     >>> space.from_params(arch.graph["params"]).graph == arch.graph
@@ -17,6 +18,7 @@ The file format is documented in search_spaces/README.md.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,8 @@ __all__ = [
     "load_space",
     "list_spaces",
     "draw_space",
+    "load_known_arch",
+    "resolve_known_arch",
     "MAX_DEPTH",
     "MAX_WIDTH",
     "MAX_CELL_NODES",
@@ -63,7 +67,7 @@ class Reader:
 
     def __init__(self, doc: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
         self.doc, self.path = doc, path
-        unknown = sorted(set(doc) - set(keys) - {"kind", "name", "description"})
+        unknown = sorted(set(doc) - set(keys) - {"kind", "name", "description", "recipe"})
         if unknown:
             self.fail(unknown[0], f"is not a key of a {doc['kind']} space; choose from {sorted(keys)}")
 
@@ -119,6 +123,57 @@ def one_of(*allowed: Any) -> Callable[[Any], bool]:
     return lambda x: any(type(x) is type(a) and x == a for a in allowed)
 
 
+def _positive_number(high: float) -> Callable[[Any], bool]:
+    return lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= high
+
+
+def _non_negative_number(high: float) -> Callable[[Any], bool]:
+    return lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= high
+
+
+# The training choices a space file may offer beside its graph's (its ``recipe:`` block): key ->
+# (check, what a value must be, the learners it applies to; None: every learner).  Each is drawn
+# by the same ``choose`` as the graph's choices, under the name ``recipe:<key>``.
+RECIPE_KEYS: dict[str, tuple[Callable[[Any], bool], str, tuple[str, ...] | None]] = {
+    "outer_lr": (_positive_number(1.0), "a learning rate in (0, 1]", None),
+    "weight_decay": (_non_negative_number(1.0), "a weight decay in [0, 1]", None),
+    "lr_schedule": (one_of("constant", "cosine"), "constant or cosine", None),
+    "augment": (one_of(True, False), "true or false", None),
+    # ProtoNet trains on wider episodes than it tests on (Snell et al. 2017); a MAML head has
+    # exactly --ways outputs, so the ways of its training episodes are not free.
+    "train_ways": (bounded_int(1_000), "a number of classes from 2 to 1,000", ("protonet",)),
+    "inner_lr": (_positive_number(10.0), "an inner learning rate in (0, 10]", ("maml", "fomaml")),
+    "inner_steps": (bounded_int(1_000), "a number of inner steps from 1 to 1,000", ("maml", "fomaml")),
+}
+RECIPE_PREFIX = "recipe:"
+
+
+def recipe_applies(key: str, algo: str) -> bool:
+    """Whether recipe key ``key`` is a choice for learner ``algo``."""
+    learners = RECIPE_KEYS[key][2]
+    return learners is None or algo in learners
+
+
+def read_recipe(doc: Any, path: Path) -> dict[str, list]:
+    """A space file's ``recipe:`` block -> {key: options}; SpaceError naming the file, the key and
+    the valid keys or values."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SpaceError(f"{path}: key 'recipe' must be a mapping of training choices, got {type(doc).__name__}")
+    out = {}
+    for key, value in doc.items():
+        if key not in RECIPE_KEYS:
+            raise SpaceError(f"{path}: key 'recipe.{key}' is not a training choice; choose from {sorted(RECIPE_KEYS)}")
+        check, what, _ = RECIPE_KEYS[key]
+        reader = Reader({"kind": "recipe", key: value}, path, (key,))
+        options = reader.options(key, REQUIRED, check, what)
+        if key == "train_ways" and any(v < 2 for v in options):
+            reader.fail(key, f"must be {what}, got {options}")
+        out[key] = options
+    return out
+
+
 class Space:
     """A named search space.  Subclasses (one per kind) define ``choices`` and ``_build``."""
 
@@ -129,6 +184,37 @@ class Space:
         self.name, self.path = name, path
         self.description = str(doc.get("description", ""))
         self._choices: dict[str, list] = {}
+        self.recipe = read_recipe(doc.get("recipe"), path)  # the training choices it offers
+
+    def recipe_choices(self, algo: str) -> dict[str, list]:
+        """The recipe choices that apply to learner ``algo`` and are real choices (two options or more)."""
+        return {key: options for key, options in self.recipe.items() if len(options) > 1 and recipe_applies(key, algo)}
+
+    def candidates(self, algo: str) -> int:
+        """Distinct candidates for learner ``algo``: architectures x the recipe choices that apply."""
+        return self.size() * math.prod(len(options) for options in self.recipe_choices(algo).values())
+
+    def recipe_skipped(self, algo: str) -> list[str]:
+        """Recipe keys the space offers that do not apply to learner ``algo`` (never drawn)."""
+        return sorted(k for k in self.recipe if not recipe_applies(k, algo))
+
+    def draw(self, choose: Choose, algo: str) -> nx.DiGraph:
+        """:meth:`build`, then the recipe's choices for learner ``algo``: a candidate is an
+        architecture *and* how it is trained (``arch.graph["recipe"]``, part of its fingerprint).
+        A recipe key with one option is fixed for every candidate."""
+        arch = self.build(choose)
+        recipe = {}
+        for key, options in self.recipe.items():
+            if not recipe_applies(key, algo):
+                continue
+            if len(options) == 1:
+                recipe[key] = options[0]
+            else:
+                recipe[key] = choose(RECIPE_PREFIX + key, list(options))
+                arch.graph["params"][RECIPE_PREFIX + key] = recipe[key]
+        if recipe:
+            arch.graph["recipe"] = recipe
+        return arch
 
     def _add_choice(self, name: str, options: list) -> None:
         if len(options) > 1:  # a single option is a fixed value, not a choice
@@ -174,8 +260,10 @@ class Space:
         """One architecture drawn uniformly choice by choice from ``rng`` (same seed, same arch)."""
         return self.build(lambda name, options: options[rng.randrange(len(options))])
 
-    def from_params(self, params: dict[str, Any]) -> nx.DiGraph:
-        """Rebuild the architecture of stored params; keys the space does not ask are ignored."""
+    def from_params(self, params: dict[str, Any], *, algo: str | None = None) -> nx.DiGraph:
+        """Rebuild the architecture of stored params; keys the space does not ask are ignored.
+        With ``algo`` the candidate gets its whole recipe for that learner back (:meth:`draw`);
+        without, the recipe choices the params hold and the fixed ones of every learner."""
 
         def lookup(name: str, options: list) -> Any:
             if name not in params:
@@ -185,7 +273,17 @@ class Space:
                 raise SpaceError(f"space {self.name!r}: choice {name!r} = {value!r} is not one of {options}")
             return value
 
-        return self.build(lookup)
+        if algo is not None:
+            return self.draw(lookup, algo)
+        arch = self.build(lookup)
+        recipe = {k: v[0] for k, v in self.recipe.items() if len(v) == 1 and RECIPE_KEYS[k][2] is None}
+        for key, options in self.recipe.items():
+            if RECIPE_PREFIX + key in params and len(options) > 1:
+                recipe[key] = lookup(RECIPE_PREFIX + key, options)
+                arch.graph["params"][RECIPE_PREFIX + key] = recipe[key]
+        if recipe:
+            arch.graph["recipe"] = recipe
+        return arch
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, choices={len(self._choices)}, size={self.size()})"
@@ -238,3 +336,30 @@ def draw_space(space: Space, path: str | Path) -> None:
     from ..viz.arch import draw_space as draw
 
     draw(space, path)
+
+
+def load_known_arch(entry: str) -> tuple[str, nx.DiGraph]:
+    """``path/arch.json`` or the name of a space with exactly one architecture (conv4) ->
+    (name, architecture)."""
+    from ..errors import ConfigError
+
+    path = Path(entry)
+    if path.suffix == ".json" or path.is_file():
+        return (path.stem if path.stem != "arch" else path.parent.name), graph.load_json(path)
+    space = load_space(entry)
+    if space.size() != 1:
+        raise ConfigError(
+            f"{entry!r} is a space of {space.size():,} architectures; give a space "
+            "with exactly one (such as conv4) or an architecture JSON"
+        )
+    return space.name, space.build(lambda _name, options: options[0])
+
+
+def resolve_known_arch(entry: str, input_shape: tuple[int, ...]) -> tuple[str, dict]:
+    """``--enqueue path/arch.json`` or ``--baseline conv4`` -> (name, arch JSON), validated by
+    compiling it for the dataset's input."""
+    from ..model import network
+
+    name, arch = load_known_arch(entry)
+    network.build(arch, input_shape)  # SpaceError now if it does not fit the data
+    return name, graph.to_json(arch)
