@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fidelity as fidelity_bench  # noqa: E402  (bench/fidelity.py: its reference protocol)
-from records import write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
+from records import read_records, write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficiency"
 
@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # ... and the final race of the 2 best against Conv-4 picks, inside the same CPU budget.
     "tpe_crn_race": {"sampler": "tpe", "crn": "episodes", "race": 2},
     "random_crn_race": {"sampler": "random", "crn": "episodes", "race": 2},
+    # Local search from the best candidate (White, Nolen & Savani 2021), common random numbers and the race.
+    "local_crn_race": {"sampler": "local", "crn": "episodes", "race": 2},
     "evolution": {"sampler": "evolution", **PLAIN},
     "tpe_halving": {"sampler": "tpe", "pruner": "halving", **PLAIN},
     "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8, **PLAIN},
@@ -77,7 +79,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Differentiable search (cell spaces): the relaxed cell first, its discretisation the first trial.
     "darts": {"sampler": "tpe", "strategy": "darts", "supernet_steps": 400, **PLAIN},
 }
-SPACES = ("chain", "cell")
+SPACES = ("chain", "cell", "chain_recipe")  # chain_recipe: the chain space with training choices
 ALGOS = ("protonet", "fomaml")
 REFERENCES = {"protonet": "600:400", "fomaml": "300:200"}  # as the fidelity bench's tables
 BUDGET = 600.0  # CPU seconds per search unless --budget says otherwise
@@ -286,10 +288,12 @@ def add_derived_reference(doc: dict[str, Any], root: str, cache: str) -> None:
 
 
 def load(space: str = "chain", algo: str = "protonet", ways: int = 5) -> dict[tuple[str, int], dict[str, Any]]:
+    """The task's rows from the committed records (results/records/search_efficiency/)."""
     out = {}
-    for path in sorted(task_dir(space, algo, ways).glob("*-s*.json")):
-        doc = json.loads(path.read_text())
-        out[(doc["label"], doc["seed"])] = doc
+    for record in read_records("search_efficiency"):
+        doc = record["figures"]
+        if (doc["space"], doc["algo"], doc.get("ways", 5)) == (space, algo, ways):
+            out[(doc["label"], doc["seed"])] = doc
     return out
 
 

@@ -2,7 +2,15 @@
 
     .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --seeds 0 1 --tasks 5w1s 20w1s
     .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --algo fomaml --iterations 300
+    .venv/bin/python bench/versus_conv4.py default OMNIGLOT_ROOT --algo protonet --tasks 5w1s 20w1s --seeds 0 1
     .venv/bin/python bench/versus_conv4.py table
+
+``default`` runs the toolkit's default search first (``quick`` preset on the task's own episodes,
+common random numbers, the race against Conv-4; ``--space chain`` by default, which holds
+Conv-4; ``--space chain_recipe`` searches training choices too, and its pick is also compared with
+Conv-4 trained with the pick's own choices) and compares its pick; the race's own validation
+verdict stands beside the test difference.  ``table`` reads the committed records
+(``results/records/versus_conv4/``), so it regenerates on any machine.
 
 For each seed and task (``<ways>w<shots>s``), the architecture ``ARCH.json`` (a search's pick,
 saved under ``NAME``) and Conv-4 are each meta-trained from scratch with *exactly the same*
@@ -29,7 +37,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recipe import mean_ci, paired  # noqa: E402  (bench/recipe.py: the same statistics)
-from records import write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
+from records import read_records, write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "versus_conv4"
 TEST_EPISODES = 600
@@ -85,12 +93,22 @@ def run_one(
     conv4_arm = RESULTS / "conv4" / f"{algo}-{task}-s{seed}-{iterations}.json"
     searched, conv4 = load_known_arch(arch_path)[1], load_known_arch("conv4")[1]
     same = graph.fingerprint(searched) == graph.fingerprint(conv4)  # a race can pick Conv-4 itself
-    for side, arch in (("conv4", conv4), ("searched", searched)):
+    arms = [("conv4", conv4), ("searched", searched)]
+    if searched.graph.get("recipe"):
+        # A pick searched with training choices: Conv-4 trained with the same choices tells how much
+        # of its gain is the recipe's and how much the architecture's.
+        conv4_recipe = conv4.copy()
+        conv4_recipe.graph["recipe"] = dict(searched.graph["recipe"])
+        arms.append(("conv4_recipe", conv4_recipe))
+    for side, arch in arms:
         if side == "conv4" and conv4_arm.is_file():
             out[side] = json.loads(conv4_arm.read_text())
             continue
         if side == "searched" and same:  # the same training from the same seed: the same numbers
             out[side] = out["conv4"]
+            continue
+        if side == "conv4_recipe" and graph.fingerprint(arch) == graph.fingerprint(searched):
+            out[side] = out["searched"]
             continue
         t0 = time.process_time()
         model, result = retrain(cfg, arch, dataset=dataset)
@@ -153,6 +171,14 @@ def default_search(root: str, seed: int, task: str, algo: str, space: str, cache
     }
 
 
+def _recipe_cell(row: dict[str, Any]) -> str:
+    """The pick against Conv-4 trained with the pick's own training choices (a recipe space's pick)."""
+    if "conv4_recipe" not in row:
+        return "-"
+    d, ci = paired(row["conv4_recipe"]["test"], row["searched"]["test"])
+    return f"{100 * d:+.2f} ± {100 * ci:.2f}"
+
+
 def _race_cell(row: dict[str, Any]) -> str:
     """What the search's race said of its pick against Conv-4 on validation (rows of the default search)."""
     verdict = (row.get("search") or {}).get("race_verdict")
@@ -164,15 +190,15 @@ def _race_cell(row: dict[str, Any]) -> str:
 
 
 def table() -> int:
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    rows = [record["figures"] for record in read_records("versus_conv4")]  # the committed rows
     if not rows:
         print("no results yet")
         return 1
     lines = [
         "| searched | learner | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
-        "| beats Conv-4? | race's validation difference (95% CI over its blocks) | params (searched / Conv-4) "
-        "| CPU s (searched / Conv-4) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| beats Conv-4? | race's validation difference (95% CI over its blocks) | against Conv-4 with the pick's "
+        "recipe | params (searched / Conv-4) | CPU s (searched / Conv-4) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     last = {}
     for r in rows:
@@ -183,10 +209,11 @@ def table() -> int:
             f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {r['iterations']} | "
             f"{100 * s[0]:.2f} ± "
             f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
-            f"{verdict} | {_race_cell(r)} | {r['searched']['params']:,} / {r['conv4']['params']:,} | "
+            f"{verdict} | {_race_cell(r)} | {_recipe_cell(r)} | "
+            f"{r['searched']['params']:,} / {r['conv4']['params']:,} | "
             f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |"
         )
-        last[f"{r['name']}_{r['task']}_s{r['seed']}"] = 100 * d
+        last[f"{r['name']}_{r.get('algo', 'protonet')}_{r['task']}_s{r['seed']}"] = 100 * d
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.2f}" for k, v in last.items()))
     return 0
@@ -263,13 +290,14 @@ def run_default(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for task in args.tasks:
-            path = RESULTS / f"default-{args.algo}-{task}-s{seed}.json"
+            name = "default" if args.space == "chain" else f"default_{args.space}"
+            path = RESULTS / f"{name}-{args.algo}-{task}-s{seed}.json"
             if path.exists():
                 continue
             search = default_search(args.root, seed, task, args.algo, args.space, args.cache_dir)
             doc = run_one(args.root, search["arch_path"], seed, task, args.iterations, args.cache_dir, args.algo)
             doc.update(
-                name="default",
+                name=name,
                 arch=json.loads(Path(search["arch_path"]).read_text()),
                 search=search,
                 command=f"python bench/versus_conv4.py default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "

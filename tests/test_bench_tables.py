@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +16,25 @@ def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
     monkeypatch.syspath_prepend(str(BENCH))
     module = importlib.import_module("search_efficiency")
     monkeypatch.setattr(module, "RESULTS", tmp_path)
+    # The table reads the committed records: here, a folder of the test's own.
+    monkeypatch.setattr(importlib.import_module("records"), "ROOT", tmp_path / "records")
     return module
+
+
+def save(doc: dict) -> None:
+    """Write a row as the bench writes it: a record under results/records/search_efficiency/."""
+    records = importlib.import_module("records")
+    name = f"{doc['space']}-{doc['algo']}-{doc['label']}-s{doc['seed']}"
+    records.write_record("search_efficiency", name, doc, command="test", seed=doc["seed"], cpu_seconds=0.0)
+
+
+def saved(label: str, seed: int) -> dict:
+    records = importlib.import_module("records")
+    return next(
+        r["figures"]
+        for r in records.read_records("search_efficiency")
+        if r["figures"]["label"] == label and r["figures"]["seed"] == seed
+    )
 
 
 def write(bench: ModuleType, variant: str, seed: int, budget: float, score: float, ci95: float | None = 0.01) -> None:
@@ -33,10 +50,10 @@ def write(bench: ModuleType, variant: str, seed: int, budget: float, score: floa
         "pick": {"val": 0.8},
         "reference": reference,
         "derived": None,
+        "space": "cell",
+        "algo": "protonet",
     }
-    folder = bench.task_dir("cell", "protonet")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}-s{seed}.json").write_text(json.dumps(doc))
+    save(doc)
 
 
 def test_searches_at_another_budget_are_kept_and_paired_apart(
@@ -97,11 +114,10 @@ def test_a_search_whose_budget_ran_out_before_any_trial_is_a_row_without_a_pick(
     write(bench, "tpe", 0, 600, 0.80)
     write(bench, "tpe", 1, 600, 0.70)
     write(bench, "darts", 0, 600, 0.75)
-    path = bench.task_dir("cell", "protonet") / "darts-s1.json"
-    doc = json.loads(path.with_name("darts-s0.json").read_text()) | {"seed": 1, "trials": 0, "supernet_cpu_s": 538}
+    doc = saved("darts", 0) | {"seed": 1, "trials": 0, "supernet_cpu_s": 538}
     doc |= {"pick": None, "reference": None}
     doc["derived"] = {"number": 0, "val": None, "is_pick": False, "params": 28_256, "reference": {"score": 0.5}}
-    path.write_text(json.dumps(doc))
+    save(doc)
     assert bench.table("tpe", "cell", "protonet") == 0
     out = capsys.readouterr().out.splitlines()
     darts = next(line for line in out if line.startswith("| darts |"))

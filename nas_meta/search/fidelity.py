@@ -123,7 +123,9 @@ def score_architecture(
     the budgets'.  A budget's CPU seconds are the training up to its step plus its own
     validation; the proxies are computed first, on the untrained backbone, one batch of training
     episodes (``cfg.learner.meta_batch`` of them, no jitter) and validation episodes from ``val_seed``.
+    A candidate drawn with training choices (``arch.graph["recipe"]``) trains with them.
     """
+    cfg = cfg.with_recipe(arch.graph.get("recipe"))
     lc = cfg.learner
     if lc.lr_schedule != "constant" or lc.checkpoint != "last":
         raise ConfigError("fidelity budgets are prefixes of one run: use lr_schedule 'constant' and checkpoint 'last'")
