@@ -5,8 +5,7 @@ named categorical choices, and ``nas_meta.model.network.build`` compiles it.  ``
 may be ``optuna.Trial.suggest_categorical``, a seeded random choice (:meth:`Space.sample`) or a
 look-up in stored params (:meth:`Space.from_params`); a name always comes with the same options.
 
-    >>> import math
-import random
+    >>> import random
     >>> space = load_space("cell")
     >>> arch = space.sample(random.Random(0))
     >>> space.from_params(arch.graph["params"]).graph == arch.graph
