@@ -29,6 +29,8 @@ __all__ = [
     "is_device_name",
     "MAX_COUNTS",
     "check_count",
+    "MAX_SEED",
+    "check_seed",
     "LR_SCHEDULES",
     "CHECKPOINTS",
     "REFITS",
@@ -110,6 +112,17 @@ def check_count(name: str, value: Any, *, low: int = 1, flag: str | None = None)
         raise ConfigError(f"{flag} must be at most {high:,}, got {value:,}")
 
 
+# Seeds reach numpy's and Optuna's generators (np.random.RandomState), which take 0..2**32-1 only;
+# refused here, one line, rather than as a traceback from inside a sampler mid-run.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, flag: str) -> None:
+    """ConfigError unless ``value`` is an integer from 0 to ``MAX_SEED``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "glyphs"  # registered dataset name; glyphs needs no files and no network
@@ -151,6 +164,7 @@ class DataConfig:
         for name in ("rotations", "augment", "within_alphabet", "download"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_seed(self.seed, "data seed")
 
 
 @dataclass(frozen=True)
@@ -304,6 +318,7 @@ class RunConfig:
         self.search.validate()
         if not is_device_name(self.device):
             raise ConfigError(f"unknown device {self.device!r}; choose from {list(DEVICES)} or cuda:N")
+        check_seed(self.seed, "--seed")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         return self

@@ -44,8 +44,8 @@ def evaluate_arch(
     """Meta-test ``arch`` on the test classes: with trained ``weights``, or after meta-training it
     with the config's budget (then ``save_to`` keeps the trained weights, loadable as ``weights``).
     Returns ``{"mean", "ci95", "episodes", "metric"}``, plus ``train_seconds`` after training."""
+    device = resolve_device(cfg.device)  # first: a GPU this machine lacks is refused before the cache is written
     dataset = load_dataset(cfg.data)
-    device = resolve_device(cfg.device)
     test = test_sampler(cfg, dataset, device)  # episodes that cannot be drawn: refused before anything
     if weights is None:
         check_memory(cfg, dataset, device)  # a training step that cannot fit: refused with the estimate

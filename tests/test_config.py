@@ -79,3 +79,29 @@ def test_the_top_level_names_resolve():
     from nas_meta.spaces import load_space
 
     assert (nas_meta.build, nas_meta.load, nas_meta.load_space) == (build, load, load_space)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True, 1.5])
+def test_seeds_outside_what_numpy_and_torch_take_are_refused(seed):
+    with pytest.raises(ConfigError, match=r"^--seed must be an integer from 0 to 4294967295 \(2\*\*32 - 1\), got "):
+        make_config("smoke", seed=seed)
+    with pytest.raises(ConfigError, match=r"^data seed must be an integer from 0 to 4294967295"):
+        make_config("smoke", data={"seed": seed})
+
+
+def test_the_seed_range_ends_are_accepted_and_workers_past_it_wrap(tmp_path):
+    from nas_meta.config import MAX_SEED
+    from nas_meta.search.study import create_study, load_study
+
+    assert make_config("smoke", seed=0, data={"seed": MAX_SEED}).data.seed == MAX_SEED
+    cfg = make_config("smoke", search={"space": "chain", "study": "edge"}, seed=MAX_SEED, results_dir=str(tmp_path))
+    (tmp_path / "edge").mkdir()
+    create_study(cfg, "edge", "classification")
+    url = f"sqlite:///{tmp_path}/edge/study.db"
+    # Worker 1's sampler seed, MAX_SEED + 1, wraps to 0 instead of failing inside Optuna's sampler.
+    first = load_study("edge", url, worker_index=1).sampler._rng.rng.randint(0, 2**31)
+    wrapped = make_config("smoke", search={"space": "chain", "study": "zero"}, seed=0, results_dir=str(tmp_path))
+    (tmp_path / "zero").mkdir()
+    create_study(wrapped, "zero", "classification")
+    zero = load_study("zero", f"sqlite:///{tmp_path}/zero/study.db", worker_index=0).sampler._rng.rng.randint(0, 2**31)
+    assert first == zero

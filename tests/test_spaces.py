@@ -269,7 +269,7 @@ def test_malformed_yaml_names_the_file_and_the_key(tmp_path, text, message):
 
 
 def test_unknown_space_name_lists_the_shipped_ones():
-    shipped = r"\['cell', 'chain', 'conv4', 'mlp', 'mlp40', 'resnet12'\]"
+    shipped = r"\['cell', 'chain', 'chain_recipe', 'conv4', 'mlp', 'mlp40', 'resnet12'\]"
     with pytest.raises(SpaceError, match=r"unknown space 'cel'; choose from " + shipped):
         spaces.load_space("cel")
 

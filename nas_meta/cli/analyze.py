@@ -24,7 +24,9 @@ def add_parsers(sub: Any) -> None:
 
     spaces = sub.add_parser("spaces", help="list the search spaces, or draw one")
     spaces.add_argument("--show", default=None, metavar="SPACE", help="draw this space's graph")
-    spaces.add_argument("--out", default=None, help="PNG path for --show (default: <space>.png)")
+    spaces.add_argument(
+        "--out", default=None, help="picture for --show, .png, .svg or .pdf by its suffix (default: <space>.png)"
+    )
     analyze.set_defaults(run=cmd_analyze)
     spaces.set_defaults(run=cmd_spaces)
 
@@ -87,8 +89,11 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     from .. import spaces
 
     if args.show:
+        from ..viz.style import picture_format
+
         space = spaces.load_space(args.show)
         out = check_file(args.out or f"{space.name}.png", "--out")
+        picture_format(out, "--out")  # before drawing: an unknown suffix writes nothing
         spaces.draw_space(space, out)
         print(f"wrote {out}")
         return 0

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import CHECKPOINTS, LR_SCHEDULES, REFITS, RunConfig
+from ..config import CHECKPOINTS, DEVICES, LR_SCHEDULES, REFITS, RunConfig, is_device_name
 from ..errors import ConfigError
 
 PROG = "nas-meta"
@@ -59,10 +59,33 @@ def check_file(path: str | Path, flag: str) -> Path:
     return file
 
 
+# The help text's default: default_cache_dir() refuses where there is no home, and --help must still work.
+CACHE_DIR_HELP = "dataset cache (default: $XDG_CACHE_HOME/nas_meta, else ~/.cache/nas_meta)"
+
+
 def default_cache_dir() -> str:
-    """Where generated and preprocessed datasets are kept between runs (XDG convention)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "nas_meta")
+    """Where generated and preprocessed datasets are kept between runs (XDG convention).  Called
+    only when the user gave no --cache-dir: without XDG_CACHE_HOME and with HOME empty or unset,
+    ``~`` would be "/" or a guess (the cache landing in /.cache), so the user is asked instead."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return str(Path(xdg) / "nas_meta")
+    home = os.environ.get("HOME")
+    if not home:
+        state = "empty" if home == "" else "unset"
+        raise ConfigError(
+            f"HOME is {state} and XDG_CACHE_HOME is unset: no folder for the dataset cache; "
+            "give --cache-dir DIR or set XDG_CACHE_HOME"
+        )
+    return str(Path(home) / ".cache" / "nas_meta")
+
+
+def device_name(text: str) -> str:
+    """argparse ``type`` of --device: one of DEVICES or cuda:N.  Whether this machine has that
+    GPU is for resolve_device to say, after parsing, in its own one line."""
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose from {list(DEVICES)} or cuda:N")
+    return text
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:

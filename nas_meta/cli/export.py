@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import DEVICES, PRESETS, RunConfig, make_config
+from ..config import PRESETS, RunConfig, make_config
 from ..errors import ConfigError
 from .common import (
+    CACHE_DIR_HELP,
     add_budget_options,
     add_data_options,
     add_recipe_options,
@@ -20,6 +21,7 @@ from .common import (
     check_folder,
     data_overrides,
     default_cache_dir,
+    device_name,
     format_test,
     positive,
     recipe_overrides,
@@ -48,7 +50,7 @@ def add_parsers(sub: Any) -> None:
     add_refit_option(export)
     add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
-    export.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
+    export.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     export.add_argument("--data-root", default=None, help="where the study's dataset is on this machine")
 
     evaluate = sub.add_parser("evaluate", help="meta-test one architecture on the test classes")
@@ -81,7 +83,7 @@ def add_parsers(sub: Any) -> None:
     )
     evaluate.add_argument("--cache-dir", default=None)
     evaluate.add_argument("--seed", type=int, default=D.seed)
-    evaluate.add_argument("--device", default=D.device, choices=DEVICES)
+    evaluate.add_argument("--device", default=D.device, type=device_name, help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
     export.set_defaults(run=cmd_export)
     evaluate.set_defaults(run=cmd_evaluate)

@@ -10,7 +10,6 @@ from ..config import (
     CRN_MODES,
     DEFAULT_PRESCREEN_POOL,
     DEFAULT_SUPERNET_POOL,
-    DEVICES,
     PRESETS,
     STRATEGIES,
     RunConfig,
@@ -19,6 +18,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from .common import (
+    CACHE_DIR_HELP,
     PROG,
     add_budget_options,
     add_data_options,
@@ -27,6 +27,7 @@ from .common import (
     check_folder,
     data_overrides,
     default_cache_dir,
+    device_name,
     graceful_interrupt,
     recipe_overrides,
 )
@@ -50,8 +51,10 @@ def add_parsers(sub: Any) -> None:
     )
     worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     worker.add_argument("--data-root", default=None, help="where the dataset is on this machine")
-    worker.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
-    worker.add_argument("--device", default=None, help="override the study's device: auto, cpu, cuda or cuda:N")
+    worker.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    worker.add_argument(
+        "--device", default=None, type=device_name, help="override the study's device: auto, cpu, cuda or cuda:N"
+    )
     worker.set_defaults(run=cmd_worker)
 
 
@@ -126,12 +129,15 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
     p.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
-    p.add_argument("--cache-dir", default=None, help=f"dataset cache (default: {default_cache_dir()})")
+    p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     p.add_argument(
         "--seed", type=int, default=D.seed, help=f"seed of the sampler, episodes and weights (default: {D.seed})"
     )
     p.add_argument(
-        "--device", default=D.device, choices=DEVICES, help=f"auto = CUDA when present (default: {D.device})"
+        "--device",
+        default=D.device,
+        type=device_name,
+        help=f"auto, cpu, cuda or cuda:N; auto = CUDA when present (default: {D.device})",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
     p.add_argument(
@@ -263,13 +269,15 @@ def search_config(args: argparse.Namespace):
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..search.runner import SearchInterrupted, run_search
-    from ..search.study import redact_url
+    from ..search.study import check_persistent, redact_url
 
     cfg = search_config(args)
     if args.n_workers < 1:
         raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
     devices = parse_devices(args.devices)
     check_folder(cfg.results_dir, "--results-dir")
+    if cfg.search.storage:
+        check_persistent(cfg.search.storage)  # now, not after the dataset is generated into the cache
     print(
         f"searching {cfg.search.space!r} with {cfg.learner.algo} on {cfg.data.dataset} "
         f"({cfg.data.ways}-way {cfg.data.shots}-shot), sampler {cfg.search.sampler}, "
@@ -286,7 +294,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if outcome.ran == 0:
         print(f"the study already holds {cfg.search.trials} trials; ask for more with --trials N")
     print(f"study {outcome.study_name!r} in {redact_url(outcome.storage)}")
-    print(f"results in {outcome.directory}/ (trials.csv, config.json, best/arch.json)")
+    if outcome.directory is not None:  # None only for a worker's outcome
+        # Only what is there: with no completed trial there is no best/arch.json to point at.
+        names = ("trials.csv", "config.json", "best/arch.json")
+        written = [name for name in names if (outcome.directory / name).is_file()]
+        print(f"results in {outcome.directory}/ ({', '.join(written)})")
     return 0
 
 

@@ -65,9 +65,10 @@ class TrainResult:
     weights_step: int = 0  # the step whose weights the learner ends with: best_step or the last step
 
 
-def resolve_device(name: str, *, visible: int | None = None) -> torch.device:
+def resolve_device(name: str, *, visible: int | None = None, flag: str = "--device") -> torch.device:
     """ "auto" -> CUDA when present, else CPU; "cpu"; "cuda" or "cuda:N" (ConfigError when there is
-    no such GPU).  ``visible`` overrides the number of visible GPUs (tests)."""
+    no such GPU, naming ``flag``, the option the name came from).  ``visible`` overrides the number
+    of visible GPUs (tests)."""
     count = torch.cuda.device_count() if visible is None else visible
     if name == "auto":
         return torch.device("cuda" if count > 0 else "cpu")
@@ -76,9 +77,11 @@ def resolve_device(name: str, *, visible: int | None = None) -> torch.device:
     if name == "cuda" or name.startswith("cuda:"):
         index = name.partition(":")[2]
         if count == 0:
-            raise ConfigError(f"--device {name}: no CUDA device is available here; choose from ['auto', 'cpu']")
+            # --devices places workers on named devices: "auto" is not one of them.
+            usable = ["auto", "cpu"] if flag == "--device" else ["cpu"]
+            raise ConfigError(f"{flag} {name}: no CUDA device is available here; choose from {usable}")
         if index and (not index.isdigit() or int(index) >= count):
-            raise ConfigError(f"--device {name}: this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
+            raise ConfigError(f"{flag} {name}: this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}")
         return torch.device(name)
     raise ConfigError(f"unknown device {name!r}; choose from ['auto', 'cpu', 'cuda', 'cuda:N']")
 

@@ -115,8 +115,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     space = load_space(cfg.search.space)
     if cfg.search.strategy == "darts":
         check_relaxable(space)
+    device = resolve_device(cfg.device)  # before the dataset: a refused device writes no cache
     dataset = load_dataset(cfg.data)
-    device = resolve_device(cfg.device)
     amp_dtype(device, cfg.learner.amp)  # --amp without bf16 or CUDA: refused now, by the trainer's rule
     check_compile(device, cfg.learner.compile)
     hooks = TrialHooks()
@@ -127,13 +127,23 @@ def prepare(cfg: RunConfig) -> Prepared:
     widest = space.recipe_choices(cfg.learner.algo).get("train_ways")
     if widest:  # the widest training episodes the space's recipe can draw must exist too
         objective.make_samplers(cfg.seed, cfg.with_recipe({"train_ways": max(widest)}))
-    enqueued = [resolve_known_arch(entry, dataset.input_shape) for entry in cfg.search.enqueue]
-    baselines = known_baselines(cfg, dataset.input_shape)
-    if not cfg.search.race:
-        enqueued += baselines  # no race: trained first as trials, and the search reports the gap
+    enqueued, baselines = known_architectures(cfg, tuple(dataset.input_shape))
     study_name = cfg.search.study or default_study_name(cfg)
     directory = study_dir(cfg.results_dir, study_name)
-    return Prepared(cfg, study_name, directory, objective, hooks, enqueued, baselines if cfg.search.race else [])
+    return Prepared(cfg, study_name, directory, objective, hooks, enqueued, baselines)
+
+
+def known_architectures(
+    cfg: RunConfig, input_shape: tuple[int, ...]
+) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(trained first as trials, raced) known architectures of ``cfg``: ``--enqueue``'s are
+    trials; the baselines are raced, or without a race trained first as trials (and the search
+    reports the gap)."""
+    enqueued = [resolve_known_arch(entry, input_shape) for entry in cfg.search.enqueue]
+    baselines = known_baselines(cfg, input_shape)
+    if not cfg.search.race:
+        return enqueued + baselines, []
+    return enqueued, baselines
 
 
 def known_baselines(cfg: RunConfig, input_shape: tuple[int, ...]) -> list[tuple[str, dict]]:
@@ -231,7 +241,7 @@ def worker_devices(device: str, workers: int, *, visible: int, devices: list[str
     if devices:
         for name in devices:
             if name != "cpu":
-                resolve_device(name, visible=visible)  # ConfigError for a GPU this machine lacks
+                resolve_device(name, visible=visible, flag="--devices")  # ConfigError for a GPU this machine lacks
         return [devices[i % len(devices)] for i in range(workers)]
     if device in ("auto", "cuda") and visible > 1:
         return [f"cuda:{i % visible}" for i in range(workers)]
@@ -278,7 +288,7 @@ def run_search(
         raise
     cfg, notes = adopt_study_settings(study, cfg)
     if notes:
-        enqueued, baselines = _study_baselines(prepared, cfg)
+        enqueued, baselines = known_architectures(cfg, tuple(prepared.objective.dataset.input_shape))
         prepared = dataclasses.replace(prepared, cfg=cfg, enqueued=enqueued, baselines=baselines)
         prepared.objective.cfg = cfg
         for line in notes:
@@ -306,16 +316,6 @@ def run_search(
         # a race resumes from the blocks it finished.
         raise SearchInterrupted(write_outputs(study, prepared, task, url, ran=0)) from None
     return write_outputs(study, prepared, task, url, ran)
-
-
-def _study_baselines(prepared: Prepared, cfg: RunConfig) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """(enqueued, raced) architectures again, for the settings the study kept."""
-    shape = tuple(prepared.objective.dataset.input_shape)
-    enqueued = [resolve_known_arch(entry, shape) for entry in cfg.search.enqueue]
-    baselines = known_baselines(cfg, shape)
-    if not cfg.search.race:
-        return enqueued + baselines, []
-    return enqueued, baselines
 
 
 def _race(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from ..config import LEGACY_SEARCH, RunConfig
+from ..config import LEGACY_SEARCH, MAX_SEED, RunConfig
 from ..errors import ConfigError, StudyError
 from ..record import FORMAT_VERSION, StudyAttr
 from ..registry import Registry
@@ -30,6 +30,7 @@ __all__ = [
     "default_study_name",
     "study_dir",
     "storage_url",
+    "check_persistent",
     "open_storage",
     "create_study",
     "load_study",
@@ -148,6 +149,7 @@ def storage_url(cfg: RunConfig, study_name: str, workers: int = 1) -> str:
     ``results/<study>/study.db`` for one process, or Optuna's journal file
     ``results/<study>/journal.log`` for several (SQLite locks up under concurrent writers)."""
     if cfg.search.storage:
+        check_persistent(cfg.search.storage)
         return cfg.search.storage
     directory = study_dir(cfg.results_dir, study_name).resolve()
     journal, sqlite = directory / "journal.log", directory / "study.db"
@@ -179,9 +181,34 @@ def dropped_connection(exc: BaseException) -> bool:
     return any(marker in text for marker in _DROPPED)
 
 
+def check_persistent(url: str) -> None:
+    """ConfigError for an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``, a
+    ``mode=memory`` URI): its study vanishes with the process, so it could not be resumed, joined
+    by workers or exported, and Optuna's heartbeat thread, which opens its own connection, finds
+    no tables there and fails over and over."""
+    if not url.startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # malformed: open_storage says so
+    database = parsed.database or ""
+    query = {key: str(value) for key, value in parsed.query.items()}
+    if database in ("", ":memory:") or database.startswith("file::memory:") or query.get("mode") == "memory":
+        raise ConfigError(
+            f"--storage {redact_url(url)!r} is an in-memory database: the study would vanish when this process "
+            "ends (no resume, no workers, no export); give a file, e.g. sqlite:///results/study.db, "
+            "or leave --storage out for the study folder's own"
+        )
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so a killed worker's trial is retried), or Optuna's own
     handling for other URL kinds.  A URL that cannot be opened is a user error."""
+    check_persistent(url)
     if url.startswith("journal:///"):
         # Optuna's file journal: safe for many processes on one machine (no heartbeats there;
         # workers.recover_dead_trials retries a dead local worker's trial instead).
@@ -336,7 +363,9 @@ def load_study(study_name: str, storage: str, *, worker_index: int | None = None
     return optuna.load_study(
         study_name=study_name,
         storage=backend,
-        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed + worker_index),
+        # Wrapped into the range Optuna's samplers take (their numpy RandomState): a seed near
+        # MAX_SEED or a negative --worker-index would otherwise fail inside the sampler.
+        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)((cfg.seed + worker_index) % (MAX_SEED + 1)),
         pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(cfg),
     )
 

@@ -1,4 +1,4 @@
-"""Pictures of architectures and of search spaces (matplotlib, PNG).
+"""Pictures of architectures and of search spaces (matplotlib: PNG, SVG or PDF by the path's suffix).
 
 >>> from nas_meta import spaces
 >>> from nas_meta.viz import arch as draw
@@ -15,7 +15,7 @@ from typing import Any
 import networkx as nx
 
 from ..graph import fingerprint
-from .style import DPI, SMALL_SIZE, TEXT_SIZE, TITLE_SIZE, save_png
+from .style import DPI, SMALL_SIZE, TEXT_SIZE, TITLE_SIZE, save_figure
 
 __all__ = ["draw_arch", "draw_space", "draw_panels", "node_text", "layered_positions", "grouped_positions"]
 
@@ -130,7 +130,8 @@ def _cell_panels(arch: nx.DiGraph) -> list[dict[str, Any]]:
 
 
 def draw_arch(arch: nx.DiGraph, path: str | Path, title: str | None = None) -> None:
-    """Draw an architecture to a PNG, nodes labelled by op (``-> c_out``, ``/stride`` when set).
+    """Draw an architecture to ``path`` (PNG, SVG or PDF by its suffix), nodes labelled by op
+    (``-> c_out``, ``/stride`` when set).
 
     A cell network gets a macro panel and one panel per cell type (its first cell: the two
     inputs, one node per op, the sums, the concat); other graphs are drawn top-down.
@@ -161,7 +162,7 @@ def draw_arch(arch: nx.DiGraph, path: str | Path, title: str | None = None) -> N
 
 
 def draw_panels(panels: list[dict[str, Any]], path: str | Path, title: str, footer: str = "") -> None:
-    """Render panels to a PNG, one above the other.
+    """Render panels to ``path`` (PNG, SVG or PDF by its suffix), one above the other.
 
     A panel is ``{"graph": g, "title": str, "height": inches, "unit": inches per x unit}``; nodes of
     ``g`` carry ``pos`` (x, y) and ``label``; edges may carry ``label``, ``style`` ("solid",
@@ -238,7 +239,7 @@ def draw_panels(panels: list[dict[str, Any]], path: str | Path, title: str, foot
     if footer:
         fig.text(0.01, 0.005, footer, fontsize=SMALL_SIZE, va="bottom", family="monospace")
     fig.tight_layout(rect=(0, 0.02 + 0.012 * (footer.count("\n") + 1) if footer else 0, 1, 0.97))
-    save_png(fig, path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
 
 
 def _box_shrink(attrs: dict[str, Any], at: tuple[float, float], towards: tuple[float, float]) -> float:
@@ -282,7 +283,8 @@ def template_positions(g: nx.DiGraph) -> None:
 
 
 def draw_space(space: Any, path: str | Path) -> None:
-    """Draw a space's graph to a PNG: nodes, and on each edge its candidate ops or options."""
+    """Draw a space's graph to ``path`` (PNG, SVG or PDF by its suffix): nodes, and on each edge
+    its candidate ops or options."""
     g = space.template()
     template_positions(g)
     panel = {"graph": g, "title": g.graph["title"], "height": 7.0 if space.kind == "cell" else 3.0, "unit": 1.0}
