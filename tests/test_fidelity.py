@@ -14,16 +14,9 @@ from nas_meta.data import load_dataset
 from nas_meta.errors import ConfigError
 from nas_meta.learners import build_learner, evaluate_episodes, meta_train
 from nas_meta.model import network
-from nas_meta.search.fidelity import (
-    Budget,
-    bootstrap_ci,
-    draw_architectures,
-    kendall_tau,
-    score_architecture,
-    spearman_rho,
-    top_recall,
-)
+from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
 from nas_meta.spaces import load_known_arch, load_space
+from nas_meta.stats import bootstrap_ci, kendall_tau, spearman_rho, top_recall
 
 
 def test_kendall_tau_b_with_a_tie_by_hand():

@@ -7,15 +7,7 @@ meta-training scored on many validation episodes): a training-free proxy at init
 a constant learning rate and the last step's weights, the first k steps of a long run *are* a
 k-step run (same seed, same episodes, same optimizer state), so the budgets cost nothing extra
 but their own validation.  ``bench/fidelity.py`` runs it over many architectures; the rank
-statistics of ``nas_meta.stats`` (re-exported here) turn its records into the table of
-``results/README.md``.
-
-    >>> round(kendall_tau([1, 2, 3, 4], [10, 20, 40, 30]), 6)
-    0.666667
-    >>> round(spearman_rho([1, 2, 3, 4], [10, 20, 40, 30]), 6)
-    0.8
-    >>> top_recall([4, 3, 2, 1], [4, 3, 1, 2], fraction=0.5)
-    1.0
+statistics of ``nas_meta.stats`` turn its records into the table of ``results/README.md``.
 """
 
 from __future__ import annotations
@@ -37,17 +29,12 @@ from ..errors import ConfigError
 from ..learners import build_learner, confidence_interval, evaluate_episodes, meta_train
 from ..model import network
 from ..spaces import Space
-from ..stats import bootstrap_ci, kendall_tau, spearman_rho, top_recall
 from .proxies import ProxyInputs, compute_proxies
 
 __all__ = [
     "Budget",
     "draw_architectures",
     "score_architecture",
-    "kendall_tau",
-    "spearman_rho",
-    "top_recall",
-    "bootstrap_ci",
 ]
 
 
