@@ -13,6 +13,9 @@ of state dicts, read with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +257,41 @@ def export_trials(
     if onnx:
         require_onnx()
     dataset = load_dataset(cfg.data)
+    # An export is whole or absent: every rank is written aside first and swapped in at the end,
+    # so a stop half-way (Ctrl-C during a retraining, a full disk) leaves the previous export as it
+    # was, and a new export never keeps an older one's weights or ranks.
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".staging-{os.getpid()}"
+    try:
+        exported = _write_exports(study, cfg, chosen, staging, dataset, retrain_them, onnx, progress, log)
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [dataclasses.replace(e, folder=out / e.folder.name) for e in exported]
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out``'s rank folders by ``staging``'s (the old ones moved aside, then removed)."""
+    old = out / f".old-{os.getpid()}"
+    old.mkdir()
+    for folder in sorted(out.glob("rank[0-9]*")):
+        folder.rename(old / folder.name)
+    for folder in sorted(staging.iterdir()):
+        folder.rename(out / folder.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_exports(
+    study: optuna.Study,
+    cfg: RunConfig,
+    chosen: list[Chosen],
+    out: Path,
+    dataset: Any,
+    retrain_them: bool,
+    onnx: bool,
+    progress: Any,
+    log: Any,
+) -> list[Exported]:
     task = dataset.task
     exported = []
     for rank, item in enumerate(chosen, start=1):

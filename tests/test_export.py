@@ -224,3 +224,49 @@ def test_evaluate_refuses_a_space_name_that_is_also_a_path_here(tmp_path, capsys
         f"nas-meta: error: 'conv4' is both a shipped space and a {kind} here; write ./conv4 for the {kind}, "
         "or run from another folder for the space"
     ]
+
+
+def _export(root, out, *extra):
+    args = ["export", "--study", "e", "--results-dir", str(root / "results"), "--out", str(out)]
+    return main([*args, "--cache-dir", str(root / "cache"), *extra])
+
+
+def test_an_export_replaces_the_previous_one_whole(searched):
+    root, _, _ = searched
+    out = root / "whole"
+    assert _export(root, out, "--top", "2", "--retrain", "--iterations", "2") == 0
+    assert (out / "rank1" / "weights.pt").is_file() and (out / "rank2" / "weights.pt").is_file()
+    # A later export without retraining: no weights of the older one stay behind, nor its rank 2.
+    assert _export(root, out, "--top", "1") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["rank1"]
+    assert not (out / "rank1" / "weights.pt").exists()
+    assert "retrain" not in json.loads((out / "rank1" / "card.json").read_text())
+
+
+def test_an_export_stopped_half_way_leaves_the_previous_one_as_it_was(searched, monkeypatch):
+    import nas_meta.export as export_module
+
+    root, _, _ = searched
+    out = root / "stopped"
+    assert _export(root, out, "--top", "2") == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real, calls = export_module.retrain, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while rank 2 retrains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "retrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.export_trials(
+            searched[2].study,
+            searched[1],
+            export_module.choose_exports(searched[2].study, "classification", top=2),
+            out,
+            retrain_them=True,
+        )
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # rank 1 not from the new run, rank 2 not from the old: the old export whole
+    assert sorted(p.name for p in out.iterdir()) == ["rank1", "rank2"]  # nothing staged is left
