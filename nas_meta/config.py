@@ -41,6 +41,7 @@ __all__ = [
     "CRN_MODES",
     "LEGACY_SEARCH",
     "RECIPE_FIELDS",
+    "RACE_STEPS_FACTOR",
 ]
 
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
@@ -64,6 +65,11 @@ DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --pr
 STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
+# The race trains its entrants this many times longer than the candidates: at the candidates' own
+# 80 steps it picked Conv-4 in every row and forfeited a win the test classes confirmed; at 3x it
+# picked the winner and avoided the loser (results/README.md, section 6).  It costs the race about
+# 2.25x the trials' training at the quick preset (3 entrants x 2 blocks x 240 steps, 8 x 80).
+RACE_STEPS_FACTOR = 3
 # Common random numbers (search/objective.py): which random streams candidates of one study share.
 # "episodes": the training episodes and their jitter come from the study's seed, the initial
 # weights from the trial's; "all": the initial weights' seed too; "off": every trial draws its own.
@@ -244,11 +250,10 @@ class SearchConfig:
     # between candidates then come from the architectures, not from their training streams.
     crn: str = "episodes"
     # The final race (search/race.py): the ``race`` best candidates by search score and the
-    # ``baselines`` are meta-trained again for ``race_iterations`` steps (None: the candidates'),
-    # once per block with the block's own training seed, and scored on ``race_episodes`` fresh
-    # validation episodes per block (None: twice ``val_episodes``); after each block an entrant
-    # behind the leader with 95% confidence is dropped.  0 = no race.  The defaults keep the race's
-    # CPU below the trials' (3 entrants x 2 blocks = 6 trainings against the preset's 8 trials).
+    # ``baselines`` are meta-trained again for ``race_iterations`` steps (None: RACE_STEPS_FACTOR
+    # times the candidates'), once per block with the block's own training seed, and scored on
+    # ``race_episodes`` fresh validation episodes per block (None: twice ``val_episodes``); after
+    # each block an entrant behind the leader with 95% confidence is dropped.  0 = no race.
     race: int = 2
     race_iterations: int | None = None
     race_blocks: int = 2
@@ -340,8 +345,9 @@ class RunConfig:
         }
 
     def race_iterations(self) -> int:
-        """Meta-training steps of each race entrant per block: ``search.race_iterations``, or the candidates'."""
-        return self.search.race_iterations or self.learner.iterations
+        """Meta-training steps of each race entrant per block: ``search.race_iterations``, or
+        RACE_STEPS_FACTOR times the candidates'."""
+        return self.search.race_iterations or RACE_STEPS_FACTOR * self.learner.iterations
 
     def race_episodes(self) -> int:
         """Validation episodes per race block: ``search.race_episodes``, or twice a candidate's."""

@@ -45,6 +45,8 @@ class Attr(StrEnum):
     WEIGHTS_STEP = "weights_step"  # the step whose weights the score comes from
     RUNGS = "rungs"  # [[step, validation episodes], ...] of successive halving
     DUPLICATE_OF = "duplicate_of"  # the trial this architecture was trained in (score reused; not counted)
+    # Set with duplicate_of when that trial was still training: pruned without a score, not counted.
+    DUPLICATE_OF_RUNNING = "duplicate_of_running"
     UNSTUCK = "unstuck"  # a random draw queued after this many duplicates in a row
     PRUNED_AT = "pruned_at"  # the step a pruner stopped the trial at
     FAILURE = "failure"  # why the candidate failed (diverged, out of memory, timeout): counts as a trial
@@ -69,6 +71,7 @@ class StudyAttr(StrEnum):
     # The final race (search/race.py): its settings, entrants, each (entrant, block) result, who
     # was dropped when, the pick, a verdict per baseline and what it cost; absent without a race.
     RACE = "nas_meta:race"
+    SPACE = "nas_meta:space"  # the parsed space the study started with and its hash (search/study.py space_record)
 
 
 FORMAT_VERSION = 1
@@ -116,10 +119,12 @@ def format_count(n: float | None) -> str:
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that use up the budget: finished ones, and failures that were the candidate's fault.
     Screening trials never count, nor do duplicates (an architecture already trained, whose score
-    is copied): ``--trials`` counts distinct trained candidates."""
+    is copied, or pruned while another process trained it): ``--trials`` counts distinct trained
+    candidates."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        if Attr.SCREENING in t.user_attrs or Attr.DUPLICATE_OF in t.user_attrs:
+        attrs = t.user_attrs
+        if Attr.SCREENING in attrs or Attr.DUPLICATE_OF in attrs or Attr.DUPLICATE_OF_RUNNING in attrs:
             continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             out.append(t)

@@ -166,7 +166,14 @@ class Objective:
         trial.set_user_attr(Attr.FINGERPRINT, fingerprint)
         trial.set_user_attr(Attr.ARCH, graph.to_json(arch))
 
-        previous = self._evaluated(trial.study, fingerprint)
+        previous = self._evaluated(trial, fingerprint)
+        if previous is not None and previous.state == TrialState.RUNNING:
+            # Another process is training this candidate now.  Its score is not known yet and
+            # Optuna cannot fill one in later, so this trial is pruned without training, a
+            # duplicate that does not use up the budget (the search trains another candidate).
+            trial.set_user_attr(Attr.DUPLICATE_OF, previous.number)
+            trial.set_user_attr(Attr.DUPLICATE_OF_RUNNING, True)
+            raise optuna.TrialPruned(f"trial {previous.number} is training this candidate")
         if previous is not None:
             # Isomorphic to a trained candidate: reuse its score instead of training it again.
             for key in ("params", "flops", "seconds"):
@@ -248,8 +255,20 @@ class Objective:
         raise CandidateFailure(reason)
 
     @staticmethod
-    def _evaluated(study: optuna.Study, fingerprint: str) -> optuna.trial.FrozenTrial | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get(Attr.FINGERPRINT) == fingerprint:
+    def _evaluated(trial: optuna.Trial, fingerprint: str) -> optuna.trial.FrozenTrial | None:
+        """The completed trial of this candidate; else another RUNNING trial meta-training it
+        (screening trials only score proxies); else None.
+
+        Every trial writes its fingerprint before it looks, so of two processes that draw the same
+        candidate at once, the one that looks later sees the other: at most one trains it (when
+        both look between the two writes, each defers to the other and neither does; the sampler
+        may draw it again)."""
+        running = None
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.user_attrs.get(Attr.FINGERPRINT) != fingerprint or t.number == trial.number:
+                continue
+            if t.state == TrialState.COMPLETE:
                 return t
-        return None
+            if running is None and Attr.SCREENING not in t.user_attrs:
+                running = t
+        return running

@@ -39,6 +39,7 @@ from .progress import SearchProgress
 from .race import race_pick, race_state, run_race
 from .study import (
     adopt_study_settings,
+    check_space,
     create_study,
     default_study_name,
     load_study,
@@ -281,7 +282,7 @@ def run_search(
     created = _first_missing(prepared.directory)
     prepared.directory.mkdir(parents=True, exist_ok=True)
     try:
-        study = create_study(cfg, prepared.study_name, task, workers=workers)
+        study = create_study(cfg, prepared.study_name, task, workers=workers, space=prepared.objective.space)
     except BaseException:
         if created is not None:  # nothing half-written: a refused storage leaves no empty folders
             shutil.rmtree(created, ignore_errors=True)
@@ -388,6 +389,8 @@ def run_worker(
     change only where things are on this machine (``{"data": {"data_root": ...}, "device": ...}``)."""
     study = load_study(study_name, storage, worker_index=worker_index)
     cfg = stored_config(study).replace(**(overrides or {}))
+    # Before the dataset is prepared: the space file may have changed since the study started.
+    check_space(study, load_space(cfg.search.space))
     prepared = prepare(cfg.replace(search={"study": study_name, "storage": storage}))
     prepared.hooks.should_stop = should_stop
     ran = _optimize(study, prepared, stream)

@@ -7,6 +7,8 @@ time and validation score; the study stores the run's whole config, so that ``wo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import time
@@ -21,6 +23,7 @@ from ..config import LEGACY_SEARCH, MAX_SEED, RunConfig
 from ..errors import ConfigError, StudyError
 from ..record import FORMAT_VERSION, StudyAttr
 from ..registry import Registry
+from ..spaces import Space
 from .evolution import RegularizedEvolutionSampler
 from .local import LocalSearchSampler
 
@@ -33,6 +36,8 @@ __all__ = [
     "check_persistent",
     "open_storage",
     "create_study",
+    "space_record",
+    "check_space",
     "load_study",
     "stored_config",
     "redact_url",
@@ -205,9 +210,13 @@ def check_persistent(url: str) -> None:
         )
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, study: str | None = None) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so a killed worker's trial is retried), or Optuna's own
-    handling for other URL kinds.  A URL that cannot be opened is a user error."""
+    handling for other URL kinds.  A URL that cannot be opened is a user error.
+
+    ``study`` is given by the commands that only read (worker, export, analyze): the name they
+    look for.  Opening a storage creates it (an SQLite file, a journal file, Optuna's tables in a
+    database), so one that does not exist yet is refused as "no study" before anything is written."""
     check_persistent(url)
     if url.startswith("journal:///"):
         # Optuna's file journal: safe for many processes on one machine (no heartbeats there;
@@ -215,12 +224,20 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal://") :])
+        if study is not None and not path.is_file():
+            raise StudyError(f"no study {study!r}: no journal file at {str(path.resolve())!r}")
         if not path.parent.is_dir():
             raise StudyError(f"cannot open storage {url!r}: no folder {str(path.parent)!r}")
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
+        if study is not None:
+            database = _sqlite_file(url)
+            if database is not None and not database.is_file():
+                raise StudyError(f"no study {study!r}: no database at {str(database.resolve())!r}")
         for wait in (*DROPPED_CONNECTION_WAITS, None):
             try:
+                if study is not None and not _has_optuna_tables(url):
+                    break
                 with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return RDBStorage(
@@ -228,10 +245,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                         heartbeat_interval=HEARTBEAT_INTERVAL_S,
                         grace_period=GRACE_PERIOD_S,
                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                        # SQLite: wait for the heartbeat thread's write instead of "database is locked".
-                        engine_kwargs={"connect_args": {"timeout": 60}}
-                        if url.startswith("sqlite:")
-                        else {"pool_pre_ping": True},
+                        engine_kwargs=_engine_kwargs(url),
                     )
             except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot open this URL"
                 if wait is not None and dropped_connection(exc):
@@ -239,9 +253,44 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                     continue
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise StudyError(f"cannot open storage {redact_url(url)!r}: {redact_url(reason)}") from None
+        raise StudyError(f"no study {study!r}: {redact_url(url)!r} holds no Optuna studies (it has no 'studies' table)")
     raise ConfigError(
         f"unsupported storage URL {redact_url(url)!r}; use sqlite:///PATH, journal:///PATH or postgresql://USER@HOST/DB"
     )
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # SQLite: wait for the heartbeat thread's write instead of "database is locked".
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (None for another kind of URL, or one SQLAlchemy cannot parse:
+    opening it says why)."""
+    if not url.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database or ""
+    except ArgumentError:
+        return None
+    if database.startswith("file:"):  # an SQLite URI (?uri=true): the path before its own options
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def _has_optuna_tables(url: str) -> bool:
+    """Whether the database already has Optuna's schema, asked without creating it (RDBStorage
+    would create the tables on opening).  An SQLite file must exist: connecting creates one."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def directions(cfg: RunConfig, task: str) -> list[Literal["minimize", "maximize"]]:
@@ -251,8 +300,13 @@ def directions(cfg: RunConfig, task: str) -> list[Literal["minimize", "maximize"
     return [metric]
 
 
-def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1) -> optuna.Study:
-    """Create the study, or open it to resume; the first run's config is the study's record."""
+def create_study(
+    cfg: RunConfig, study_name: str, task: str, *, workers: int = 1, space: Space | None = None
+) -> optuna.Study:
+    """Create the study, or open it to resume; the first run's config is the study's record.
+
+    ``space`` is the loaded space the run searches: a new study records it (:func:`space_record`),
+    and a resumed one must still search the space it started with (:func:`check_space`)."""
     if cfg.search.sampler == "nsga2" and cfg.search.pruner != "none":
         raise ConfigError(
             f"--pruner {cfg.search.pruner!r} cannot be used with --sampler nsga2: Optuna cannot "
@@ -279,13 +333,88 @@ def create_study(cfg: RunConfig, study_name: str, task: str, *, workers: int = 1
     )
     stored = study.user_attrs.get(StudyAttr.CONFIG)
     if stored is None:
+        if space is not None:  # before the config, whose presence marks a study as started
+            study.set_user_attr(StudyAttr.SPACE, space_record(space))
         # The stored record never holds a password: workers are given the storage URL anyway.
         study.set_user_attr(StudyAttr.CONFIG, public_config(cfg).to_dict())
         study.set_user_attr(StudyAttr.TASK, task)
         study.set_user_attr(StudyAttr.FORMAT, FORMAT_VERSION)
     else:
         _check_resumable(RunConfig.from_dict(_upgrade(stored)), cfg, study_name)
+        if space is not None:
+            check_space(study, space)
     return study
+
+
+# Attributes of a Space that are not what it searches: its label, its file and its prose.
+_SPACE_LABELS = ("name", "path", "description", "recipe")
+
+
+def space_record(space: Space) -> dict[str, Any]:
+    """What a space searches, as parsed (so a comment or a reformatting of its file is no change):
+    its kind, its settings (the file's keys as read, fixed or not), its choices with their options,
+    its training choices, and a hash of them all.
+
+        >>> from nas_meta.spaces import load_space
+        >>> record = space_record(load_space("mlp"))
+        >>> record["settings"]["width"], record["choices"]["depth"]
+        ([20, 40, 80], [1, 2, 3, 4])
+    """
+    settings: dict[str, Any] = {}
+    for key, value in vars(space).items():
+        if key.startswith("_") or key in _SPACE_LABELS:
+            continue
+        # A kind's per-block options (chain, mlp) are the file's keys themselves: name them so.
+        settings.update(value if isinstance(value, dict) else {key: value})
+    parsed = {"kind": space.kind, "settings": settings, "choices": space.choices(), "recipe": dict(space.recipe)}
+    # JSON as a study attribute stores it (tuples become lists), so a stored record compares equal.
+    parsed = json.loads(json.dumps(parsed, default=repr))
+    text = json.dumps(parsed, sort_keys=True)
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **parsed}
+
+
+def check_space(study: optuna.Study, space: Space) -> None:
+    """StudyError when ``space`` is not the space the study started with, naming what changed:
+    resuming would mix candidates of two spaces in one study.  A study started before spaces were
+    recorded has nothing to compare with and resumes as it is."""
+    stored = study.user_attrs.get(StudyAttr.SPACE)
+    if not isinstance(stored, dict):
+        return
+    now = space_record(space)
+    if stored.get("sha256") == now["sha256"]:
+        return
+    change = "the space is not the one it started with"
+    if stored.get("kind") != now["kind"]:
+        change = f"the space's kind was {stored.get('kind')!r} when the study started, now {now['kind']!r}"
+    else:
+        for part, what in (("settings", "setting"), ("recipe", "training choice"), ("choices", "choice")):
+            old, new = stored.get(part) or {}, now[part]
+            differing = [key for key in [*new, *old] if not _same(old.get(key, _ABSENT), new.get(key, _ABSENT))]
+            if differing:
+                key = differing[0]
+                before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+                # A key whose options some choice offers is, to the user, that choice (a chain's
+                # width is every block's); a list that is no choice's options is a setting (a layout).
+                offered = [*(stored.get("choices") or {}).values(), *now["choices"].values()]
+                if part == "settings" and any(_same(v, options) for v in (before, after) for options in offered):
+                    what = "choice"
+                change = f"the space's {what} {key!r} was {_shown(before)} when the study started, now {_shown(after)}"
+                break
+    raise StudyError(f"study {study.study_name!r}: {change}; resume with the original file or choose another --study")
+
+
+_ABSENT = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    # As the hash sees them: 1 and 1.0, or 1 and true, are different options to a space.
+    return a is b or (
+        a is not _ABSENT and b is not _ABSENT and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    )
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else repr(value)
 
 
 # Settings a study keeps from its first run whatever a resumed run asks: each changes what its
@@ -352,7 +481,7 @@ def load_study(study_name: str, storage: str, *, worker_index: int | None = None
 
     With ``worker_index`` the study gets its stored sampler and pruner, the sampler seeded with
     ``seed + worker_index`` so that workers do not all propose the same architectures."""
-    backend = open_storage(storage)
+    backend = open_storage(storage, study=study_name)
     names = optuna.get_all_study_names(storage=backend)
     if study_name not in names:
         raise StudyError(f"no study {study_name!r} in {redact_url(storage)!r}; studies there: {sorted(names)}")
@@ -400,7 +529,8 @@ def find_studies(patterns: list[str], storage: str | None, results_dir: str | Pa
     import fnmatch
 
     if storage:
-        available = {name: storage for name in optuna.get_all_study_names(storage=open_storage(storage))}
+        backend = open_storage(storage, study=patterns[0] if patterns else "")  # read: never created
+        available = {name: storage for name in optuna.get_all_study_names(storage=backend)}
         where = redact_url(storage)
     else:
         available = _local_studies(results_dir)
