@@ -37,5 +37,5 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     [(name, url)] = find_studies([args.study], args.storage, args.results_dir)
     print(f"study {name!r} in {redact_url(url)}: http://{args.host}:{args.port}/dashboard/ (Ctrl-C stops)")
     sys.stdout.flush()
-    run_server(open_storage(url), host=args.host, port=args.port)
+    run_server(open_storage(url, study=name), host=args.host, port=args.port)  # reading never creates
     return 0
