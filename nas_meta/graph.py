@@ -30,7 +30,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import SpaceError
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, decode_utf8
 
 __all__ = [
     "JSON_VERSION",
@@ -199,9 +199,27 @@ def save_json(arch: nx.DiGraph, path: str | Path) -> None:
 def load_json(path: str | Path) -> nx.DiGraph:
     """Read an architecture written by :func:`save_json`; SpaceError naming the file on failure."""
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpaceError(f"cannot read architecture {str(path)!r}: {exc}") from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpaceError(f"cannot read architecture {str(path)!r}: {exc.strerror or exc}") from None
+    text = decode_utf8(data, path, SpaceError)  # JSON is UTF-8 (RFC 8259)
+
+    def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # json.loads keeps the last of two equal keys silently: a hand-edited file that says two things is refused.
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                raise ValueError(f"key {key!r} is given twice in one object")
+            obj[key] = value
+        return obj
+
+    try:
+        doc = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
+    except RecursionError:
+        raise SpaceError(f"cannot read architecture {str(path)!r}: arrays or objects nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, a duplicate key, an integer of thousands of digits
+        reason = str(exc).split(";")[0]  # not Python's advice to raise its own limits
+        raise SpaceError(f"cannot read architecture {str(path)!r}: {reason}") from None
     try:
         return from_json(doc)
     except SpaceError as exc:
@@ -217,10 +235,27 @@ def save_graphml(arch: nx.DiGraph, path: str | Path) -> None:
 
 
 def load_graphml(path: str | Path) -> nx.DiGraph:
-    """Read :func:`save_graphml` output back (``params`` and ``recipe`` decoded from JSON)."""
-    arch = nx.DiGraph(nx.read_graphml(str(path)))
+    """Read :func:`save_graphml` output back (``params`` and ``recipe`` decoded from JSON);
+    SpaceError naming the file when it is not GraphML.  XML declares its own encoding, which the
+    parser honours; a file whose bytes do not match it is malformed XML."""
+    try:
+        arch = nx.DiGraph(nx.read_graphml(str(path)))
+    except OSError as exc:
+        raise SpaceError(f"cannot read architecture {str(path)!r}: {exc.strerror or exc}") from None
+    except (SyntaxError, nx.NetworkXError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        # networkx's reader reports a malformed file with whatever failed inside it: ParseError (a
+        # SyntaxError) for bad XML or encoding, KeyError for an unknown attr.type or a boolean that
+        # is not true/false, ValueError for a number that is not one, AttributeError for an empty one.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpaceError(f"{path}: not a GraphML architecture: {reason}") from None
     for key in ("params", "recipe"):
         if key in arch.graph and isinstance(arch.graph[key], str):
-            arch.graph[key] = json.loads(arch.graph[key])
+            try:
+                arch.graph[key] = json.loads(arch.graph[key])
+            except (ValueError, RecursionError) as exc:
+                reason = str(exc).split(";")[0] if isinstance(exc, ValueError) else "nested too deeply"
+                raise SpaceError(
+                    f"{path}: graph attribute {key!r} is not the JSON save_graphml writes: {reason}"
+                ) from None
     arch.graph.pop("nas_meta_version", None)
     return arch

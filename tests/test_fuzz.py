@@ -4,16 +4,21 @@ torch or networkx, never a traceback, nothing written."""
 
 from __future__ import annotations
 
+import copy
+import json
+import random
+
+import networkx as nx
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nas_meta import graph
 from nas_meta.cli import main
-from nas_meta.errors import SpaceError
+from nas_meta.errors import ConfigError, DataError, SpaceError
 from nas_meta.model import network
 from nas_meta.model.ops import OPS
-from nas_meta.spaces import load_space
+from nas_meta.spaces import SPACES_DIR, list_spaces, load_space
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -118,6 +123,162 @@ def test_space_files_load_or_fail_with_one_line_naming_the_file(tmp_path_factory
         assert "\n" not in str(exc)
         return
     assert space.size() >= 1 and isinstance(space.choices(), dict)
+
+
+# --- files in another encoding or with another structure ---------------------------------------------
+#
+# The cases above write YAML only through safe_dump, as valid UTF-8, with hashable kinds.  Below:
+# bytes that are not UTF-8, lists and mappings in every scalar position of the shipped space files,
+# duplicated lines, and arbitrary edits of real architecture documents.
+
+FILE_ERRORS = (SpaceError, ConfigError, DataError)
+SHIPPED = {name: yaml.safe_load((SPACES_DIR / f"{name}.yaml").read_text(encoding="utf-8")) for name in list_spaces()}
+containers = st.one_of(
+    st.lists(scalars, max_size=3),
+    st.dictionaries(st.text(max_size=5), scalars, max_size=3),
+    st.just([]),
+    st.just({}),
+    st.lists(st.lists(scalars, max_size=2), min_size=1, max_size=2),
+)
+
+
+@st.composite
+def scalars_replaced(draw, value):
+    """``value`` with any of its scalars (mapping values, list items, at any depth) replaced by a
+    list or a mapping; mapping keys are kept (YAML keys of a space file are names)."""
+    if isinstance(value, dict):
+        return {k: draw(scalars_replaced(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [draw(scalars_replaced(v)) for v in value]
+    return draw(containers) if draw(st.integers(0, 3)) == 0 else value
+
+
+@st.composite
+def shipped_space_docs(draw):
+    """A shipped space file (every key, a recipe block too) with lists and mappings where scalars go."""
+    doc = dict(SHIPPED[draw(st.sampled_from(sorted(SHIPPED)))])
+    doc.setdefault("name", "fuzzed")
+    return draw(scalars_replaced(doc))
+
+
+def load_space_bytes(path, data: bytes) -> None:
+    path.write_bytes(data)
+    try:
+        space = load_space(path)
+    except FILE_ERRORS as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    assert space.size() >= 1 and isinstance(space.choices(), dict)
+
+
+@FUZZ
+@given(doc=shipped_space_docs())
+def test_lists_and_mappings_in_any_scalar_position_load_or_fail_with_one_line(tmp_path_factory, doc):
+    text = yaml.safe_dump(doc, allow_unicode=True)
+    load_space_bytes(tmp_path_factory.mktemp("fuzz") / "space.yaml", text.encode("utf-8"))
+
+
+ENCODINGS = ["latin-1", "cp1252", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig", "utf-8"]
+
+
+@st.composite
+def foreign_bytes(draw, text: str):
+    """``text`` as bytes that are mostly not UTF-8: another encoding, random bytes spliced in, a
+    truncated multi-byte character, a duplicated line, or plain garbage."""
+    how = draw(st.sampled_from(["encoding", "splice", "truncate", "duplicate", "garbage"]))
+    if how == "garbage":
+        return draw(st.binary(max_size=300))
+    if how == "encoding":
+        return text.encode(draw(st.sampled_from(ENCODINGS)), errors="replace")
+    data = text.encode("utf-8")
+    if how == "splice":
+        at = draw(st.integers(0, len(data)))
+        return data[:at] + draw(st.binary(min_size=1, max_size=4)) + data[at:]
+    if how == "truncate":
+        return data + "é".encode()[:1]
+    lines = text.splitlines(keepends=True) or [""]
+    line = draw(st.sampled_from(lines))
+    return (text + line).encode("utf-8")
+
+
+@st.composite
+def space_file_bytes(draw):
+    doc = dict(draw(st.one_of(shipped_space_docs(), st.sampled_from(list(SHIPPED.values())))))
+    doc["description"] = "café " + draw(st.text(max_size=6))  # not ASCII: other encodings differ from UTF-8
+    return draw(foreign_bytes(yaml.safe_dump(doc, allow_unicode=True)))
+
+
+@FUZZ
+@given(data=space_file_bytes())
+def test_space_files_not_utf8_or_with_duplicate_lines_load_or_fail_with_one_line(tmp_path_factory, data):
+    load_space_bytes(tmp_path_factory.mktemp("fuzz") / "space.yaml", data)
+
+
+def sample_arch(name: str, seed: int) -> dict:
+    arch = load_space(name).sample(random.Random(seed))
+    arch.graph["space"] = f"{name} café"  # not ASCII: other encodings differ from UTF-8
+    return graph.to_json(arch)
+
+
+ARCHS = [sample_arch(name, seed) for seed, name in enumerate(sorted(SHIPPED))]
+
+
+def positions(doc, where=()):
+    """Every (container, key or index) in a JSON document, at any depth."""
+    found = []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        found.append(where + (key,))
+        found += positions(value, where + (key,))
+    return found
+
+
+@st.composite
+def edited_arch_docs(draw):
+    """A real architecture document with up to 4 keys or items removed, or their values replaced
+    by a value of another type (anywhere: the header, graph attributes, nodes, edges)."""
+    doc = copy.deepcopy(draw(st.sampled_from(ARCHS)))
+    for _ in range(draw(st.integers(1, 4))):
+        spots = positions(doc)
+        if not spots:
+            break
+        path = draw(st.sampled_from(spots))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        old = parent[path[-1]]
+        if draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(st.one_of(values, containers).filter(lambda v, old=old: type(v) is not type(old)))
+    return doc
+
+
+@FUZZ
+@given(doc=edited_arch_docs(), encoding=st.sampled_from(["utf-8", "utf-8", "utf-8-sig", "ascii-escaped"]))
+def test_edited_architecture_documents_load_or_fail_with_one_line(tmp_path_factory, doc, encoding):
+    path = tmp_path_factory.mktemp("fuzz") / "arch.json"
+    text = json.dumps(doc, ensure_ascii=encoding == "ascii-escaped", allow_nan=True)
+    path.write_bytes(text.encode("utf-8-sig" if encoding == "utf-8-sig" else "utf-8"))
+    try:
+        arch = graph.load_json(path)
+    except FILE_ERRORS as exc:
+        assert "\n" not in str(exc) and str(exc) and "arch.json" in str(exc)
+        return
+    assert isinstance(arch, nx.DiGraph)
+
+
+@FUZZ
+@given(data=st.sampled_from(ARCHS).flatmap(lambda doc: foreign_bytes(json.dumps(doc, ensure_ascii=False))))
+def test_architecture_documents_not_utf8_load_or_fail_with_one_line(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "arch.json"
+    path.write_bytes(data)
+    try:
+        arch = graph.load_json(path)
+    except FILE_ERRORS as exc:
+        assert "\n" not in str(exc) and str(exc) and "arch.json" in str(exc)
+        return
+    assert isinstance(arch, nx.DiGraph)
 
 
 numeric = st.sampled_from(["--ways", "--shots", "--queries", "--trials", "--iterations", "--meta-batch", "--n-workers"])

@@ -25,7 +25,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import DATASETS, ImageDataset
 from .cache import cached_tensors, fingerprint_files
-from .imagefiles import decode_names, encode_names, list_images, read_images
+from .imagefiles import DECODER_VERSION, class_folder_name, decode_names, encode_names, list_images, read_images
 
 __all__ = ["build_mini_imagenet", "build_cub", "MINI_IMAGENET_CLASSES", "cub_split"]
 
@@ -48,9 +48,12 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise DataError(f"missing {path}: miniImageNet needs train.csv, val.csv and test.csv beside images/")
     try:
-        with open(path, newline="") as f:
+        # UTF-8 whatever the locale (a BOM dropped): the release's files are ASCII.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; save it with the UTF-8 encoding") from None
+    except (OSError, csv.Error) as exc:
         raise DataError(f"unreadable {path}: {exc}") from None
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
         raise DataError(f"{path}: the first line must be 'filename,label', got {rows[0] if rows else 'nothing'}")
@@ -98,7 +101,7 @@ def build_mini_imagenet(cfg: DataConfig) -> ImageDataset:
     size = cfg.image_size or DEFAULT_SIZE
     csvs = [root / f"{split}.csv" for split in rows]
     key: dict[str, object] = {"dataset": "mini_imagenet", "root": str(root.resolve())}
-    key.update(files=fingerprint_files(csvs + files, root), size=size)
+    key.update(files=fingerprint_files(csvs + files, root), size=size, decoder=DECODER_VERSION)
 
     def read() -> dict[str, Tensor]:
         index = {label: i for i, label in enumerate(c for s in ("train", "val", "test") for c in classes[s])}
@@ -127,7 +130,7 @@ def build_cub(cfg: DataConfig) -> ImageDataset:
     images_dir = root / CUB_FOLDER / "images"
     if not images_dir.is_dir():
         raise DataError(f"missing {images_dir}: unpack CUB_200_2011.tgz into {root}")
-    folders = sorted(p.name for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(class_folder_name(p) for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(folders) != 200:
         raise DataError(f"{images_dir} holds {len(folders)} class folders; CUB-200-2011 has 200")
     classes = cub_split(folders)
@@ -141,7 +144,13 @@ def build_cub(cfg: DataConfig) -> ImageDataset:
         files += found
         labels += [i] * len(found)
     size = cfg.image_size or DEFAULT_SIZE
-    key = {"dataset": "cub", "root": str(root.resolve()), "files": fingerprint_files(files, root), "size": size}
+    key = {
+        "dataset": "cub",
+        "root": str(root.resolve()),
+        "files": fingerprint_files(files, root),
+        "size": size,
+        "decoder": DECODER_VERSION,
+    }
 
     def read() -> dict[str, Tensor]:
         images = read_images(files, mode="RGB", size=size, crop=True)

@@ -116,5 +116,7 @@ def fingerprint_files(paths: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
         st = p.stat()
-        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # The name's bytes as the OS holds them: a file name that is not UTF-8 (any bytes are allowed
+        # on Linux) has no UTF-8 encoding; for every other name these are its UTF-8 bytes, as before.
+        h.update(os.fsencode(p.relative_to(root).as_posix()) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()

@@ -101,20 +101,54 @@ def _download(root: Path) -> None:
         raise DataError(f"could not download CIFAR-100 into {root}: {exc}") from None
 
 
+def _integers(value: Any, high: int, path: Path, what: str) -> np.ndarray:
+    """``value`` as an integer array with every entry in [0, high]; DataError naming the file otherwise.
+
+    Checked before any cast: numpy would wrap 300 to 44 as uint8, truncate 1.5 to 1 and let -1
+    pick the last class, and an index past the end would fail deep inside the relabelling."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise DataError(f"unreadable CIFAR-100 file {path}: {what}: {exc}") from None
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise DataError(f"{path}: {what} must be integers, got {array.dtype} values")
+    if array.min() < 0 or array.max() > high:  # no temporaries the size of the 60,000 images
+        first = int(np.flatnonzero((array < 0) | (array > high))[0])
+        raise DataError(f"{path}: {what} holds {array.flat[first]} at position {first}; expected 0 to {high}")
+    return array
+
+
 def _read(folder: Path, size: int) -> dict[str, Tensor]:
     names = _unpickle(folder / "meta").get("fine_label_names")
-    if not isinstance(names, list) or set(names) != set(TRAIN_CLASSES + VAL_CLASSES + TEST_CLASSES):
+    expected = set(TRAIN_CLASSES + VAL_CLASSES + TEST_CLASSES)
+    # Types first (a list of names could hold an unhashable entry); 100 distinct names, each a label.
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(names) != len(expected)
+        or set(names) != expected
+    ):
         raise DataError(f"{folder / 'meta'} does not list CIFAR-100's 100 fine classes")
     images, labels = [], []
     for part in PARTS:
-        doc = _unpickle(folder / part)
+        path = folder / part
+        doc = _unpickle(path)
+        missing = [k for k in ("data", "fine_labels") if k not in doc]
+        if missing:
+            raise DataError(f"unreadable CIFAR-100 file {path}: no {missing[0]!r} entry")
+        pixels = _integers(doc["data"], 255, path, "'data'")
+        # A label indexes the meta file's 100 names.
+        fine = _integers(doc["fine_labels"], len(names) - 1, path, "'fine_labels'").astype(np.int64)
+        if fine.ndim != 1:
+            raise DataError(f"{path}: 'fine_labels' must be a flat list of labels, got shape {fine.shape}")
         try:
-            data = np.asarray(doc["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            fine = np.asarray(doc["fine_labels"], dtype=np.int64)
-        except (KeyError, ValueError) as exc:
-            raise DataError(f"unreadable CIFAR-100 file {folder / part}: {exc}") from None
+            data = pixels.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+        except ValueError as exc:
+            raise DataError(f"unreadable CIFAR-100 file {path}: 'data': {exc}") from None
         if len(fine) != len(data):
-            raise DataError(f"{folder / part}: {len(data)} images but {len(fine)} labels")
+            raise DataError(f"{path}: {len(data)} images but {len(fine)} labels")
         images.append(torch.from_numpy(data))
         labels.append(torch.from_numpy(fine))
     x, y = torch.cat(images), torch.cat(labels)

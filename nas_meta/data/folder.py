@@ -18,7 +18,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .base import DATASETS, SPLITS, ImageDataset, split_by_fraction
 from .cache import cached_tensors, fingerprint_files
-from .imagefiles import decode_names, encode_names, list_images, read_images
+from .imagefiles import DECODER_VERSION, class_folder_name, decode_names, encode_names, list_images, read_images
 
 __all__ = ["build_folder", "read_split_files"]
 
@@ -42,9 +42,19 @@ def read_split_files(root: Path) -> dict[str, list[str]] | None:
     splits: dict[str, list[str]] = {}
     for split, path in present.items():
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"unreadable split file {path}: {exc}") from None
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"unreadable split file {path}: {exc.strerror or exc}") from None
+        try:
+            # A BOM (Windows editors) would otherwise become part of the first class name.
+            lines = data.decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as exc:
+            # exc.object: the bytes after a BOM, which exc.start counts from
+            bad_line = exc.object[: exc.start].count(b"\n") + 1
+            raise DataError(
+                f"split file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {bad_line}); "
+                "save it with the UTF-8 encoding"
+            ) from None
         names: list[str] = []
         for number, line in enumerate(lines, 1):
             name = line.split("#", 1)[0].strip()
@@ -76,7 +86,7 @@ def build_folder(cfg: DataConfig) -> ImageDataset:
     size = cfg.image_size or 84
     listed = read_split_files(root)
     if listed is None:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(class_folder_name(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     else:
         classes = sorted(sum(listed.values(), []))
     if not classes:
@@ -94,6 +104,7 @@ def build_folder(cfg: DataConfig) -> ImageDataset:
         "classes": classes,
         "files": fingerprint_files(all_files, root),
         "size": size,
+        "decoder": DECODER_VERSION,
     }
 
     def build() -> dict[str, Tensor]:

@@ -37,7 +37,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .base import DATASETS, ImageDataset, split_by_fraction
 from .cache import cached_tensors, fingerprint_files
-from .imagefiles import decode_names, encode_names, list_images, read_images
+from .imagefiles import DECODER_VERSION, class_folder_name, decode_names, encode_names, list_images, read_images
 
 __all__ = ["build_omniglot", "find_sets", "PROTOCOLS"]
 
@@ -73,6 +73,8 @@ def _scan(sets: list[Path]) -> tuple[list[tuple[str, str, bool]], list[list[Path
         is_eval = "evaluation" in s.name
         for alphabet in sorted(p for p in s.iterdir() if p.is_dir()):
             characters = sorted(p for p in alphabet.iterdir() if p.is_dir())
+            for folder in (alphabet, *characters):
+                class_folder_name(folder)  # alphabet and character names make the class names
             if not characters:
                 raise DataError(f"empty alphabet folder {alphabet}: no character folders in it")
             evaluation[alphabet.name] = evaluation.get(alphabet.name, False) or is_eval
@@ -113,6 +115,7 @@ def _load(root: Path, size: int, cache_dir: str | None) -> tuple[Tensor, Tensor,
         "sets": [str(s.resolve()) for s in sets],
         "files": fingerprint_files(all_files, root),
         "size": size,
+        "decoder": DECODER_VERSION,
     }
 
     def build() -> dict[str, Tensor]:

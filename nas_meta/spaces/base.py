@@ -17,6 +17,7 @@ The file format is documented in search_spaces/README.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import networkx as nx
 
 from .. import graph
 from ..errors import SpaceError
+from ..fileio import decode_utf8
 from ..model.ops import OPS
 from ..registry import Registry
 
@@ -301,6 +303,50 @@ def list_spaces() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
+class _DuplicateKeyError(Exception):
+    """A mapping of a space file gives one key twice (a plain YAML load keeps the last silently)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} is given twice (lines {first} and {second})")
+
+
+@functools.cache
+def _space_loader() -> type:
+    """yaml.SafeLoader, refusing duplicate keys and values PyYAML cannot convert (an integer of
+    thousands of digits, a date like 2024-13-45) as YAML errors instead of ValueError."""
+    import yaml
+
+    class SpaceLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # `<<: *base` keys may be overridden: that is what a merge is for
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:
+                        continue  # an unhashable key: SafeLoader refuses it below, naming it
+                    if first is not None:
+                        raise _DuplicateKeyError(key, first, line)
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ValueError, OverflowError) as exc:
+                shown = repr(node.value) if isinstance(node.value, str) and len(node.value) <= 20 else "a value"
+                reason = str(exc).split(";")[0]  # not Python's advice to raise its own limits
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"cannot read {shown}: {reason}", node.start_mark
+                ) from None
+
+    return SpaceLoader
+
+
 def load_space(name_or_path: str | Path) -> Space:
     """A shipped space by name (``"cell"``) or any YAML file by path; SpaceError otherwise."""
     text = str(name_or_path)
@@ -312,17 +358,36 @@ def load_space(name_or_path: str | Path) -> Space:
     import yaml  # here, not at the top: building architectures needs no YAML (bench/gpu.py runs without it)
 
     try:
-        doc = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
         raise SpaceError(f"cannot read space file {str(path)!r}: {exc.strerror or exc}") from None
+    text = decode_utf8(data, path, SpaceError)  # a space file is UTF-8 text
+    try:
+        doc = yaml.load(text, Loader=_space_loader())
+    except _DuplicateKeyError as exc:
+        raise SpaceError(f"{path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        # The problem, not the context line ("while constructing a mapping") that str(exc) starts with.
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" if exc.problem_mark else ""
+        problem = (exc.problem or str(exc).strip().splitlines()[0]).strip()
+        raise SpaceError(f"{path}: not valid YAML: {problem}{where}") from None
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0]
         raise SpaceError(f"{path}: not valid YAML: {first}") from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively; no space file nests more than a few levels.
+        raise SpaceError(f"{path}: not valid YAML: lists or mappings nested too deeply") from None
     if not isinstance(doc, dict):
         raise SpaceError(f"{path}: a space file must be a mapping with a 'kind' key, got {type(doc).__name__}")
+    # Keys are names.  YAML also makes keys of numbers, null and booleans (yes/no/on/off), and keys
+    # of mixed types cannot even be sorted for the unknown-key message.
+    for key in doc:
+        if not isinstance(key, str):
+            raise SpaceError(f"{path}: key {key!r} is not a name ({type(key).__name__}); keys are names such as 'kind'")
     if "kind" not in doc:
         raise SpaceError(f"{path}: missing key 'kind'; choose from {KINDS.names()}")
-    if doc["kind"] not in KINDS:
+    # Type first: a list or mapping cannot be looked up in the registry (unhashable).
+    if not isinstance(doc["kind"], str) or doc["kind"] not in KINDS:
         raise SpaceError(f"{path}: key 'kind' is {doc['kind']!r}; choose from {KINDS.names()}")
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name:
