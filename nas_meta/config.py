@@ -65,11 +65,12 @@ DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --pr
 STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
-# The race trains its entrants this many times longer than the candidates: at the candidates' own
-# 80 steps it picked Conv-4 in every row and forfeited a win the test classes confirmed; at 3x it
-# picked the winner and avoided the loser (results/README.md, section 6).  It costs the race about
-# 2.25x the trials' training at the quick preset (3 entrants x 2 blocks x 240 steps, 8 x 80).
-RACE_STEPS_FACTOR = 3
+# The race trains its entrants this many times as long as the candidates.  Measured (results/README.md,
+# section 6): at 1x it kept to the trials' CPU and returned Conv-4 in 5 of 6 rows (one forfeited win,
+# one loss of 1.0 point); at 3x it picked the ProtoNet winner and avoided the ProtoNet losers but
+# picked a first-order MAML network that lost by 13.6 points on test (its training fails on some
+# seeds, which two blocks cannot see), at 2.25x the trials' training.  No evidence for the dearer race.
+RACE_STEPS_FACTOR = 1
 # Common random numbers (search/objective.py): which random streams candidates of one study share.
 # "episodes": the training episodes and their jitter come from the study's seed, the initial
 # weights from the trial's; "all": the initial weights' seed too; "off": every trial draws its own.

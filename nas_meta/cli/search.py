@@ -183,7 +183,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="meta-training steps of each race entrant per block (default: 3 x --iterations)",
+        help="meta-training steps of each race entrant per block (default: --iterations)",
     )
     p.add_argument(
         "--race-blocks",
