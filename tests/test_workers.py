@@ -62,6 +62,28 @@ def test_a_dead_local_workers_trial_is_failed_and_queued_again(tmp_path):
     assert recover_dead_trials(study) == []  # idempotent
 
 
+def test_a_trial_whose_process_died_before_naming_itself_is_recovered_and_waited_for(tmp_path, monkeypatch):
+    from nas_meta.search import workers
+
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path / "cache")},
+        search={"space": "chain", "study": "o", "trials": 2},
+        results_dir=str(tmp_path / "results"),
+    )
+    first = run_search(cfg.replace(search={"trials": 1}), stream=io.StringIO())
+    # A process killed between creating its trial and naming itself left it RUNNING with no owner:
+    # without recovery it would count as taken, and the search would stop one trial short.
+    orphan = first.study.ask()
+    monkeypatch.setattr(workers, "ORPHAN_AFTER_S", 0.5)
+    time.sleep(0.6)
+    again = run_search(cfg, stream=io.StringIO())
+    states = {t.number: t.state for t in again.study.trials}
+    assert states[orphan.number] == TrialState.FAIL
+    assert len(counted_trials(again.study)) == 2
+    assert not again.study.get_trials(states=(TrialState.RUNNING,))
+
+
 def test_two_local_workers_share_a_journal_study(tmp_path):
     cfg = sinusoid_cfg(tmp_path, "j", trials=4)
     outcome = run_search(cfg, stream=io.StringIO(), workers=2)

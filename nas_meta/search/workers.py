@@ -14,6 +14,7 @@ A worker that dies mid-trial leaves its trial RUNNING.  Two mechanisms retry it:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 import socket
@@ -80,7 +81,13 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         identity = trial.user_attrs.get(Attr.WORKER)
-        if identity is None or _alive(identity):
+        if identity is None:
+            # Every trial names its process first thing; one that never did was created by a process
+            # killed in that instant, and nothing else will ever fail it.
+            if not _orphaned(trial):
+                continue
+            identity = "a process killed before it named itself"
+        elif _alive(identity):
             continue
         try:
             study._storage.set_trial_system_attr(trial._trial_id, "interrupted", f"worker {identity} died")
@@ -92,6 +99,20 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         retry(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
     return recovered
+
+
+# A RUNNING trial that has not named its process after this many seconds never will.
+ORPHAN_AFTER_S = 10.0
+
+
+def _orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+    started = trial.datetime_start
+    return started is not None and (datetime.datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
+
+
+def _unnamed_running(study: optuna.Study) -> bool:
+    """Whether a RUNNING trial has not named its process yet (just started, or orphaned)."""
+    return any(Attr.WORKER not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -229,6 +250,11 @@ def optimize_until(
             recover_dead_trials(study)
             # Queued (WAITING) trials are part of the budget and are run first by optimize().
             if _taken(study, include_waiting=False) >= target:
+                if _unnamed_running(study):
+                    # It may be an orphan that counts as taken: wait until it names its process or
+                    # is recovered above, rather than stop one trial short.
+                    time.sleep(1.0)
+                    continue
                 return ran
             if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 queue_next(study)
