@@ -67,8 +67,8 @@ DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-tr
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
 # The race trains its entrants this many times as long as the candidates.  Measured (results/README.md,
 # section 6): at 1x it kept to the trials' CPU and returned Conv-4 in 5 of 6 rows (one forfeited win,
-# one loss of 1.0 point); at 3x it picked the ProtoNet winner and avoided the ProtoNet losers but
-# picked a first-order MAML network that lost by 13.6 points on test (its training fails on some
+# one loss of 1.0 point); at 3x it picked the 5-way ProtoNet winner but also a 20-way loser (-2.1)
+# and a first-order MAML network that lost by 13.6 points on test (its training fails on some
 # seeds, which two blocks cannot see), at 2.25x the trials' training.  No evidence for the dearer race.
 RACE_STEPS_FACTOR = 1
 # Common random numbers (search/objective.py): which random streams candidates of one study share.
