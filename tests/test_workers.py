@@ -62,6 +62,40 @@ def test_a_dead_local_workers_trial_is_failed_and_queued_again(tmp_path):
     assert recover_dead_trials(study) == []  # idempotent
 
 
+def test_a_recovered_trial_whose_retry_was_cut_off_by_a_dropped_connection_is_queued_later(tmp_path, monkeypatch):
+    from nas_meta.search import workers
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    dist = {"x": optuna.distributions.CategoricalDistribution(["a", "b"])}
+    trial = study.ask(dist)
+    trial.set_user_attr(Attr.WORKER, dead_identity())
+    genuine = study.ask(dist)  # a trial that failed on its own is not a lost retry
+    study.tell(genuine, state=TrialState.FAIL)
+
+    class DropOnce:  # the connection drops after the trial is failed, before its retry is queued
+        def __call__(self, study, frozen):
+            monkeypatch.setattr(workers, "_retry_callback", real)
+            raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+
+    real = workers._retry_callback
+    monkeypatch.setattr(workers, "_retry_callback", DropOnce)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        recover_dead_trials(study)
+    assert study.trials[trial.number].state == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.WAITING,))
+    assert recover_dead_trials(study) == []  # not yet: another worker may be queuing it right now
+    monkeypatch.setattr(workers, "REQUEUE_AFTER_S", 0.0)
+    assert recover_dead_trials(study) == [trial.number]
+    retry = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["failed_trial"] for t in retry] == [trial.number]
+    assert retry[0].params == trial.params
+    assert recover_dead_trials(study) == []  # queued once only
+    rerun = study.ask()  # the retry runs and fails on its own (it carries its parent's attributes)
+    assert rerun.number == retry[0].number
+    study.tell(rerun, state=TrialState.FAIL)
+    assert recover_dead_trials(study) == []
+
+
 def test_a_trial_whose_process_died_before_naming_itself_is_recovered_and_waited_for(tmp_path, monkeypatch):
     from nas_meta.search import workers
 

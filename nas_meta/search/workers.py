@@ -89,16 +89,54 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             identity = "a process killed before it named itself"
         elif _alive(identity):
             continue
-        try:
-            study._storage.set_trial_system_attr(trial._trial_id, "interrupted", f"worker {identity} died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker was quicker
-            continue
-        if Attr.SCREENING in trial.user_attrs:
-            continue  # a screening pool is drawn afresh, not replayed
-        retry(study, study._storage.get_trial(trial._trial_id))
-        recovered.append(trial.number)
-    return recovered
+        if _fail_and_requeue(study, trial, f"worker {identity} died", retry):
+            recovered.append(trial.number)
+    return recovered + _requeue_lost_retries(study, retry)
+
+
+# The system attribute that marks a trial failed by a recovery, holding its own number (a retry
+# copies its parent's attributes, so the number tells the trial's own recovery from its parent's).
+RECOVERED = "recovered_trial"
+# A recovered trial whose retry is not queued this many seconds after it was failed lost it.
+REQUEUE_AFTER_S = 5.0
+
+
+def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str, retry: Callable) -> bool:
+    """Fail a RUNNING trial left by a dead process and queue its params again; False when another
+    worker was quicker.  The storage may drop between the writes: a trial left RUNNING is
+    recovered again, one left FAIL without its retry is queued by ``_requeue_lost_retries``."""
+    try:
+        study._storage.set_trial_system_attr(trial._trial_id, "interrupted", why)
+        study._storage.set_trial_system_attr(trial._trial_id, RECOVERED, trial.number)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another worker was quicker
+        return False
+    if Attr.SCREENING in trial.user_attrs:
+        return False  # a screening pool is drawn afresh, not replayed
+    retry(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
+def _requeue_lost_retries(study: optuna.Study, retry: Callable) -> list[int]:
+    """Queue the params of recovered trials whose retry never reached the storage (the connection
+    dropped between failing the trial and queuing it).  Only failures older than
+    ``REQUEUE_AFTER_S`` are taken, so a retry another worker is queuing right now is not doubled."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    now = datetime.datetime.now()
+    queued = []
+    for t in trials:
+        if (
+            t.state == TrialState.FAIL
+            and t.system_attrs.get(RECOVERED) == t.number
+            and t.number not in retried
+            and Attr.SCREENING not in t.user_attrs
+            and t.datetime_complete is not None
+            and (now - t.datetime_complete).total_seconds() > REQUEUE_AFTER_S
+        ):
+            retry(study, t)
+            queued.append(t.number)
+    return queued
 
 
 # A RUNNING trial that has not named its process after this many seconds never will.
@@ -289,13 +327,7 @@ def _recover_own_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get(Attr.WORKER) != me:
             continue
-        try:
-            study._storage.set_trial_system_attr(trial._trial_id, "interrupted", "the storage dropped the connection")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        if Attr.SCREENING not in trial.user_attrs:
-            retry(study, study._storage.get_trial(trial._trial_id))
+        if _fail_and_requeue(study, trial, "the storage dropped the connection", retry):
             recovered.append(trial.number)
     return recovered
 
