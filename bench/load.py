@@ -13,12 +13,15 @@ started in their place, and once every
 connection to the database but this script's is terminated (``pg_terminate_backend``).  Then:
 
 - ``lost``: requested trials that are not counted (the study must hold exactly ``--trials``);
-- ``duplicated``: trial numbers that occur twice (the storage assigns them atomically);
+- ``duplicated``: extra trainings of one architecture (two completed, counted trials with one
+  fingerprint: two workers that took the same candidate, or a duplicate not caught);
 - ``stuck``: trials left RUNNING after every worker has exited;
-- every trial of a killed worker is FAIL and has been retried (a later trial names it).
+- every trial of a killed worker is FAIL and has been retried (a later trial names it);
+- ``crashed``: workers that exited with an error (their log's end is printed).
 
-It prints trials per minute and last ``lost=0 duplicated=0 stuck=0 workers=8`` (the counts
-found).  Needs a PostgreSQL server; the script exits 2 with one line when it does not answer.
+It prints trials per minute and last ``lost=0 duplicated=0 stuck=0 crashed=0 workers=8`` (the
+counts found; the script exits 1 unless all are 0).  Needs a PostgreSQL server; the script
+exits 2 with one line when it does not answer.
 """
 
 from __future__ import annotations
@@ -66,17 +69,17 @@ def terminate_connections(url: str) -> int:
 def check(url: str, study_name: str, trials: int, killed: list[int]) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from nas_meta.record import counted_trials
+    from nas_meta.record import Attr, counted_trials
     from nas_meta.search.study import load_study
 
     study = load_study(study_name, url)
-    numbers = [t.number for t in study.trials]
     counted = counted_trials(study)
+    trained = [t.user_attrs.get(Attr.FINGERPRINT) for t in counted if t.state == TrialState.COMPLETE]
     retried = {t.system_attrs.get("failed_trial") for t in study.trials}
     return {
         "lost": max(0, trials - len(counted)),
         "extra": max(0, len(counted) - trials),
-        "duplicated": len(numbers) - len(set(numbers)),
+        "duplicated": len(trained) - len(set(trained)),
         "stuck": len(study.get_trials(states=(TrialState.RUNNING,))),
         "unretried": sum(1 for n in killed if n not in retried),
         "trials": len(study.trials),
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         minutes = (time.monotonic() - start) / 60
-        failed = {i: (w.returncode, (Path(tmp) / f"worker-{i}.log").read_text()[:4000]) for i, w in workers.items()}
+        # The end of a crashed worker's log: where its traceback says it failed.
+        failed = {i: (w.returncode, (Path(tmp) / f"worker-{i}.log").read_text()[-6000:]) for i, w in workers.items()}
         for i, (code, err) in failed.items():
             if code not in (0, -signal.SIGKILL):
                 print(f"worker {i} exited {code}: {err}")
@@ -173,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['trials_per_minute']:.1f} trials/min; {r['trials']} trials in the study; "
         f"killed trials not retried: {r['unretried']}; workers that crashed: {r['crashed']}"
     )
-    print(f"lost={r['lost']} duplicated={r['duplicated']} stuck={r['stuck']} workers={r['workers']}")
+    print(
+        f"lost={r['lost']} duplicated={r['duplicated']} stuck={r['stuck']} crashed={r['crashed']} "
+        f"workers={r['workers']}"
+    )
     ok = not (r["lost"] or r["extra"] or r["duplicated"] or r["stuck"] or r["unretried"] or r["crashed"])
     return 0 if ok else 1
 

@@ -8,11 +8,14 @@ optional retraining with the preset's full budget and an honest meta-test on the
 An exported folder holds ``arch.json`` (versioned node-link JSON: everything needed to rebuild the
 network), ``arch.graphml``, ``arch.png``, ``card.json`` and ``README.md`` (parameters, FLOPs,
 scores, provenance, the input the backbone expects), and with ``--retrain`` ``weights.pt`` (a dict
-of state dicts, read with ``torch.load(weights_only=True)``).
+of state dicts, read with ``torch.load(weights_only=True)``).  The card's ``weights`` says which:
+``"trained"``, or ``"untrained"``, the initial weights of its ``init_seed``, which :func:`load`
+rebuilds the same on every call and an untrained ``model.onnx`` carries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -29,7 +32,7 @@ from . import graph
 from .config import RunConfig
 from .data import load_dataset
 from .errors import ConfigError, DataError, StudyError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, output_file, output_folder
 from .model import network
 from .record import Attr, best_trials
 from .retrain import load_weights, retrain, save_weights
@@ -49,6 +52,9 @@ __all__ = [
 
 CARD_VERSION = 1
 WEIGHTS = "weights.pt"
+# A card's "weights": trained (in weights.pt, after --retrain) or untrained (the initial weights
+# its "init_seed" gives, which load() rebuilds and model.onnx carries).
+TRAINED, UNTRAINED = "trained", "untrained"
 ONNX = "model.onnx"
 ONNX_OPSET = 18
 
@@ -140,9 +146,30 @@ def choose_exports(study: optuna.Study, task: str, *, top: int = 1, pareto: bool
     return [first, *rest][:top]
 
 
+def init_seed(card: dict[str, Any] | None) -> int:
+    """The seed of an exported backbone's initial weights: the card's ``init_seed``; a card written
+    before it was recorded has its run's ``seed``; without a card, 0.  Always a seed, so that
+    ``load`` gives the same weights on every call, never the global random state's."""
+    if not card:
+        return 0
+    seed = card.get("init_seed", card.get("seed", 0))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"the card's init_seed must be an integer, got {seed!r}")
+    return seed
+
+
+def weights_state(card: dict[str, Any]) -> str:
+    """TRAINED or UNTRAINED: what an exported folder's card says of its weights (a card written
+    before it said so: trained when it has a retraining's results)."""
+    return str(card.get("weights", TRAINED if "retrain" in card else UNTRAINED))
+
+
 def load(path: str | Path, *, weights: bool = True) -> nn.Module:
     """The backbone ``nn.Module`` of an exported architecture (a folder or an ``arch.json``), with
-    its trained weights when the folder has them.  Input: see the folder's card (``input``)."""
+    its trained weights when the folder has them (``weights.pt``, written by ``export --retrain``).
+    Without them the weights are the untrained initial ones of the card's ``init_seed``: the same
+    on every call, and the ones an untrained export's ``model.onnx`` carries.  Input: see the
+    folder's card (``input``)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     arch_path = path / "arch.json" if path.is_dir() else path
@@ -151,7 +178,12 @@ def load(path: str | Path, *, weights: bool = True) -> nn.Module:
     shape = tuple(card["input"]["shape"]) if card else tuple(arch.graph.get("input_shape", ()))
     if not shape:
         raise DataError(f"{str(folder)!r} has no card.json saying the input shape; pass it to network.build")
-    backbone = network.build(arch, shape)
+    backbone = network.build(arch, shape, seed=init_seed(card))
+    if weights and card and weights_state(card) == TRAINED and not (folder / WEIGHTS).is_file():
+        raise DataError(
+            f"{str(folder / 'card.json')!r} says the trained weights are in {WEIGHTS}, but there is no "
+            f"{str(folder / WEIGHTS)!r}; copy it back, or load(..., weights=False) for the untrained ones"
+        )
     if weights and (folder / WEIGHTS).is_file():
         state = load_weights(folder / WEIGHTS)
         try:
@@ -213,10 +245,8 @@ def export_onnx(module: nn.Module, path: str | Path, input_shape: tuple[int, ...
         )
     assert program is not None
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    program.save(str(tmp), external_data=False)
-    tmp.replace(target)  # nothing half-written
+    with output_file(target) as tmp:  # nothing half-written; a full disk names model.onnx
+        program.save(str(tmp), external_data=False)
     return target
 
 
@@ -259,25 +289,47 @@ def export_trials(
     dataset = load_dataset(cfg.data)
     # An export is whole or absent: every rank is written aside first and swapped in at the end,
     # so a stop half-way (Ctrl-C during a retraining, a full disk) leaves the previous export as it
-    # was, and a new export never keeps an older one's weights or ranks.
-    out.mkdir(parents=True, exist_ok=True)
+    # was, and a new export never keeps an older one's weights or ranks.  A folder ``out`` made
+    # here is removed again when the export fails.
     staging = out / f".staging-{os.getpid()}"
     try:
-        exported = _write_exports(study, cfg, chosen, staging, dataset, retrain_them, onnx, progress, log)
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with output_folder(out):
+            try:
+                exported = _write_exports(study, cfg, chosen, staging, dataset, retrain_them, onnx, progress, log)
+                _swap_in(staging, out)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        # A full disk names the file being written as it would be in ``out``, not in the staging
+        # or set-aside folder (both gone by now).
+        for hidden in (staging, out / f".old-{os.getpid()}"):
+            if exc.filename is not None and Path(exc.filename).is_relative_to(hidden):
+                final = out / Path(exc.filename).relative_to(hidden)
+                raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        raise
     return [dataclasses.replace(e, folder=out / e.folder.name) for e in exported]
 
 
 def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out``'s rank folders by ``staging``'s (the old ones moved aside, then removed)."""
+    """Replace ``out``'s rank folders by ``staging``'s (the old ones moved aside, then removed).
+    When a move fails, the moves done are undone: ``out`` keeps its previous export."""
     old = out / f".old-{os.getpid()}"
     old.mkdir()
-    for folder in sorted(out.glob("rank[0-9]*")):
-        folder.rename(old / folder.name)
-    for folder in sorted(staging.iterdir()):
-        folder.rename(out / folder.name)
+    moved: list[tuple[Path, Path]] = []  # (from, to), in the order done
+    try:
+        for folder in sorted(out.glob("rank[0-9]*")):
+            folder.rename(old / folder.name)
+            moved.append((folder, old / folder.name))
+        for folder in sorted(staging.iterdir()):
+            folder.rename(out / folder.name)
+            moved.append((folder, out / folder.name))
+    except BaseException:
+        for source, target in reversed(moved):  # best effort: the error that stopped the swap is the one raised
+            with contextlib.suppress(OSError):
+                target.rename(source)
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -298,7 +350,9 @@ def _write_exports(
         arch = graph.from_json(item.arch)
         folder = out / f"rank{rank}"
         folder.mkdir(parents=True, exist_ok=True)
-        backbone = network.build(arch, dataset.input_shape)
+        # Seeded as retrain seeds its model: without --retrain these are the weights model.onnx
+        # carries and load() rebuilds from the card's init_seed.
+        backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
         card: dict[str, Any] = {
             "format": "nas_meta.card",
             "version": CARD_VERSION,
@@ -323,6 +377,8 @@ def _write_exports(
             },
             "input": input_spec(dataset),
             "recipe": cfg.with_recipe(arch.graph.get("recipe")).recipe(),
+            "weights": UNTRAINED,  # "trained" once retrain() has written weights.pt
+            "init_seed": cfg.seed,  # the initial weights: network.build(arch, shape, seed=init_seed)
         }
         if arch.graph.get("recipe"):
             card["searched_recipe"] = arch.graph["recipe"]  # the training choices the search drew for it
@@ -339,6 +395,7 @@ def _write_exports(
             learner, result = retrain(cfg, arch, dataset=dataset, progress=progress, log=log)
             save_weights(learner, folder / WEIGHTS)
             card["retrain"] = result
+            card["weights"] = TRAINED
             trained = learner.backbone
             assert isinstance(trained, network.Backbone)
             backbone = trained
@@ -418,6 +475,11 @@ def render_card(card: dict[str, Any]) -> str:
                 f"| weights | step {retrained['weights_step']} of {retrained['iterations']} "
                 f"({retrained.get('checkpoint', 'last')} validation checkpoint) |"
             )
+    if weights_state(card) == UNTRAINED:
+        lines.append(
+            f"| weights | untrained: the initial weights of seed {init_seed(card)} "
+            "(export with `--retrain` to train them) |"
+        )
     spec = card["input"]
     lines += [
         "",

@@ -4,6 +4,8 @@ bound, nothing written; hypothesis' deadline is the time bound (no timing assert
 
 from __future__ import annotations
 
+import errno
+import os
 from datetime import timedelta
 
 import pytest
@@ -128,16 +130,69 @@ def test_paths_the_system_would_refuse_are_refused_first(tmp_path, capsys, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_an_os_error_while_writing_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
-    import nas_meta.cli.analyze as analyze_cli
+# A full disk as the writers raise it: PIL and matplotlib write to a file object, so their OSError
+# has an errno and no file name; torch.save turns the write's OSError into a RuntimeError over it.
+NO_ROOM = [
+    (errno.ENOSPC, "No space left on device"),
+    (errno.EDQUOT, "Disk quota exceeded"),
+    (errno.EROFS, "Read-only file system"),
+]
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device", str(tmp_path / "space.png"))
 
-    monkeypatch.setattr(analyze_cli, "draw_space", full_disk, raising=False)
-    import nas_meta.spaces as spaces
+def _leftovers(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
-    monkeypatch.setattr(spaces, "draw_space", full_disk)
-    code = main(["spaces", "--show", "chain", "--out", str(tmp_path / "space.png")])
-    line = one_line_refusal(capsys, code)
-    assert line == f"nas-meta: error: {tmp_path / 'space.png'}: No space left on device"
+
+@pytest.mark.parametrize("code, words", NO_ROOM)
+def test_a_picture_the_disk_cannot_take_is_one_line_naming_it_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, code, words
+):
+    from matplotlib.figure import Figure
+
+    def savefig(self, fname, *args, **kwargs):
+        fname.write(b"\x89PNG\r\n\x1a\n half a picture")  # some bytes get out before the disk is full
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(Figure, "savefig", savefig)  # raising=True: the name must exist
+    out = tmp_path / "pictures" / "of" / "space.png"
+    status = main(["spaces", "--show", "chain", "--out", str(out)])
+    line = one_line_refusal(capsys, status)
+    assert line == f"nas-meta: error: {out}: {words}"
+    assert _leftovers(tmp_path) == []  # no half-written picture, no folder made for it
+
+
+def test_weights_the_disk_cannot_take_are_one_line_naming_them(tmp_path, capsys, monkeypatch):
+    import torch
+
+    real_save = torch.save
+    weights = tmp_path / "kept" / "w.pt"
+
+    def save(obj, f, *args, **kwargs):
+        if not getattr(f, "name", "").startswith(str(weights.parent / f".{weights.name}.")):
+            return real_save(obj, f, *args, **kwargs)  # the dataset cache
+        f.write(b"PK\x03\x04")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:  # what torch's zip writer makes of its file's failed write
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["evaluate", "conv4", "--preset", "smoke", "--iterations", "1", "--episodes", "2"]
+    status = main([*argv, "--cache-dir", str(tmp_path / "cache"), "--save-weights", str(weights)])
+    out = capsys.readouterr()
+    assert status == 2 and "Traceback" not in out.err
+    assert out.err.strip().splitlines()[-1] == f"nas-meta: error: {weights}: No space left on device"
+    assert not weights.parent.exists()
+
+
+def test_other_os_errors_without_a_path_keep_their_traceback(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig(self, fname, *args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))  # not a user's or an environment's limit
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "pictures" / "space.png"
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["spaces", "--show", "chain", "--out", str(out)])
+    assert _leftovers(tmp_path) == []  # still nothing half-written

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from nas_meta.cli.common import default_cache_dir
 from nas_meta.config import DataConfig
 from nas_meta.data import DATASETS, Episodes, ImageDataset, load_dataset
 from nas_meta.data.base import split_by_fraction
@@ -192,6 +194,45 @@ def test_stale_cache_is_rebuilt(tmp_path):
     assert out["x"].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_no_cache_dir_writes_nothing(tmp_path):
-    out = cached_tensors(None, "demo", {"a": 1}, lambda: {"x": torch.zeros(1)})
-    assert out["x"].tolist() == [0.0] and list(tmp_path.iterdir()) == []
+@pytest.fixture
+def default_places(tmp_path, monkeypatch) -> list[Path]:
+    """Everywhere a cache could land when none is given, moved into tmp_path: the CLI's default
+    cache dir ($XDG_CACHE_HOME/nas_meta), the home folder and the working directory."""
+    places = [tmp_path / "xdg", tmp_path / "home", tmp_path / "cwd"]
+    for place in places:
+        place.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(places[0]))
+    monkeypatch.setenv("HOME", str(places[1]))
+    monkeypatch.chdir(places[2])
+    assert Path(default_cache_dir()) == places[0] / "nas_meta"
+    return places
+
+
+def files_under(*folders: Path) -> list[Path]:
+    return sorted(p for folder in folders for p in folder.rglob("*") if p.is_file())
+
+
+def test_no_cache_dir_reads_and_writes_nothing(default_places):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.zeros(1)}
+
+    for _ in range(2):
+        out = cached_tensors(None, "demo", {"a": 1}, build)
+        assert out["x"].tolist() == [0.0]
+    assert len(calls) == 2  # nothing was read back: each call builds
+    assert files_under(*default_places) == []
+
+
+def test_cache_files_go_to_the_given_dir_only(tmp_path, default_places):
+    cache = tmp_path / "cache"
+    cached_tensors(cache, "demo", {"a": 1}, lambda: {"x": torch.arange(3)})
+    assert files_under(cache) == [cache_path(cache, "demo", {"a": 1})]
+    # A dataset passes its config's cache_dir on: the generated glyphs are cached there too.
+    dataset = load_dataset(DataConfig(cache_dir=str(cache), glyph_classes=6, glyph_samples=2))
+    glyph_files = [p for p in files_under(cache) if p.name.startswith("glyphs-")]
+    assert len(glyph_files) == 1
+    assert torch.equal(torch.load(glyph_files[0], weights_only=True)["tensors"]["images"], dataset.images)
+    assert files_under(*default_places) == []

@@ -270,3 +270,61 @@ def test_an_export_stopped_half_way_leaves_the_previous_one_as_it_was(searched, 
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # rank 1 not from the new run, rank 2 not from the old: the old export whole
     assert sorted(p.name for p in out.iterdir()) == ["rank1", "rank2"]  # nothing staged is left
+
+
+def test_an_export_without_retraining_says_its_weights_are_untrained_and_loads_them_the_same(searched):
+    from nas_meta.model import network
+
+    root, cfg, _ = searched
+    out = root / "untrained"
+    assert _export(root, out) == 0
+    folder = out / "rank1"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["weights"] == "untrained" and card["init_seed"] == cfg.seed
+    assert "untrained: the initial weights of seed" in (folder / "README.md").read_text()
+    state = torch.get_rng_state()
+    loads = [nas_meta.load(folder).state_dict() for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), state)  # load() draws nothing from the global random state
+    seeded = network.build(graph.load_json(folder / "arch.json"), (1, 28, 28), seed=card["init_seed"]).state_dict()
+    for name in seeded:
+        assert torch.equal(loads[0][name], loads[1][name]) and torch.equal(loads[0][name], seeded[name]), name
+
+
+def test_a_card_of_trained_weights_without_the_file_is_a_clear_error(searched, tmp_path):
+    root, _, _ = searched
+    out = tmp_path / "trained"
+    assert _export(root, out, "--retrain", "--iterations", "1") == 0
+    folder = out / "rank1"
+    assert json.loads((folder / "card.json").read_text())["weights"] == "trained"
+    trained = nas_meta.load(folder).state_dict()
+    (folder / "weights.pt").unlink()
+    with pytest.raises(DataError, match=r"says the trained weights are in weights.pt, but there is no"):
+        nas_meta.load(folder)
+    untrained = nas_meta.load(folder, weights=False).state_dict()
+    assert any(not torch.equal(trained[name], untrained[name]) for name in trained)
+
+
+def test_an_export_the_disk_refuses_at_the_swap_leaves_the_previous_one_as_it_was(searched, monkeypatch, capsys):
+    import errno
+    import os
+    from pathlib import Path
+
+    root, _, _ = searched
+    out = root / "swapped"
+    assert _export(root, out, "--top", "2") == 0
+    before = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.parent.name.startswith(".staging-") and self.name == "rank2":  # the old ranks are moved aside
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self), str(target))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    capsys.readouterr()
+    assert _export(root, out, "--top", "2") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.strip() == f"nas-meta: error: {out / 'rank2'}: No space left on device"
+    after = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
+    assert after == before  # rank 1 moved back, not the new one; no staging or .old folder left

@@ -87,9 +87,30 @@ def test_sampled_architectures_are_distinct_by_fingerprint():
 # --- validation ------------------------------------------------------------------------------
 
 
-def test_valid_graphs_pass():
-    graph.validate(cells())
-    graph.validate(chain("linear", "relu"))
+def at_the_limits() -> nx.DiGraph:
+    """A chain whose every attribute sits on an accepted bound: MAX_NODES nodes, widths 1 and
+    MAX_WIDTH, strides 1 and MAX_STRIDE, both merges."""
+    arch = chain(*["relu"] * (graph.MAX_NODES - 1))
+    arch.nodes["n0"].update(op="conv_3x3", c_out=graph.MAX_WIDTH, stride=graph.MAX_STRIDE, merge="concat")
+    arch.nodes["n1"].update(op="conv_1x1", c_out=1, stride=1, merge="sum")
+    return arch
+
+
+@pytest.mark.parametrize(
+    ("make", "nodes"),
+    [
+        pytest.param(cells, 21, id="cells"),
+        pytest.param(lambda: chain("linear", "relu"), 3, id="chain"),
+        pytest.param(at_the_limits, graph.MAX_NODES, id="at-the-limits"),
+    ],
+)
+def test_valid_graphs_pass(make, nodes):
+    arch, reference = make(), make()
+    assert len(arch) == nodes
+    for ops in (None, OPS):  # the structure only, and with the compiler's op table
+        assert graph.validate(arch, ops) is None
+    # Validation only reads: the graph is left exactly as it was.
+    assert nx.utils.graphs_equal(arch, reference) and arch.graph == reference.graph
 
 
 def test_cycle_is_rejected():

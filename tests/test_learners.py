@@ -267,18 +267,72 @@ def test_support_loss_falls_after_adaptation() -> None:
         assert losses[0] > losses[1] > losses[2]
 
 
-def test_evaluate_adapts_without_meta_gradient_even_under_no_grad() -> None:
-    learner = make_maml(test_inner_steps=3)
-    batch = make_batch(7)
-    with torch.no_grad():
-        accuracy = learner.evaluate(batch)
-    assert accuracy.shape == (TASKS,) and ((accuracy >= 0) & (accuracy <= 1)).all()
-    assert all(p.grad is None for p in learner.parameters())
-    # adaptation changes the answer: 0 test steps is the unadapted network
-    learner.test_inner_steps = 0
+def memorisation_batch(seed: int) -> Episodes:
+    """Episodes whose queries are their support images (each twice): adapting on the support
+    must change the answers on the query."""
+    batch = make_batch(seed)
+    return Episodes(
+        support_x=batch.support_x,
+        support_y=batch.support_y,
+        query_x=batch.support_x.repeat_interleave(QUERIES // SHOTS, dim=1),
+        query_y=batch.query_y,
+        ways=WAYS,
+    )
+
+
+def hand_adapted_accuracy(learner: MAML, batch: Episodes, steps: int) -> Tensor:
+    """(T,) query accuracy after ``steps`` plain SGD steps on each support set, with the
+    hand-written forward and detached copies of the weights."""
+    names = [n for n, _ in learner.model.named_parameters()]
+    accuracies = []
+    for t in range(batch.support_x.shape[0]):
+        fast = {n: p.detach().clone().requires_grad_() for n, p in learner.model.named_parameters()}
+        for _ in range(steps):
+            loss = F.cross_entropy(reference_forward(fast, batch.support_x[t]), batch.support_y[t])
+            grads = torch.autograd.grad(loss, [fast[n] for n in names])
+            fast = {n: fast[n] - learner.inner_lr * g for n, g in zip(names, grads, strict=True)}
+        out = reference_forward(fast, batch.query_x[t])
+        accuracies.append((out.argmax(-1) == batch.query_y[t]).float().mean())
+    return torch.stack(accuracies)
+
+
+@pytest.mark.parametrize("execution", ["loop", "threads", "vmap"])
+def test_evaluate_adapts_without_meta_gradient_even_under_no_grad(execution: str) -> None:
+    # MAML's own zero head: every logit of the unadapted network is 0, so it answers class 0
+    # (argmax of a tie) for every query and scores exactly 1/WAYS on class-balanced queries.
+    backbone = TinyConv(torch.Generator().manual_seed(0))
+    learner = MAML(
+        backbone,
+        feature_dim=backbone.feature_dim,
+        ways=WAYS,
+        task="classification",
+        inner_lr=0.4,
+        test_inner_steps=3,
+        execution=execution,
+        channels_last=False,
+    )
+    batch = memorisation_batch(7)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
     plain = torch.stack(
         [(learner(batch.query_x[t]).argmax(-1) == batch.query_y[t]).float().mean() for t in range(TASKS)]
     )
+    torch.testing.assert_close(plain, torch.full((TASKS,), 1 / WAYS))
+    with torch.no_grad():
+        accuracy = learner.evaluate(batch)
+    # Three steps of adaptation on the support, as a hand-run inner loop computes them: 4 of 6
+    # queries right on the first and third episode, 3 of 6 on the second.
+    expected = hand_adapted_accuracy(learner, batch, 3)
+    torch.testing.assert_close(expected, torch.tensor([4 / 6, 3 / 6, 4 / 6]))
+    torch.testing.assert_close(accuracy, expected)
+    assert (accuracy > plain).all()
+    # The steps are test_inner_steps, not the training's inner_steps: one step scores otherwise.
+    assert learner.inner_steps == 1
+    torch.testing.assert_close(hand_adapted_accuracy(learner, batch, 1), torch.tensor([2 / 6, 3 / 6, 2 / 6]))
+    # No meta-gradient, and the shared weights are left as they were.
+    assert all(p.grad is None for p in learner.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in learner.state_dict().items())
+    # 0 test steps is the unadapted network.
+    learner.test_inner_steps = 0
     torch.testing.assert_close(learner.evaluate(batch), plain)
 
 

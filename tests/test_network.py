@@ -578,3 +578,38 @@ def test_fused_conv_norm_pool_falls_back_where_it_does_not_apply() -> None:
     assert (
         ran(wide, norm, pool, to_channels_last(torch.rand(3, 4, 6, 6, dtype=torch.float64))) == "_BatchNormMaxPool2x2"
     )
+
+
+def test_flops_of_a_network_whose_map_shrinks_to_one_pixel_before_a_batch_norm():
+    # 4x4 -> conv stride 2 -> 2x2 -> conv stride 2 -> 1x1 -> batch norm: a norm over one value per
+    # channel and example, which a batch of one cannot take (the search once crashed counting it).
+    arch = make_arch(
+        {
+            "input": {"op": "input"},
+            "c1": {"op": "conv_3x3", "c_out": 4, "stride": 2},
+            "c2": {"op": "conv_3x3", "c_out": 8, "stride": 2},
+            "bn": {"op": "batch_norm"},
+        },
+        [("input", "c1"), ("c1", "c2"), ("c2", "bn")],
+    )
+    backbone = network.build(arch, (1, 4, 4), seed=0)
+    assert backbone.shapes["bn"] == (8, 1, 1)
+    by_hand = 2 * 1 * 4 * 9 * 2 * 2 + 2 * 4 * 8 * 9 * 1 * 1  # per example, as for Conv-4
+    assert network.count_flops(backbone, (1, 4, 4)) == by_hand
+
+
+def test_an_architecture_without_parameters_is_a_candidate_failure_not_a_crash():
+    from nas_meta.config import make_config
+    from nas_meta.learners import build_learner
+    from nas_meta.learners.train import meta_train
+
+    arch = make_arch(
+        {"input": {"op": "input"}, "pool": {"op": "max_pool_2x2"}, "gap": {"op": "global_avg_pool"}},
+        [("input", "pool"), ("pool", "gap")],
+    )
+    backbone = network.build(arch, (1, 8, 8), seed=0)
+    assert network.count_params(backbone) == 0
+    cfg = make_config("smoke", learner={"algo": "protonet"})
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=3, task="classification")
+    with pytest.raises(SpaceError, match=r"^the architecture has nothing to train: .*no parameters"):
+        meta_train(learner, iter(()), None, cfg.learner, seed=0)

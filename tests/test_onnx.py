@@ -89,3 +89,33 @@ def test_without_the_extra_export_onnx_says_what_to_install(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install -e '.[onnx]'" in err[0] and "onnxscript" in err[0]
     assert not out.exists()
+
+
+def test_an_untrained_onnx_export_says_so_and_load_gives_its_weights(tmp_path, capsys):
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path / "cache")},
+        search={"space": "chain", "study": "u", "trials": 1},
+        results_dir=str(tmp_path / "results"),
+        seed=5,
+    )
+    run_search(cfg, stream=io.StringIO())
+    capsys.readouterr()
+    argv = ["export", "--study", "u", "--results-dir", str(tmp_path / "results"), "--onnx"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    err = capsys.readouterr().err
+    assert "model.onnx carries untrained weights" in err and "init_seed 5" in err and "--retrain" in err
+    folder = tmp_path / "results" / "u" / "export" / "rank1"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["weights"] == "untrained" and card["init_seed"] == 5
+    assert not (folder / "weights.pt").exists()
+    # load() rebuilds the same weights on every call, whatever the global random state: the ONNX model's.
+    torch.manual_seed(1)
+    first = nas_meta.load(folder)
+    torch.manual_seed(2)
+    second = nas_meta.load(folder)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.rand(6, *SHAPE)
+    got = ort.InferenceSession(str(folder / "model.onnx")).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, first(x).detach().numpy(), atol=1e-4, rtol=0)

@@ -18,7 +18,7 @@ from nas_meta.search.study import create_study, find_studies, load_study
 POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
 needs_postgres = pytest.mark.skipif(
     not POSTGRES,
-    reason="no PostgreSQL: set NAS_META_TEST_POSTGRES=postgresql://user@host/db (.ci/run does when a server answers)",
+    reason="no PostgreSQL: none answers on 127.0.0.1:5432 and NAS_META_TEST_POSTGRES (a postgresql:// URL) is unset",
 )
 
 

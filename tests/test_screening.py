@@ -143,12 +143,61 @@ def test_cli_prescreen_mistakes_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_halving_rungs_grow_steps_and_episodes():
+def stated_rungs(iterations: int, val_episodes: int) -> list[tuple[int, int]]:
+    """The rule README.md states: s = max(1, iterations // 9) steps, 3 * s and iterations, on
+    val_episodes, twice and four times as many episodes; a rung that would pass ``iterations`` or
+    repeat an earlier step is left out."""
+    s = max(1, iterations // 9)
+    rungs: list[tuple[int, int]] = []
+    for k, step in enumerate((s, 3 * s, iterations)):
+        if step <= iterations and step not in [earlier for earlier, _ in rungs]:
+            rungs.append((step, val_episodes * 2**k))
+    return rungs
+
+
+def readme_before_rungs(iterations: int, val_episodes: int) -> list[tuple[int, int]]:
+    """A wrong rule: iterations // 9, iterations // 3 and iterations (dropping a step of 0)."""
+    steps = (iterations // 9, iterations // 3, iterations)
+    return [(step, val_episodes * 2**k) for k, step in enumerate(steps) if step > 0]
+
+
+def no_floor_rungs(iterations: int, val_episodes: int) -> list[tuple[int, int]]:
+    """A wrong rule: plain iterations // 9, with no floor of one step (a rung at step 0)."""
+    s = iterations // 9
+    return [(s, val_episodes), (3 * s, 2 * val_episodes), (iterations, 4 * val_episodes)]
+
+
+# 80: the default, where iterations // 3 (26) is not 3 * (80 // 9) (24); 1-8: where plain
+# iterations // 9 is 0; 1-3: where a rung is left out.
+HALVING_ITERATIONS = [1, 2, 3, 4, 5, 8, 9, 10, 26, 27, 80, 100, 600]
+
+
+@pytest.mark.parametrize("iterations", HALVING_ITERATIONS)
+@pytest.mark.parametrize("val_episodes", [8, 40])
+def test_halving_rungs_follow_the_stated_rule(iterations, val_episodes):
+    cfg = make_config(
+        "smoke", learner={"iterations": iterations, "val_episodes": val_episodes}, search={"pruner": "halving"}
+    )
+    rungs = halving_rungs(cfg)
+    assert rungs == stated_rungs(iterations, val_episodes)
+    steps = [step for step, _ in rungs]
+    assert steps == sorted(set(steps)) and steps[-1] == iterations  # growing, ending at the full budget
+
+
+def test_the_halving_cases_tell_the_stated_rule_from_wrong_ones():
+    for wrong in (readme_before_rungs, no_floor_rungs):
+        differ = [n for n in HALVING_ITERATIONS if wrong(n, 40) != stated_rungs(n, 40)]
+        assert differ, f"no case tells {wrong.__name__} apart"
+    assert readme_before_rungs(80, 40)[1] == (26, 80) and stated_rungs(80, 40)[1] == (24, 80)
+    assert no_floor_rungs(5, 40)[0] == (0, 40) and stated_rungs(5, 40)[0] == (1, 40)
+
+
+def test_halving_rungs_of_the_measured_searches():
+    # results/README.md, section 5: the quick preset (80 steps, 40 episodes) ran on 8/24/80 steps
+    # and 40/80/160 validation episodes.
     quick = make_config("quick", search={"pruner": "halving"})
+    assert (quick.learner.iterations, quick.learner.val_episodes) == (80, 40)
     assert halving_rungs(quick) == [(8, 40), (24, 80), (80, 160)]
-    smoke_cfg = make_config("smoke", learner={"iterations": 9}, search={"pruner": "halving"})
-    assert halving_rungs(smoke_cfg) == [(1, 8), (3, 16), (9, 32)]
-    assert halving_rungs(make_config("smoke", learner={"iterations": 2})) == [(1, 8), (2, 32)]
 
 
 class _CountingSampler:

@@ -13,6 +13,7 @@ import uuid
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from nas_meta.config import make_config
@@ -24,7 +25,7 @@ from nas_meta.search.workers import recover_dead_trials, worker_identity
 POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
 needs_postgres = pytest.mark.skipif(
     not POSTGRES,
-    reason="no PostgreSQL: set NAS_META_TEST_POSTGRES=postgresql://user@host/db (.ci/run does when a server answers)",
+    reason="no PostgreSQL: none answers on 127.0.0.1:5432 and NAS_META_TEST_POSTGRES (a postgresql:// URL) is unset",
 )
 
 
@@ -124,8 +125,8 @@ def test_two_local_workers_share_a_journal_study(tmp_path):
     assert outcome.storage.startswith("journal:///")
     study = outcome.study
     assert len(counted_trials(study)) == 4
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
+    trained = [t.user_attrs[Attr.FINGERPRINT] for t in counted_trials(study)]
+    assert len(trained) == len(set(trained))  # no architecture trained by both workers
     log = (tmp_path / "results" / "j" / "worker-1.log").read_text()
     assert "worker 1 ran" in log
 
@@ -197,8 +198,8 @@ def test_two_workers_against_postgres_finish_the_study(tmp_path):
     counted = counted_trials(study)
     assert len(counted) == 5
     assert all(t.state == TrialState.COMPLETE for t in counted)
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
+    trained = [t.user_attrs[Attr.FINGERPRINT] for t in counted]
+    assert len(trained) == len(set(trained))  # no architecture trained by both workers
     ran = [int(out.split(" ran ")[1].split()[0]) for out in outputs]
     assert sum(ran) == 5 and all(r >= 1 for r in ran), outputs  # both did work
 
@@ -277,21 +278,37 @@ def test_a_dropped_storage_connection_is_waited_out_and_the_orphaned_trial_retri
 
     monkeypatch.setattr(workers, "BACKOFF_SECONDS", (0.0, 0.0, 0.0))
     study = _sqlite_study(tmp_path)
-    real_optimize = study.optimize
-    drops = {"left": 2}
+    storage = study._storage
+    real_attr, real_state = storage.set_trial_user_attr, storage.set_trial_state_values
+    down = {"cuts": 2, "now": False}
 
-    def flaky_optimize(func, **kwargs):
-        if drops["left"]:
-            drops["left"] -= 1
-            # The drop hits mid-trial: the trial stays RUNNING under this worker's name.
-            orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-            orphan.set_user_attr(Attr.WORKER, worker_identity())
-            raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
-        return real_optimize(func, **kwargs)
+    def cut():
+        # What Optuna raises when the server terminates the connection mid-commit.
+        try:
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT ...", {}, Exception("terminating connection due to administrator command")
+            )
+        except sqlalchemy.exc.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from exc
 
-    monkeypatch.setattr(study, "optimize", flaky_optimize)
+    def set_attr(trial_id, key, value):
+        if key == "progress" and down["cuts"]:
+            down["cuts"] -= 1
+            down["now"] = True
+            cut()  # mid-trial, under this worker's name
+        return real_attr(trial_id, key, value)
+
+    def set_state(trial_id, state, values=None):
+        if down["now"]:
+            down["now"] = False
+            cut()  # Optuna's own try to fail the trial is cut too: it stays RUNNING
+        return real_state(trial_id, state, values)
+
+    monkeypatch.setattr(storage, "set_trial_user_attr", set_attr)
+    monkeypatch.setattr(storage, "set_trial_state_values", set_state)
 
     def objective(trial):
+        trial.set_user_attr("progress", 1)
         return trial.suggest_float("x", 0, 1)
 
     ran = workers.optimize_until(study, objective, target=3)
@@ -360,3 +377,57 @@ def test_a_worker_that_stops_beating_on_another_machine_is_failed_by_the_heartbe
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == stalled]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert len(counted_trials(study)) == 2
+
+
+def test_a_full_disk_under_the_sqlite_study_stops_at_once_naming_the_database(small_disk, fill_disk, monkeypatch):
+    from nas_meta.errors import StudyError
+    from nas_meta.search import workers
+
+    monkeypatch.setattr(workers, "BACKOFF_SECONDS", (30.0,))  # a wait would show in the time taken
+    mount = small_disk("1m")
+    database = mount / "study.db"
+    study = optuna.create_study(storage=f"sqlite:///{database}", study_name="s")
+    fill_disk(mount)
+
+    def objective(trial):
+        trial.set_user_attr("log", "x" * 50_000)  # every trial needs new pages
+        return trial.suggest_float("x", 0, 1)
+
+    start = time.monotonic()
+    with pytest.raises(StudyError) as caught:
+        workers.optimize_until(study, objective, target=20)
+    assert time.monotonic() - start < 20, "a full disk was waited on like a dropped connection"
+    message = str(caught.value)
+    assert message == f"no space left on the disk of {database}; free space and resume the study"
+
+
+def test_a_connection_dropped_while_a_worker_starts_or_ends_is_waited_out(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    from nas_meta.search import runner, workers
+    from nas_meta.search.study import create_study
+
+    monkeypatch.setattr(workers, "BACKOFF_SECONDS", (0.0, 0.0, 0.0))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    create_study(sinusoid_cfg(tmp_path, "w", trials=2, storage=storage), "w", "regression")
+    drops = {"stored_config": 1, "trials_frame": 1}
+
+    def dropping(name):
+        real = getattr(runner, name)
+
+        def call(*args, **kwargs):
+            if drops[name]:
+                drops[name] -= 1
+                # How psycopg's AdminShutdown reaches us through sqlalchemy when the server cuts us off.
+                raise sqlalchemy.exc.OperationalError(
+                    "SELECT ...", {}, Exception("terminating connection due to administrator command")
+                )
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in drops:
+        monkeypatch.setattr(runner, name, dropping(name))
+    outcome = runner.run_worker("w", storage, stream=io.StringIO())
+    assert drops == {"stored_config": 0, "trials_frame": 0}  # both calls were cut once, and retried
+    assert outcome.ran == 2 and len(outcome.table) == 2

@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:
         # The system refused a path while writing or reading (disk full, permissions changed,
-        # a folder removed mid-run): one line naming it.  Atomic writes leave nothing half-written.
+        # a folder removed mid-run): one line naming it.  The output writers (fileio) name the
+        # file they were writing when the error of a full, over-quota or read-only disk names
+        # none, and leave nothing half-written.
         if exc.filename is None:
             raise
         print(f"{PROG}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)

@@ -45,7 +45,8 @@ def add_parsers(sub: Any) -> None:
     export.add_argument(
         "--onnx",
         action="store_true",
-        help="also write each backbone as model.onnx (with its weights after --retrain); needs the onnx extra",
+        help="also write each backbone as model.onnx: with trained weights after --retrain, else with the "
+        "untrained initial ones of the card's init_seed; needs the onnx extra",
     )
     add_refit_option(export)
     add_budget_options(export)  # of --retrain; the search's own budget by default
@@ -127,6 +128,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             test = item.card["retrain"]["test"]
             line += f"  test {test['metric']} {format_test(test, task)}"
         print(line)
+    if args.onnx and not args.retrain:
+        # Allowed (a graph to profile or to wire into an app before training it), never silent;
+        # said once the export is whole, so a refused export stays one line.
+        log(
+            f"note: without --retrain, model.onnx carries untrained weights (the initial ones of the "
+            f"card's init_seed {cfg.seed}, which nas_meta.load() rebuilds); add --retrain for trained ones"
+        )
     return 0
 
 

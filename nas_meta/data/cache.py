@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..fileio import output_file
 
 __all__ = ["cached_tensors", "cache_path", "fingerprint_files", "FORMAT_VERSION"]
 
@@ -65,19 +66,13 @@ def _read(path: Path, key_text: str) -> dict[str, Tensor] | None:
 
 
 def _write(path: Path, key_text: str, tensors: dict[str, Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"key": key_text, "checksum": _checksum(tensors), "tensors": tensors}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with output_file(path) as tmp:  # a full disk: one error naming the cache file, nothing left
+        with open(tmp, "wb") as f:
             torch.save(doc, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a shared cache is read by other users' runs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_tensors(

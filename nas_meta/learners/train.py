@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LearnerConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, SpaceError
 from .base import Learner
 
 __all__ = [
@@ -250,7 +250,13 @@ def meta_train(
     untouched and the same seed gives the same weights on the CPU; episodes come from the
     samplers, which the caller seeded.
     """
-    device = device or next(learner.parameters()).device
+    first = next(learner.parameters(), None)
+    if first is None:
+        raise SpaceError(
+            "the architecture has nothing to train: its backbone and learner have no parameters "
+            "(only parameter-free ops such as pooling and skips)"
+        )
+    device = device or first.device
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = make_optimizer(learner, cfg)

@@ -237,6 +237,8 @@ class Objective:
             )
         except Diverged as exc:
             self._fail(trial, f"diverged: {exc}")
+        except SpaceError as exc:
+            self._fail(trial, f"invalid architecture: {exc}")
         except torch.OutOfMemoryError as exc:
             self._fail(trial, f"out of memory: {str(exc).splitlines()[0]}")
         except _TrialTimeout as exc:

@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..data import load_dataset
 from ..data.episodes import check_memory
 from ..errors import ConfigError, SpaceError
-from ..fileio import atomic_write, atomic_write_json
+from ..fileio import atomic_write, atomic_write_json, output_folder
 from ..learners import resolve_device
 from ..learners.train import amp_dtype, check_compile
 from ..model.darts import check_relaxable
@@ -49,7 +49,14 @@ from .study import (
     study_dir,
 )
 from .supernet import SUPERNET_FILE, derived_params, train_supernet
-from .workers import SpaceExhausted, enqueue_architectures, optimize_until, retry_interrupted, unstick
+from .workers import (
+    SpaceExhausted,
+    enqueue_architectures,
+    optimize_until,
+    retry_interrupted,
+    unstick,
+    with_storage_retry,
+)
 
 __all__ = [
     "SearchOutcome",
@@ -225,14 +232,19 @@ def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchPro
         progress=progress.supernet_step,
         should_stop=prepared.hooks.should_stop,
     )
-    study.set_user_attr(StudyAttr.SUPERNET, {**record, "file": SUPERNET_FILE, "strategy": cfg.search.strategy})
+    attr = {**record, "file": SUPERNET_FILE, "strategy": cfg.search.strategy}
+    with_storage_retry(lambda: study.set_user_attr(StudyAttr.SUPERNET, attr), study._storage)
     if cfg.search.strategy == "supernet":
         objective.supernet = learner
         return
     # DARTS: the discretised architecture is queued (once) as an ordinary trial of its choices.
     derived = {"strategy": "darts", "steps": record["steps"]}
-    if not any(t.user_attrs.get(Attr.DERIVED) == derived for t in study.get_trials(deepcopy=False)):
-        study.enqueue_trial(derived_params(learner, objective.space), user_attrs={Attr.DERIVED: derived})
+
+    def queue_derived() -> None:
+        if not any(t.user_attrs.get(Attr.DERIVED) == derived for t in study.get_trials(deepcopy=False)):
+            study.enqueue_trial(derived_params(learner, objective.space), user_attrs={Attr.DERIVED: derived})
+
+    with_storage_retry(queue_derived, study._storage)
 
 
 def worker_devices(device: str, workers: int, *, visible: int, devices: list[str] | None = None) -> list[str]:
@@ -387,15 +399,19 @@ def run_worker(
 ) -> SearchOutcome:
     """Join an existing study: its stored config says what to search and how; ``overrides`` may
     change only where things are on this machine (``{"data": {"data_root": ...}, "device": ...}``)."""
-    study = load_study(study_name, storage, worker_index=worker_index)
-    cfg = stored_config(study).replace(**(overrides or {}))
+    # Every storage call goes through the one retry: a database restarted while a worker starts
+    # or ends is waited out like one restarted mid-trial.
+    study = with_storage_retry(lambda: load_study(study_name, storage, worker_index=worker_index), storage)
+    cfg = with_storage_retry(lambda: stored_config(study), storage).replace(**(overrides or {}))
     # Before the dataset is prepared: the space file may have changed since the study started.
-    check_space(study, load_space(cfg.search.space))
+    space = load_space(cfg.search.space)
+    with_storage_retry(lambda: check_space(study, space), storage)
     prepared = prepare(cfg.replace(search={"study": study_name, "storage": storage}))
     prepared.hooks.should_stop = should_stop
     ran = _optimize(study, prepared, stream)
     task = prepared.objective.dataset.task
-    return SearchOutcome(study, study_name, None, storage, task, trials_frame(study, task), ran)
+    table = with_storage_retry(lambda: trials_frame(study, task), storage)
+    return SearchOutcome(study, study_name, None, storage, task, table, ran)
 
 
 def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, ran: int) -> SearchOutcome:
@@ -408,9 +424,9 @@ def write_outputs(study: optuna.Study, prepared: Prepared, task: str, url: str, 
     best = best_trials(study, task, k=1)
     if pick is not None or best:
         arch = graph.from_json(pick.arch if pick is not None else best[0].user_attrs[Attr.ARCH])
-        (directory / "best").mkdir(exist_ok=True)
-        graph.save_json(arch, directory / "best" / "arch.json")
         from ..viz.arch import draw_arch  # matplotlib only when a picture is written
 
-        draw_arch(arch, directory / "best" / "arch.png")
+        with output_folder(directory / "best") as best_folder:  # made here: gone again if a file fails
+            graph.save_json(arch, best_folder / "arch.json")
+            draw_arch(arch, best_folder / "arch.png")
     return SearchOutcome(study, prepared.study_name, directory, url, task, table, ran)

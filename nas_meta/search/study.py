@@ -118,9 +118,16 @@ def _halving(cfg: RunConfig) -> optuna.pruners.BasePruner:
 
 
 def halving_rungs(cfg: RunConfig) -> list[tuple[int, int]]:
-    """(step, validation episodes) of each rung of ``--pruner halving``: steps s, s*3, s*9 ending
-    at ``iterations`` (the last rung is the full budget), episodes ``val_episodes`` doubling per
-    rung, so the noise of a score shrinks where fewer, better candidates are told apart.
+    """(step, validation episodes) of each rung of ``--pruner halving``, so the noise of a score
+    shrinks where fewer, better candidates are told apart.  The rule, with HALVING_RATE 3 and
+    HALVING_RUNGS 3:
+
+    * ``s = max(1, iterations // 9)``; rung 0 is at step ``s``, rung 1 at ``3 * s`` (24 for 80
+      iterations, not ``80 // 3`` = 26), rung 2 at ``iterations`` (the full budget);
+    * rung k is validated on ``val_episodes * 2**k`` episodes;
+    * a rung whose step passes ``iterations`` or repeats an earlier rung's step is left out, the
+      others keep their episodes (this happens below 4 iterations only: 2 gives [(1, e), (2, 4e)],
+      3 gives [(1, e), (3, 2e)]).
 
         >>> from nas_meta.config import make_config
         >>> halving_rungs(make_config("quick", search={"pruner": "halving"}))

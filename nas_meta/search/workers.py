@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import random
 import socket
@@ -22,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -30,8 +32,11 @@ from optuna.trial import TrialState
 from ..errors import StudyError
 from ..record import Attr, counted_trials
 from ..spaces import Space
+from .study import redact_url
 
-__all__ = ["worker_identity", "recover_dead_trials", "optimize_until"]
+__all__ = ["worker_identity", "recover_dead_trials", "optimize_until", "with_storage_retry"]
+
+T = TypeVar("T")
 
 MAX_RETRY = 3
 # Waits after a dropped storage connection, in seconds (about two minutes in all), before giving up.
@@ -43,6 +48,8 @@ try:  # the RDB storages' own errors, where sqlalchemy is there (always with opt
     STORAGE_ERRORS += (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 except ImportError:  # pragma: no cover
     pass
+# A full disk under a journal file or a training's checkpoint is an OSError.
+STORAGE_OR_DISK_ERRORS: tuple[type[Exception], ...] = (*STORAGE_ERRORS, OSError)
 
 
 def _start_time(pid: int) -> str:
@@ -282,40 +289,99 @@ def optimize_until(
             raise
         return objective(trial)
 
+    def step() -> bool | None:
+        """One turn of the loop: True when a trial ran, False to look again, None to stop."""
+        recover_dead_trials(study)
+        # Queued (WAITING) trials are part of the budget and are run first by optimize().
+        if _taken(study, include_waiting=False) >= target:
+            if _unnamed_running(study):
+                # It may be an orphan that counts as taken: wait until it names its process or is
+                # recovered above, rather than stop one trial short.
+                time.sleep(1.0)
+                return False
+            return None
+        if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            queue_next(study)
+        study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
+        return not surplus
+
+    while True:
+        # A trial of ours that a dropped connection left RUNNING is failed and queued again.
+        outcome = with_storage_retry(step, study._storage, recover=lambda: _recover_own_trials(study))
+        if outcome is None or surplus:
+            return ran
+        ran += int(outcome)
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an error it was raised from says the disk is full (SQLite, PostgreSQL, a
+    journal file; Optuna's StorageInternalError names the cause only in its chain)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(marker in f"{type(cause).__name__} {cause}".lower() for marker in _FULL):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+_FULL = ("database or disk is full", "no space left on device", "diskfull", "disk quota exceeded")
+
+
+def storage_location(storage: object) -> str:
+    """Where a storage keeps the study, for messages: the SQLite or journal file, else the URL
+    (password redacted)."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a cache
+    url = getattr(backend, "url", None)
+    if isinstance(url, str):
+        return url[len("sqlite:///") :] if url.startswith("sqlite:///") else redact_url(url)
+    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+    return str(path) if path else type(backend).__name__
+
+
+def _storage_failure(exc: Exception) -> BaseException | None:
+    """The storage or disk error behind ``exc``: itself, or the error Optuna's trial loop was
+    handling when its ``finally`` block asserted ("Should not reach"): that happens when the
+    connection is cut while the trial's state is written and is back when Optuna reads it."""
+    if isinstance(exc, STORAGE_OR_DISK_ERRORS):
+        return exc
+    if isinstance(exc, AssertionError) and isinstance(exc.__context__, STORAGE_ERRORS):
+        return exc.__context__
+    return None
+
+
+def with_storage_retry(call: Callable[[], T], storage: object, *, recover: Callable[[], object] | None = None) -> T:
+    """``call()``, the one retry around a worker's storage calls.  When the database drops the
+    connection (restart, failover, ``pg_terminate_backend``) it waits (``BACKOFF_SECONDS``), calls
+    ``recover()`` and tries again: the pool reconnects.  Past the last wait, or at once on a full
+    disk (no wait frees space), it stops with a StudyError of one line."""
     failures = 0
     while True:
         try:
-            recover_dead_trials(study)
-            # Queued (WAITING) trials are part of the budget and are run first by optimize().
-            if _taken(study, include_waiting=False) >= target:
-                if _unnamed_running(study):
-                    # It may be an orphan that counts as taken: wait until it names its process or
-                    # is recovered above, rather than stop one trial short.
-                    time.sleep(1.0)
-                    continue
-                return ran
-            if queue_next is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                queue_next(study)
-            study.optimize(guarded, n_trials=1, catch=(*catch, Surplus), callbacks=callbacks)
-        except STORAGE_ERRORS as exc:
-            # The database dropped the connection (restart, failover, pg_terminate_backend): wait
-            # and go on; the pool reconnects.  A trial of ours the drop left RUNNING is failed and
-            # queued again.  Past the last wait the worker stops with one line.
+            return call()
+        except Exception as raised:
+            exc = _storage_failure(raised)
+            if exc is None:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if storage_full(exc):
+                where = getattr(exc, "filename", None) or storage_location(storage)
+                raise StudyError(f"no space left on the disk of {where}; free space and resume the study") from None
+            if isinstance(exc, OSError) and not isinstance(exc, STORAGE_ERRORS):
+                raise
             if failures >= len(BACKOFF_SECONDS):
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise StudyError(
                     f"the study's storage is unreachable ({failures + 1} tries over "
                     f"{sum(BACKOFF_SECONDS):.0f} s): {first}"
                 ) from None
             time.sleep(BACKOFF_SECONDS[failures])
             failures += 1
-            with contextlib.suppress(*STORAGE_ERRORS):
-                _recover_own_trials(study)
-            continue
-        failures = 0
-        if surplus:
-            return ran
-        ran += 1
+            if recover is not None:
+                with contextlib.suppress(*STORAGE_ERRORS):
+                    recover()
 
 
 def _recover_own_trials(study: optuna.Study) -> list[int]:

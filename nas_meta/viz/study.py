@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import graph
+from ..fileio import output_folder
 from ..record import Attr
 from .style import TEXT_SIZE, new_figure, save_png
 
@@ -171,12 +172,11 @@ def plot_op_frequency(study: optuna.Study, task: str, path: Path, top_fraction: 
 
 def write_plots(studies: list[tuple[optuna.Study, str]], out: str | Path) -> list[Path]:
     """All plots for these studies into ``out``; returns the files written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [
-        plot_best_so_far(studies, out / "best_so_far.png"),
-        plot_score_vs_params(studies, out / "score_vs_params.png"),
-    ]
-    for study, task in studies:
-        paths.append(plot_op_frequency(study, task, out / f"ops_{study.study_name}.png"))
+    with output_folder(out) as folder:  # a folder made here goes again when a plot cannot be written
+        paths = [
+            plot_best_so_far(studies, folder / "best_so_far.png"),
+            plot_score_vs_params(studies, folder / "score_vs_params.png"),
+        ]
+        for study, task in studies:
+            paths.append(plot_op_frequency(study, task, folder / f"ops_{study.study_name}.png"))
     return paths
