@@ -101,3 +101,18 @@ def test_dashboard_without_the_extra_says_what_to_install(tmp_path, capsys, monk
     assert err == [
         "nas-meta: error: dashboard needs optuna-dashboard, which is not installed; pip install -e '.[dashboard]'"
     ]
+
+
+def test_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line(study, capsys):
+    root, storage = study
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["dashboard", "--study", "d", "--storage", storage, "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        why = "Address already in use; choose another --port or --host"
+        assert err == [f"nas-meta: error: cannot serve on 127.0.0.1:{port}: {why}"]
+    assert main(["dashboard", "--study", "d", "--storage", storage, "--host", "no-such-host.invalid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nas-meta: error: --host 'no-such-host.invalid' does not resolve"), err

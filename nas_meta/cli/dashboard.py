@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import socket
 import sys
 from typing import Any
 
@@ -35,7 +36,25 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..search.study import find_studies, open_storage, redact_url
 
     [(name, url)] = find_studies([args.study], args.storage, args.results_dir)
+    check_address(args.host, args.port)
     print(f"study {name!r} in {redact_url(url)}: http://{args.host}:{args.port}/dashboard/ (Ctrl-C stops)")
     sys.stdout.flush()
     run_server(open_storage(url, study=name), host=args.host, port=args.port)  # reading never creates
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """ConfigError when the server could not listen on ``host:port``: a host that does not resolve,
+    a port already in use or not allowed.  Tried by binding a socket, before the server starts."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} does not resolve to an address of this machine: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port or --host"
+            ) from None
