@@ -9,6 +9,7 @@ import json
 import random
 
 import networkx as nx
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,6 +124,48 @@ def test_space_files_load_or_fail_with_one_line_naming_the_file(tmp_path_factory
         assert "\n" not in str(exc)
         return
     assert space.size() >= 1 and isinstance(space.choices(), dict)
+
+
+@st.composite
+def shrinking_spaces(draw):
+    """Cell spaces that halve the map many times, on small images: maps of 1x1 and below."""
+    doc = {
+        "kind": "cell",
+        "ops": draw(
+            st.lists(
+                st.sampled_from(["max_pool_3x3", "skip_connect", "sep_conv_3x3", "none"]),
+                min_size=1,
+                max_size=3,
+                unique=True,
+            )
+        ),
+        "nodes": draw(st.integers(1, 2)),
+        "layout": draw(st.lists(st.sampled_from(["normal", "reduce", "reduce"]), min_size=1, max_size=7)),
+        "channels": draw(st.integers(1, 4)),
+        "stem_channels": draw(st.integers(1, 4)),
+        "stem_stride": draw(st.integers(1, 2)),
+    }
+    return doc, draw(st.integers(4, 12)), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=shrinking_spaces())
+def test_spaces_that_shrink_the_map_away_build_and_count_or_fail_as_space_errors(tmp_path_factory, case):
+    doc, side, seed = case
+    path = tmp_path_factory.mktemp("fuzz") / "space.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        arch = load_space(path).sample(random.Random(seed))
+        backbone = network.build(arch, (1, side, side), seed=0)
+    except SpaceError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    # What a trial does next: count its FLOPs, then train on a batch (the smallest has 2 examples).
+    assert network.count_flops(backbone, (1, side, side)) >= 0
+    out = backbone(torch.randn(2, 1, side, side))
+    assert out.shape == (2, backbone.feature_dim)
+    if out.requires_grad:
+        out.square().mean().backward()
 
 
 # --- files in another encoding or with another structure ---------------------------------------------
