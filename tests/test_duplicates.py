@@ -74,3 +74,45 @@ def test_a_space_smaller_than_the_budget_stops_with_one_line(tmp_path):
     assert len(study.trials) == 1 + DUPLICATE_STREAK
     assert "space 'conv4' holds 1 architecture and the study has trained 1 distinct ones" in out.getvalue()
     assert "the search stops here" in out.getvalue()
+
+
+class FourPoints:
+    """A space of four points, x in a..d."""
+
+    name = "four"
+    options = ["a", "b", "c", "d"]
+
+    def candidates(self, algo):
+        return len(self.options)
+
+    def draw(self, choose, algo):
+        import networkx as nx
+
+        return nx.DiGraph(params={"x": choose("x", self.options)})
+
+
+def test_a_pile_of_duplicates_from_many_workers_does_not_end_the_search_while_points_are_left():
+    from nas_meta.search.workers import SpaceExhausted, unstick
+
+    study = optuna.create_study()
+    dist = {"x": optuna.distributions.CategoricalDistribution(FourPoints.options)}
+    for x in ("a", "b"):
+        study.add_trial(optuna.create_trial(value=0.5, params={"x": x}, distributions=dist))
+    # Seven workers' samplers proposed "a" again and again while one new candidate trained.
+    for _ in range(40):
+        study.add_trial(
+            optuna.create_trial(value=0.5, params={"x": "a"}, distributions=dist, user_attrs={Attr.DUPLICATE_OF: 0})
+        )
+    study.enqueue_trial({"x": "c"})
+    running = study.ask()
+    assert running.suggest_categorical("x", FourPoints.options) == "c"
+
+    assert unstick(study, FourPoints(), seed=0, algo="protonet") is True
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in queued] == [{"x": "d"}]  # the one point not held
+    try:
+        unstick(study, FourPoints(), seed=0, algo="protonet")
+    except SpaceExhausted as exc:
+        assert "holds 4 architectures and the study has trained 2 distinct ones; every one has been tried" in str(exc)
+    else:
+        raise AssertionError("every point is held: the space is exhausted")

@@ -204,23 +204,38 @@ def _taken(study: optuna.Study, below: int | None = None, include_waiting: bool 
 # A sampler that proposes only architectures the study has trained (a converged TPE, a local
 # search in a small basin) gets one random draw after this many duplicates in a row.
 DUPLICATE_STREAK = 3
-# ... and a space in which this many draws in a row were duplicates is taken as exhausted.
-EXHAUSTED_STREAK = 30
+# The random draw is of a point the study does not hold yet; a space where this many draws in a
+# row found only points it holds is taken as exhausted (less than about 1% of it left untried).
+NEW_POINT_DRAWS = 500
 
 
 class SpaceExhausted(Exception):
-    """Every architecture of the space was trained (or draws keep finding trained ones)."""
+    """Every architecture of the space was trained (or random draws keep finding trained ones)."""
+
+
+def _point(trial: optuna.trial.FrozenTrial) -> tuple | None:
+    """The space point a trial holds: its params, or the params it was queued with (a WAITING
+    trial has none yet); None for a known architecture (a baseline), which is no point."""
+    if Attr.ENQUEUED_ARCH in trial.user_attrs:
+        return None
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return tuple(sorted(params.items()))  # () is the one point of a space without choices
 
 
 def unstick(study: optuna.Study, space: Space, seed: int, algo: str) -> bool:
-    """Queue one random architecture of ``space`` when the last :data:`DUPLICATE_STREAK` trials
-    were duplicates (duplicates do not use up the budget, so a sampler that repeats itself would
-    otherwise loop); True when it queued one.  SpaceExhausted when the study has tried as many
-    distinct choices as the space holds, or :data:`EXHAUSTED_STREAK` duplicates came in a row."""
+    """Queue one random architecture of ``space`` that the study does not hold yet (finished,
+    running or queued) when the last :data:`DUPLICATE_STREAK` trials were duplicates (duplicates
+    do not use up the budget, so a sampler that repeats itself would otherwise loop); True when it
+    queued one.  SpaceExhausted when the study holds as many points as the space, or
+    :data:`NEW_POINT_DRAWS` random draws found none it does not hold.  The streak alone never
+    ends a search: with many workers, a converged sampler's duplicates pile up while one new
+    candidate trains."""
+    trials = study.get_trials(deepcopy=False)
     done = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-        if Attr.SCREENING not in t.user_attrs
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        and Attr.SCREENING not in t.user_attrs
         and Attr.SURPLUS not in t.user_attrs
         and Attr.INTERRUPTED not in t.user_attrs
     ]
@@ -231,19 +246,23 @@ def unstick(study: optuna.Study, space: Space, seed: int, algo: str) -> bool:
         streak += 1
     if streak < DUPLICATE_STREAK:
         return False
-    # Known architectures (baselines) are not points the sampler drew: their empty params say nothing.
-    tried = {tuple(sorted(t.params.items())) for t in done if Attr.ENQUEUED_ARCH not in t.user_attrs}
+    held = {point for t in trials if Attr.SCREENING not in t.user_attrs and (point := _point(t)) is not None}
     size = space.candidates(algo)
-    if streak >= EXHAUSTED_STREAK or len(tried) >= size:
-        distinct = sum(Attr.DUPLICATE_OF not in t.user_attrs and t.state == TrialState.COMPLETE for t in done)
-        raise SpaceExhausted(
-            f"space {space.name!r} holds {size:,} architecture{'s' if size != 1 else ''} and the study has "
-            f"trained {distinct} distinct ones; the last {streak} proposals were all trained already"
-        )
     rng = random.Random(seed * 1_000_003 + len(done))
-    drawn = space.draw(lambda _name, options: options[rng.randrange(len(options))], algo)
-    study.enqueue_trial(drawn.graph["params"], user_attrs={Attr.UNSTUCK: streak})
-    return True
+    for _ in range(NEW_POINT_DRAWS if len(held) < size else 0):
+        drawn = space.draw(lambda _name, options: options[rng.randrange(len(options))], algo)
+        params = drawn.graph["params"]
+        if tuple(sorted(params.items())) not in held:
+            study.enqueue_trial(params, user_attrs={Attr.UNSTUCK: streak})
+            return True
+    distinct = sum(Attr.DUPLICATE_OF not in t.user_attrs and t.state == TrialState.COMPLETE for t in done)
+    raise SpaceExhausted(
+        f"space {space.name!r} holds {size:,} architecture{'s' if size != 1 else ''} and the study has "
+        f"trained {distinct} distinct ones; {NEW_POINT_DRAWS} random draws found no architecture it has not tried"
+        if len(held) < size
+        else f"space {space.name!r} holds {size:,} architecture{'s' if size != 1 else ''} and the study has "
+        f"trained {distinct} distinct ones; every one has been tried"
+    )
 
 
 class Surplus(Exception):
