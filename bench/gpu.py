@@ -18,7 +18,10 @@ this order, each going on past a failure of the one before:
    20-way 1-shot (5 queries) at ``--meta-batch`` (32, the ``paper`` preset), fp32 and bf16 autocast
    (where the device has bf16), the loop also with ``torch.compile`` (5-way); achieved TFLOP/s
    (torch's FlopCounter count of a step over its time) against this device's matmul TFLOP/s
-   measured in the same run; peak memory.
+   measured beside it: per algorithm and task, ``--rounds`` rounds of [matmul fp32 (and bf16),
+   every row], each row's figures the medians over the rounds and its utilisation the median of
+   each round's achieved over that round's matmul (clocks and other load change between rounds,
+   not within one); peak memory.
 3. **end to end**: ``search`` (smoke preset, 2 trials), ``export --retrain`` and ``evaluate``
    through the CLI on ``--device``, then the same with ``--amp`` (where the device has it).
 
@@ -26,6 +29,8 @@ The last line is ``name=value`` pairs: ``gpu_maml_vs_loop``, ``gpu_fomaml_vs_loo
 ``gpu_protonet_vs_loop`` (tasks/s ratios, 5-way 1-shot, fp32), ``gpu_protonet_util`` (its
 achieved over matmul TFLOP/s), ``gpu_exact`` (1 when every exactness check ran and passed),
 ``gpu_e2e`` (1 when every end-to-end command ran and exited 0).  A check that did not run prints 0.
+Exactness and the end-to-end commands must hold: when ``gpu_exact`` or ``gpu_e2e`` is not 1 (and
+was not skipped with ``--skip``), one line on stderr names them and the exit code is 1.
 
 A healthy run on a modern GPU (targets): exact to the tolerances above; MAML (second order) at
 least 5x the per-task loop at meta-batch 32; ProtoNet at least 30% of the measured matmul TFLOP/s.
@@ -41,6 +46,7 @@ import functools
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,19 +173,70 @@ def check_exactness(device: torch.device, report: dict[str, float]) -> None:
 # --- 2. speed ----------------------------------------------------------------------------------
 
 
+def time_per_call(
+    work: Callable[[], Any], reps: int, sync: Callable[[], None], clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds per call of ``work`` over ``reps`` calls, the device synchronised at both ends."""
+    sync()
+    start = clock()
+    for _ in range(reps):
+        work()
+    sync()
+    return (clock() - start) / reps
+
+
 def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The matmul TFLOP/s of ``device`` now: operands made for this call and freed after it, so
+    that they are not in the peak memory of the rows timed between two of these."""
     n = 8192 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    sync(device)
-    reps = 10 if device.type == "cuda" else 3
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    seconds = time_per_call(lambda: a @ b, 10 if device.type == "cuda" else 3, functools.partial(sync, device))
+    return 2 * n**3 / seconds / 1e12
+
+
+def measure_rounds(
+    peaks: dict[str, Callable[[], float]],
+    rows: dict[str, tuple[Callable[[], float], str]],
+    rounds: int,
+    failed: dict[str, str] | None = None,
+) -> dict[str, list[tuple[float, float]]]:
+    """Interleaved timing: ``rounds`` rounds of [every peak, then every row], so that each row is
+    measured under the conditions (clocks, temperature, other work on the machine) of the peak it
+    is compared with.  ``peaks``: name -> TFLOP/s now; ``rows``: label -> (seconds per step now,
+    the name of its peak).  Returns label -> [(seconds, that round's peak TFLOP/s)], one pair per
+    round the row ran in.  A row that raises is left out of the rounds after (its error in
+    ``failed``); the others go on."""
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
+    failed = {} if failed is None else failed
+    for _ in range(rounds):
+        peak_now = {name: measure() for name, measure in peaks.items()}
+        for label, (measure, peak_name) in rows.items():
+            if label in failed:
+                continue
+            try:
+                seconds = measure()
+            except Exception as exc:  # report and go on: a failed row prints no number
+                failed[label] = f"{type(exc).__name__}: {str(exc)[:100]}"
+                continue
+            samples[label].append((seconds, peak_now[peak_name]))
+    return samples
+
+
+def row_figures(flops: float, samples: list[tuple[float, float]]) -> dict[str, float]:
+    """A row's medians over its rounds: seconds per step, achieved TFLOP/s, the matmul peak of
+    the same rounds, and utilisation (the median of each round's achieved over that round's
+    peak).  Nothing is clamped: a utilisation above 1 is a measurement to look into (the FLOP
+    count, or the row using faster arithmetic than the matmul, e.g. TF32 convolutions)."""
+    seconds = statistics.median(s for s, _ in samples)
+    return {
+        "seconds": seconds,
+        "tflops": flops / seconds / 1e12,
+        "peak": statistics.median(p for _, p in samples),
+        "util": statistics.median(flops / s / 1e12 / p for s, p in samples),
+    }
 
 
 @contextlib.contextmanager
@@ -209,23 +266,26 @@ def step_flops(learner: nn.Module, batch: Episodes) -> float:
     return float(counter.get_total_flops())
 
 
-def time_steps(
-    learner: nn.Module, batch: Episodes, device: torch.device, amp: torch.dtype | None, steps: int
-) -> tuple[float, float]:
-    """(seconds per step, peak memory in GB) of loss + backward + Adam step."""
+def timed_row(
+    learner: nn.Module, batch: Episodes, device: torch.device, amp: torch.dtype | None, steps: int, memory: list[float]
+) -> Callable[[], float]:
+    """Warm ``learner`` up (and compile it) now; returns the timing of one round: seconds per step
+    of loss + backward + Adam step over ``steps`` steps.  Each round's peak memory in GB is
+    appended to ``memory``."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     for _ in range(2):  # warm-up (and compilation)
         _train_step(learner, optimizer, batch, amp)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        _train_step(learner, optimizer, batch, amp)
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else math.nan
-    return seconds, peak
+
+    def one_round() -> float:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = time_per_call(
+            lambda: _train_step(learner, optimizer, batch, amp), steps, functools.partial(sync, device)
+        )
+        memory.append(torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else math.nan)
+        return seconds
+
+    return one_round
 
 
 class L2LMaml(nn.Module):
@@ -245,49 +305,75 @@ class L2LMaml(nn.Module):
         return torch.stack(losses).mean(), torch.zeros(())
 
 
-def check_speed(device: torch.device, meta_batch: int, steps: int, compile: bool, report: dict[str, float]) -> None:
+def check_speed(
+    device: torch.device, meta_batch: int, steps: int, rounds: int, compile: bool, report: dict[str, float]
+) -> None:
+    """Per shape and algorithm, the rows and the matmul peaks timed in interleaved rounds
+    (:func:`measure_rounds`); medians over the rounds, utilisation against the peak measured
+    beside each row."""
     bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    peak32 = matmul_tflops(device, torch.float32)
-    peak16 = matmul_tflops(device, torch.bfloat16) if bf16 else math.nan
-    print(f"  matmul: {peak32:.3f} TFLOP/s fp32, {peak16:.3f} TFLOP/s bf16 (measured now)")
+    peaks: dict[str, Callable[[], float]] = {"fp32": functools.partial(matmul_tflops, device, torch.float32)}
+    if bf16:
+        peaks["bf16"] = functools.partial(matmul_tflops, device, torch.bfloat16)
+    print(
+        f"  {rounds} rounds of [matmul {', '.join(peaks)}, every row of the algorithm and task], "
+        f"{steps} timed step(s) per row and round; medians; util against the matmul of the same rounds"
+    )
     arch = architectures()["conv4"]
-    print(f"  {'algo':8s} {'task':5s} {'execution':14s} {'tasks/s':>9s} {'TFLOP/s':>8s} {'util':>5s} {'peak GB':>8s}")
+    print(
+        f"  {'algo':8s} {'task':5s} {'execution':14s} {'tasks/s':>9s} {'TFLOP/s':>8s} "
+        f"{'matmul':>8s} {'util':>6s} {'peak GB':>8s}"
+    )
     rates: dict[tuple[str, str, str], float] = {}
     for task, (ways, shots, queries) in SHAPES.items():
         batch = make_batch(ways, shots, queries, meta_batch, device, torch.float32)
         for algo in ("maml", "fomaml", "protonet"):
             make = functools.partial(make_learner, algo, arch, ways, device, torch.float32)
-            rows: list[tuple[str, Callable[[], nn.Module], torch.dtype | None]] = [
+            builds: list[tuple[str, Callable[[], nn.Module], torch.dtype | None]] = [
                 ("default", functools.partial(make, "auto"), None),
                 ("loop", functools.partial(make, "loop"), None),
             ]
             if bf16:
-                rows.append(("default+bf16", functools.partial(make, "auto"), torch.bfloat16))
+                builds.append(("default+bf16", functools.partial(make, "auto"), torch.bfloat16))
             if compile and task == "5w1s":
-                rows.append(("loop+compile", functools.partial(_compiled, make, "loop"), None))
+                builds.append(("loop+compile", functools.partial(_compiled, make, "loop"), None))
             if l2l is not None and algo != "protonet" and task == "5w1s":
-                rows.append(("learn2learn", functools.partial(_l2l, make, algo == "fomaml"), None))
+                builds.append(("learn2learn", functools.partial(_l2l, make, algo == "fomaml"), None))
             flops = step_flops(make("loop"), batch)
-            for label, build, amp in rows:
+            failed: dict[str, str] = {}
+            memory: dict[str, list[float]] = {}
+            rows: dict[str, tuple[Callable[[], float], str]] = {}
+            for label, build, amp in builds:
+                memory[label] = []
                 try:
-                    seconds, peak = time_steps(build(), batch, device, amp, steps)
+                    rows[label] = (timed_row(build(), batch, device, amp, steps, memory[label]), _peak_of(amp))
                 except Exception as exc:  # report and go on: a failed row prints no number
-                    print(f"  {algo:8s} {task:5s} {label:14s} FAILED: {type(exc).__name__}: {str(exc)[:100]}")
+                    failed[label] = f"{type(exc).__name__}: {str(exc)[:100]}"
+            samples = measure_rounds(peaks, rows, rounds, failed)
+            for label, _build, _amp in builds:
+                if not samples.get(label):
+                    print(f"  {algo:8s} {task:5s} {label:14s} FAILED: {failed.get(label, 'no round ran')}")
                     continue
-                rate = meta_batch / seconds
-                tflops = flops / seconds / 1e12
-                peak_tf = peak16 if amp is not None else peak32
+                fig = row_figures(flops, samples[label])
+                rate = meta_batch / fig["seconds"]
                 rates[(algo, task, label)] = rate
                 if (algo, task, label) == ("protonet", "5w1s", "default"):
-                    report["gpu_protonet_util"] = tflops / peak_tf
+                    report["gpu_protonet_util"] = fig["util"]
                 print(
-                    f"  {algo:8s} {task:5s} {label:14s} {rate:9.1f} {tflops:8.3f} {tflops / peak_tf:5.1%} {peak:8.2f}"
+                    f"  {algo:8s} {task:5s} {label:14s} {rate:9.1f} {fig['tflops']:8.3f} {fig['peak']:8.3f} "
+                    f"{fig['util']:6.1%} {max(memory[label]):8.2f}"
+                    + ("  (above the matmul measured beside it)" if fig["util"] > 1 else "")
+                    + (f"  (failed in a later round: {failed[label]})" if label in failed else "")
                 )
     for algo in ("maml", "fomaml", "protonet"):
         default, loop = rates.get((algo, "5w1s", "default")), rates.get((algo, "5w1s", "loop"))
         report[f"gpu_{algo}_vs_loop"] = default / loop if default and loop else 0.0
+
+
+def _peak_of(amp: torch.dtype | None) -> str:
+    return "bf16" if amp is not None else "fp32"
 
 
 def _compiled(make: Callable[[str], nn.Module], execution: str) -> nn.Module:
@@ -360,14 +446,40 @@ def check_end_to_end(device: torch.device, report: dict[str, float]) -> None:
     report["gpu_e2e"] = float(ok)
 
 
+# The checks that must hold for the run to pass (their report key -> the check's --skip name and
+# title): speed figures are reported against targets, but a wrong gradient or a failing command is
+# a failed run, whatever the speed.
+MUST_HOLD = {"gpu_exact": ("exact", "exactness"), "gpu_e2e": ("e2e", "end to end")}
+
+
+def verdict(report: dict[str, float], skipped: list[str]) -> tuple[int, str]:
+    """(exit code, line for stderr): 0 and "" when every must-hold check (MUST_HOLD) that was not
+    skipped with --skip reports 1; else 1 and one line naming each of them that did not, a check
+    that could not run failing as one that ran and failed does."""
+    failed = [
+        f"{key}={report.get(key, 0.0):.3g} ({title})"
+        for key, (name, title) in MUST_HOLD.items()
+        if name not in skipped and report.get(key, 0.0) != 1.0
+    ]
+    if not failed:
+        return 0, ""
+    return 1, "gpu.py: FAILED: " + ", ".join(failed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="(default: cuda)")
     parser.add_argument("--meta-batch", type=int, default=32, help="tasks per step in the speed check (default: 32)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (default: 3)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per row and round (default: 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of [matmul peaks, rows] in the speed check (default: 5)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (slow to compile)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["exact", "speed", "e2e"], help="checks to skip")
     args = parser.parse_args(argv)
+    for flag in ("meta_batch", "steps", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu.py: error: no CUDA device here; run with --device cpu to check the CPU path", file=sys.stderr)
         return 2
@@ -387,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     checks = [
         ("exact", "1. exactness: vmap against the per-task loop", lambda: check_exactness(device, report)),
-        ("speed", "2. speed", lambda: check_speed(device, args.meta_batch, args.steps, not args.no_compile, report)),
+        (
+            "speed",
+            "2. speed",
+            lambda: check_speed(device, args.meta_batch, args.steps, args.rounds, not args.no_compile, report),
+        ),
         ("e2e", "3. end to end through the CLI", lambda: check_end_to_end(device, report)),
     ]
     for key, title, run in checks:
@@ -402,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(limit=3)
         print(f"  ({time.perf_counter() - start:.0f} s)")
     print(" ".join(f"{k}={v:.3g}" for k, v in report.items()))
-    return 0
+    code, line = verdict(report, args.skip)
+    if line:
+        print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ __all__ = [
     "LEGACY_SEARCH",
     "RECIPE_FIELDS",
     "RACE_STEPS_FACTOR",
+    "BUDGET_FIELDS",
+    "BUDGET_FLOORS",
+    "PROTOCOL_COUNTS",
 ]
 
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
@@ -405,7 +408,47 @@ def _update(section, values: dict[str, Any] | None):
     return dataclasses.replace(section, **values)
 
 
-# Presets scale the budget, not the protocol: ways/shots/queries stay the user's.
+# The count fields of the sections that set how much work a run does, by kind: "steps" are the
+# outer steps a network trains (a candidate, the supernet or DARTS network, a race entrant), "work"
+# is the rest (episodes, trials, pools, the dataset's size, the validation cadence).  A preset sets
+# every budget it scales: one it leaves unset keeps quick's value (as `smoke` once meta-trained a
+# 500-step supernet for candidates of 6 steps).  The rule, with a preset's scale its candidates'
+# iterations over quick's: a smaller preset lowers every budget (or leaves it at its floor), its
+# "steps" to at most what its scale implies, and smoke's to at most a candidate's; a larger preset
+# lowers none and takes its "steps" at least to its scale.  tests/test_config.py checks it for each
+# preset, and that every count field of the sections is here or in PROTOCOL_COUNTS.
+BUDGET_FIELDS: dict[str, dict[str, str]] = {
+    "data": {"queries": "work", "glyph_classes": "work", "glyph_samples": "work"},
+    "learner": {
+        "meta_batch": "work",
+        "iterations": "steps",
+        "eval_every": "work",
+        "val_episodes": "work",
+        "test_episodes": "work",
+        "test_inner_steps": "work",
+    },
+    "search": {
+        "trials": "work",
+        "prescreen_pool": "work",
+        "supernet_steps": "steps",
+        "race": "work",
+        "race_iterations": "steps",  # None: RACE_STEPS_FACTOR times the candidates' (scales with them)
+        "race_blocks": "work",
+        "race_episodes": "work",  # None: twice the candidates' validation episodes (scales with them)
+    },
+}
+# The least value of a budget that still does its job, where that is not 1: no race at all; a race
+# drops an entrant from its second block on; a pool of 1 is no screening (--prescreen sets a pool).
+BUDGET_FLOORS: dict[str, int] = {"race": 0, "race_blocks": 2, "prescreen_pool": 1}
+# Count fields that are the task or the learner, not an amount of work: presets leave them alone.
+PROTOCOL_COUNTS: dict[str, tuple[str, ...]] = {
+    "data": ("ways", "shots", "image_size", "seed"),
+    "learner": ("inner_steps", "train_ways"),
+    "search": (),
+}
+
+
+# Presets scale the budget (BUDGET_FIELDS), not the protocol: ways/shots stay the user's.
 # smoke: seconds, for tests.  quick: the default, a 2-core CPU in minutes.
 # paper: the published protocols (Finn et al. 2017; Snell et al. 2017), for a GPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -420,7 +463,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "test_inner_steps": 1,
         },
         # Tests run a race only where they test it: a race can pick the baseline over every trial.
-        "search": {"trials": 2, "race": 0},
+        # A step of the supernet or of the DARTS network costs many candidates' steps (it runs
+        # every op of the space): two keep a smoke search with --strategy darts in seconds.
+        "search": {"trials": 2, "race": 0, "supernet_steps": 2},
     },
     "quick": {},  # the dataclass defaults: one truth for `RunConfig()` and the default preset
     "paper": {
@@ -435,7 +480,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "val_episodes": 600,
             "test_episodes": 600,
         },
-        "search": {"trials": 100},
+        # The supernet or DARTS network: quick's DEFAULT_SUPERNET_STEPS per 80 candidate steps.
+        "search": {"trials": 100, "supernet_steps": 375_000},
     },
 }
 

@@ -3,7 +3,14 @@ empty tables, no tracebacks."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -18,6 +25,7 @@ from nas_meta.spaces import load_space
 from nas_meta.viz.study import pareto_front, write_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fake_study(tmp_path, name: str, n: int, fail_all: bool = False, seed: int = 0) -> optuna.Study:
@@ -187,3 +195,93 @@ def test_the_baseline_gap_is_reported_with_the_studys_numbers(tmp_path, capsys):
         f"baseline conv4 (trial #{base.number}): {100 * base.values[0]:.1f}%, params 111.9k; "
         f"best searched (trial #{best.number}) {100 * best.values[0]:.1f}% ({gap:+.1f} points)"
     )
+
+
+# A child that runs the CLI's main() as cli.py does, once the imports every command shares are done
+# (a Ctrl-C during those is before any command runs).  SIGINT_IN_CALLBACK: while the tables are
+# made, Ctrl-C arrives while Python runs a weakref callback, where a KeyboardInterrupt is dropped
+# ("Exception ignored in ...") and the command would go on: what a Ctrl-C during the import of
+# matplotlib for the plots met once in a while.
+CHILD = r"""
+import os, signal, sys, weakref
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner in the background ignores it
+from nas_meta.cli import build_parser, main
+
+build_parser()
+if os.environ.get("SIGINT_IN_CALLBACK"):
+    import nas_meta.analyze
+
+    ranked = nas_meta.analyze.ranked_frame
+
+    class Garbage:
+        pass
+
+    def callback(ref):
+        os.kill(os.getpid(), signal.SIGINT)
+        (lambda: None)()  # Python code: a Python signal handler runs here, inside the callback
+
+    def ranked_frame(*args, **kwargs):
+        garbage = Garbage()
+        ref = weakref.ref(garbage, callback)
+        del garbage  # the callback runs now, where an exception cannot propagate
+        return ranked(*args, **kwargs)
+
+    nas_meta.analyze.ranked_frame = ranked_frame
+print("ready", flush=True)
+sys.exit(main(sys.argv[1:]))
+"""
+INTERRUPTED = "nas-meta: interrupted; run the same command again to resume"
+
+
+def _interrupted_analyze(results, plots: Path, when: float | str, err: Path) -> tuple[int, str, str]:
+    """Run ``analyze`` with plots in a child and send it SIGINT ``when`` seconds after it started
+    the command, or once its first table is out ("tables"), or once its first plot is on disk
+    ("plotting"); with "callback" the child sends its own.  Returns (exit code, stdout, stderr)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if when == "callback":
+        env["SIGINT_IN_CALLBACK"] = "1"
+    argv = ["analyze", "--study", "run-*", "--results-dir", str(results), "--plots", str(plots)]
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, *argv], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+            if isinstance(when, float):
+                time.sleep(when)
+            elif when == "tables":
+                line = "ready"
+                while line and not line.startswith("## study"):
+                    line = proc.stdout.readline()
+            elif when == "plotting":
+                deadline = time.monotonic() + 120
+                while not (plots / "best_so_far.png").is_file() and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            if when != "callback":
+                proc.send_signal(signal.SIGINT)
+            out = proc.stdout.read()
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return code, out, err.read_text()
+
+
+def test_ctrl_c_stops_analyze_every_time(tmp_path):
+    for seed, name in enumerate(("run-a", "run-b")):
+        fake_study(tmp_path / "r", name, 12, seed=seed)
+    points: list[float | str] = [0.05, "tables", "plotting", "callback"]
+    with concurrent.futures.ThreadPoolExecutor(len(points)) as pool:
+        runs = {
+            when: pool.submit(_interrupted_analyze, tmp_path / "r", tmp_path / f"p{i}", when, tmp_path / f"{i}.err")
+            for i, when in enumerate(points)
+        }
+    for when, run in runs.items():
+        code, out, err = run.result()
+        assert "Exception ignored" not in err and "Traceback" not in err, (when, err)
+        assert code == 130, (when, code, err)
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("wrote ")]
+        assert lines == [INTERRUPTED], (when, err)
+    assert runs["callback"].result()[1] == ""  # stopped before the tables were printed

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
-from nas_meta.config import PRESETS, RunConfig, make_config
+from nas_meta.config import BUDGET_FIELDS, BUDGET_FLOORS, PRESETS, PROTOCOL_COUNTS, RunConfig, make_config
 from nas_meta.errors import ConfigError
 from nas_meta.registry import Registry
 
@@ -105,3 +107,46 @@ def test_the_seed_range_ends_are_accepted_and_workers_past_it_wrap(tmp_path):
     create_study(wrapped, "zero", "classification")
     zero = load_study("zero", f"sqlite:///{tmp_path}/zero/study.db", worker_index=0).sampler._rng.rng.randint(0, 2**31)
     assert first == zero
+
+
+SECTIONS = ("data", "learner", "search")
+
+
+def _budget(cfg: RunConfig, section: str, name: str) -> int:
+    """The value a run uses: the race's None budgets are derived from the candidates'."""
+    derived = {"race_iterations": cfg.race_iterations, "race_episodes": cfg.race_episodes}
+    if section == "search" and name in derived:
+        return derived[name]()
+    return getattr(getattr(cfg, section), name)
+
+
+def test_every_count_field_is_a_budget_or_protocol():
+    for section in SECTIONS:
+        kind = type(getattr(RunConfig(), section))
+        counts = {f.name for f in dataclasses.fields(kind) if str(f.type).split(" ")[0] == "int"}
+        budgets, protocol = set(BUDGET_FIELDS[section]), set(PROTOCOL_COUNTS[section])
+        assert not budgets & protocol, section
+        # A new count field must say which it is: a budget is then held to every preset's scale.
+        assert counts == budgets | protocol, f"{section}: classify {sorted(counts ^ (budgets | protocol))}"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_scales_every_budget(preset):
+    quick, cfg = make_config("quick"), make_config(preset)
+    scale = cfg.learner.iterations / quick.learner.iterations
+    for section in SECTIONS:
+        for name, kind in BUDGET_FIELDS[section].items():
+            value, base = _budget(cfg, section, name), _budget(quick, section, name)
+            where = f"{preset}: {section}.{name} = {value} (quick: {base}, scale {scale:g})"
+            if scale < 1:
+                assert value < base or value == BUDGET_FLOORS.get(name, 1), where
+                if kind == "steps":
+                    assert value <= math.ceil(base * scale), where
+                if preset == "smoke" and kind == "steps":  # seconds: no network trains longer than a candidate
+                    assert value <= cfg.learner.iterations, where
+            elif scale > 1:
+                assert value >= base, where
+                if kind == "steps":
+                    assert value >= math.floor(base * scale), where
+            else:
+                assert value == base, where

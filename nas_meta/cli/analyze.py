@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..analyze import FORMATS
@@ -31,7 +35,58 @@ def add_parsers(sub: Any) -> None:
     spaces.set_defaults(run=cmd_spaces)
 
 
+@contextlib.contextmanager
+def stop_at_safe_points() -> Iterator[Callable[[], None]]:
+    """Ctrl-C stops the command, every time: yields ``check()``, which the command calls between
+    its steps and which raises KeyboardInterrupt once Ctrl-C was pressed (and once more on the way
+    out, for a Ctrl-C during the last step).  A second Ctrl-C raises at once.
+
+    Python's own handler raises KeyboardInterrupt in whatever Python code runs next, and that can
+    be a callback of the garbage collector (a weakref callback, a ``__del__``; importing matplotlib
+    for the plots runs many), where Python prints "Exception ignored" and drops the exception: the
+    command went on to the end.  Here the first Ctrl-C is only recorded, which nothing can drop; a
+    second one that such a callback drops is dropped silently, the first being on record.  Nothing
+    changes where Ctrl-C is not Python's default (ignored, as in a background job, or handled by a
+    caller) or off the main thread."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: None
+        return
+    requested = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not (requested.is_set() and issubclass(info.exc_type, KeyboardInterrupt)):
+            previous_hook(info)
+
+    def check() -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
+    try:
+        yield check
+        check()
+    finally:
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    with stop_at_safe_points() as check:
+        return _analyze(args, check)
+
+
+def _analyze(args: argparse.Namespace, check: Callable[[], None]) -> int:
     from ..analyze import compare_frame, ranked_frame, render, study_summary
     from ..fileio import atomic_write_text
     from ..search.race import race_state, verdict_lines
@@ -45,8 +100,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for name, url in find_studies(args.study, args.storage, args.results_dir):
         study = load_study(name, url)
         entries.append((study, stored_config(study)))
+        check()
     parts = []
     for study, cfg in entries:
+        check()
         task = study_task(study)
         summary = study_summary(study, task)
         frame = ranked_frame(study, task, sampler=cfg.search.sampler)
@@ -71,14 +128,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else:
             parts.append(("## comparison\n\n" if args.format == "md" else "% comparison\n") + comparison)
     text = "\n".join(parts)
+    check()
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
     if args.plots:
+        check()
+        # Importing matplotlib is the slowest part of the plots: a step of its own, between checks.
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
         from ..viz.study import write_plots
 
+        check()
         pairs = [(s, study_task(s)) for s, _ in entries]
         for path in write_plots(pairs, args.plots):
             print(f"wrote {path}", file=sys.stderr)
@@ -86,6 +150,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:
+    with stop_at_safe_points():
+        return _spaces(args)
+
+
+def _spaces(args: argparse.Namespace) -> int:
     from .. import spaces
 
     if args.show:
