@@ -264,3 +264,59 @@ def test_a_search_whose_every_trial_failed_names_only_the_files_it_wrote(tmp_pat
     assert not (study / "best" / "arch.json").exists()
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("results in")]
     assert line == f"results in {study}/ (trials.csv, config.json)"
+
+
+def test_a_ctrl_c_that_python_drops_in_a_garbage_collector_callback_still_stops_the_command(monkeypatch, capsys):
+    import signal
+    import time
+    import weakref
+
+    from nas_meta.cli import export as export_cli
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("Ctrl-C is not Python's default here (a runner that handles or ignores it)")
+    finished = []
+
+    def evaluate(args):
+        class Held:
+            pass
+
+        def dropped(_ref):
+            raise KeyboardInterrupt  # where Python's handler can land: Python prints it and drops it
+
+        held = Held()
+        ref = weakref.ref(held, dropped)
+        del held  # the callback runs here
+        for _ in range(400):  # the rest of the command: 2 s that a Ctrl-C must cut short
+            time.sleep(0.005)
+        finished.append(ref)
+        return 0
+
+    monkeypatch.setattr(export_cli, "cmd_evaluate", evaluate)
+    assert main(["evaluate", "conv4"]) == 130
+    assert not finished
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Exception ignored" not in err
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line_and_exit_130():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    # SIGINT is reset to Python's default in the child (a runner in the background ignores it).
+    child = subprocess.Popen(
+        [sys.executable, str(root / "cli.py"), "spaces"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(0.4)  # torch, pandas and optuna take seconds to import
+    child.send_signal(signal.SIGINT)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("nas-meta: interrupted"), err

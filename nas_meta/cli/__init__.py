@@ -13,9 +13,12 @@ common.py holds what they share.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import NasMetaError
 from . import analyze, dashboard, export, search
@@ -34,18 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (``SystemExit`` for usage errors comes from argparse)."""
-    parser = build_parser()
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _interrupts_are_never_dropped(previous_hook)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage mistake (2), already printed in one line
-        return int(exc.code or 0)
-    import optuna
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage mistake (2), already printed in one line
+            return int(exc.code or 0)
+        import optuna
 
-    # Our progress lines say what Optuna's log would, once per trial and readably; its warning for a
-    # failed trial (a traceback) is already a line of ours with the reason, and a bug in a trial
-    # is re-raised by optimize() with its traceback.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
+        # Our progress lines say what Optuna's log would, once per trial and readably; its warning
+        # for a failed trial (a traceback) is already a line of ours with the reason, and a bug in a
+        # trial is re-raised by optimize() with its traceback.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         return int(args.run(args))
     except NasMetaError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -62,3 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+def _interrupts_are_never_dropped(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """An ``unraisablehook`` that raises a dropped Ctrl-C again.  Python raises KeyboardInterrupt
+    in whatever Python code runs next, and when that is a callback of the garbage collector (a
+    weakref callback, a ``__del__``) it prints "Exception ignored" and drops it: the command would
+    go on.  Here Ctrl-C is delivered again, from another thread once the callback has returned
+    (delivered inside this hook, it would be dropped like the first)."""
+
+    def hook(info: Any) -> None:
+        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            threading.Timer(0.01, _thread.interrupt_main).start()
+            return
+        previous(info)
+
+    return hook
