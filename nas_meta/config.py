@@ -67,6 +67,13 @@ DEFAULT_PRESCREEN_POOL = 8  # candidates screened per meta-trained one when --pr
 # meta-trained supernet of the space) or "darts" (a differentiable search of a cell space).
 STRATEGIES = ("scratch", "supernet", "darts")
 DEFAULT_SUPERNET_POOL = 32  # candidates scored on inherited weights per meta-trained one
+# The pools a preset screens per meta-trained candidate (--prescreen, --strategy supernet): scaled
+# with its candidates like every budget (a smoke search screened 64 candidates for 2 trials).
+SCREENING_POOLS: dict[str, dict[str, int]] = {
+    "smoke": {"prescreen": 2, "supernet": 4},
+    "quick": {"prescreen": DEFAULT_PRESCREEN_POOL, "supernet": DEFAULT_SUPERNET_POOL},
+    "paper": {"prescreen": DEFAULT_PRESCREEN_POOL, "supernet": DEFAULT_SUPERNET_POOL},
+}
 DEFAULT_SUPERNET_STEPS = 500  # meta-training steps of the supernet or of the DARTS network
 # The race trains its entrants this many times as long as the candidates.  Measured (results/README.md,
 # section 6): at 1x it kept to the trials' CPU and returned Conv-4 in 5 of 6 rows (one forfeited win,

@@ -150,3 +150,22 @@ def test_every_preset_scales_every_budget(preset):
                     assert value >= math.floor(base * scale), where
             else:
                 assert value == base, where
+
+
+@pytest.mark.parametrize("strategy, prescreen", [("supernet", None), ("scratch", "params")])
+def test_the_screening_pool_scales_with_the_preset(strategy, prescreen):
+    from nas_meta.cli import build_parser
+    from nas_meta.cli.search import search_config
+    from nas_meta.config import SCREENING_POOLS
+
+    kind = "supernet" if strategy == "supernet" else "prescreen"
+    pools = {}
+    for preset in PRESETS:
+        argv = ["search", "--preset", preset, "--strategy", strategy]
+        argv += ["--prescreen", prescreen] if prescreen else []
+        pools[preset] = search_config(build_parser().parse_args(argv)).search.prescreen_pool
+        assert pools[preset] == SCREENING_POOLS[preset][kind]
+    # smoke screens fewer candidates per trial than quick, in proportion to its shorter candidates
+    quick, smoke = make_config("quick").learner.iterations, make_config("smoke").learner.iterations
+    assert 1 < pools["smoke"] <= max(2, pools["quick"] * smoke // quick * 4)
+    assert pools["smoke"] < pools["quick"] <= pools["paper"]

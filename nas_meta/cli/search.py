@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..config import (
     CRN_MODES,
-    DEFAULT_PRESCREEN_POOL,
-    DEFAULT_SUPERNET_POOL,
     PRESETS,
+    SCREENING_POOLS,
     STRATEGIES,
     RunConfig,
     is_device_name,
@@ -108,7 +108,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="K",
-        help=f"candidates screened per meta-trained one (default with --prescreen: {DEFAULT_PRESCREEN_POOL})",
+        help="candidates screened per meta-trained one (default with --prescreen: "
+        f"{_per_preset(lambda preset: SCREENING_POOLS[preset]['prescreen'])}; with --strategy supernet: "
+        f"{_per_preset(lambda preset: SCREENING_POOLS[preset]['supernet'])})",
     )
     p.add_argument(
         "--strategy",
@@ -124,7 +126,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"meta-training steps of the supernet or DARTS network (default: {D.search.supernet_steps})",
+        help="meta-training steps of the supernet or DARTS network (default: "
+        f"{_per_preset(lambda preset: make_config(preset).search.supernet_steps)})",
     )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
@@ -240,9 +243,9 @@ def search_config(args: argparse.Namespace):
     if args.prescreen_pool is not None:
         search["prescreen_pool"] = args.prescreen_pool
     elif args.strategy == "supernet":
-        search["prescreen_pool"] = DEFAULT_SUPERNET_POOL
+        search["prescreen_pool"] = SCREENING_POOLS[args.preset]["supernet"]
     elif args.prescreen is not None:
-        search["prescreen_pool"] = DEFAULT_PRESCREEN_POOL
+        search["prescreen_pool"] = SCREENING_POOLS[args.preset]["prescreen"]
     if args.strategy == "darts":
         search["strategy"] = "darts"
     if args.trials is not None:
@@ -356,3 +359,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"worker {args.worker_index} ran {outcome.ran} trials of study {args.study!r} in {redact_url(args.storage)}")
     print_table(outcome)
     return 0
+
+
+def _per_preset(value: Callable[[str], object]) -> str:
+    """A default that follows the preset, for help texts: "smoke 2, quick 500, paper 375000"."""
+    return ", ".join(f"{preset} {value(preset)}" for preset in PRESETS)
