@@ -382,3 +382,23 @@ def test_huge_episode_sizes_are_refused_before_training(tmp_path_factory, capsys
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and option.strip("-") in err
     assert not (root / "r").exists()
+
+
+def test_a_space_file_whose_aliases_expand_to_millions_of_values_is_refused_when_read(tmp_path):
+    lines = ["kind: chain", "depth: [1, 2]", "description:", "  - &a [x, x, x, x, x, x, x, x, x, x]"]
+    for name, previous in zip("bcdef", "abcde", strict=True):  # 10^6 values in 6 lines (a regression stays cheap)
+        lines.append(f"  - &{name} [" + ", ".join([f"*{previous}"] * 10) + "]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        load_space(path)
+    except SpaceError as exc:
+        assert (
+            str(exc)
+            == f"{path}: not valid YAML: expands to more than 100,000 values through its aliases (line 1, column 1)"
+        )
+    else:
+        raise AssertionError("the file was read")
+    # Aliases that stay small are YAML like any other.
+    path.write_text("kind: chain\ndepth: &d [1, 2]\nwidth: [16, 32]\ndescription: an alias\nkernel: [3]\n")
+    assert load_space(path).name == "laughs"

@@ -310,6 +310,28 @@ class _DuplicateKeyError(Exception):
         super().__init__(f"key {key!r} is given twice (lines {first} and {second})")
 
 
+# A space file holds tens of values; one whose aliases expand to more is refused when read.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values a YAML node stands for once its aliases are expanded (a node that an alias
+    names is shared: counted each time, computed once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a cycle through an alias counts once (PyYAML refuses it when constructing)
+    total = 1
+    if isinstance(node.value, list):
+        for item in node.value:
+            for child in item if isinstance(item, tuple) else (item,):
+                total += _expanded_size(child, sizes)
+                if total > MAX_YAML_VALUES:
+                    break
+    sizes[id(node)] = total
+    return total
+
+
 @functools.cache
 def _space_loader() -> type:
     """yaml.SafeLoader, refusing duplicate keys and values PyYAML cannot convert (an integer of
@@ -317,6 +339,15 @@ def _space_loader() -> type:
     import yaml
 
     class SpaceLoader(yaml.SafeLoader):
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+                # Aliases of aliases ("billion laughs") expand to more values than the file holds.
+                raise yaml.composer.ComposerError(
+                    None, None, f"expands to more than {MAX_YAML_VALUES:,} values through its aliases", node.start_mark
+                )
+            return node
+
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             if isinstance(node, yaml.MappingNode):
                 seen: dict[Any, int] = {}
