@@ -121,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         retrain_them=args.retrain,
         onnx=args.onnx,
         log=log,
-        progress=step_printer() if args.retrain else None,
+        progress=step_printer(task=task) if args.retrain else None,
     ):
         line = f"rank {item.rank}: {describe(chosen[item.rank - 1])} -> {item.folder}"
         if "retrain" in item.card:
