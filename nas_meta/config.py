@@ -186,7 +186,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    algo: str = "maml"  # one of ALGOS
+    algo: str = "maml"  # a name in learners.LEARNERS
     meta_batch: int = 4  # T episodes per outer step (MAML paper: 32 on Omniglot 5-way)
     iterations: int = 80  # outer steps per candidate (MAML paper: 60k; a CPU search affords far fewer)
     inner_steps: int = 1  # MAML SGD steps on the support set during meta-training
@@ -238,9 +238,9 @@ class LearnerConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     space: str = "cell"  # a name in search_spaces/ or a path to a YAML file
-    sampler: str = "tpe"  # one of SAMPLERS
+    sampler: str = "tpe"  # a name in search.study.SAMPLER_BUILDERS
     trials: int = 8  # candidates to evaluate in this run (a resumed study adds up to this total)
-    pruner: str = "none"  # one of PRUNERS; multi-fidelity via the validation checkpoints
+    pruner: str = "none"  # a name in search.study.PRUNER_BUILDERS; multi-fidelity via the validation checkpoints
     study: str | None = None  # None = derived from space, algo and dataset
     storage: str | None = None  # an Optuna storage URL; None = SQLite under results/<study>/
     trial_timeout: float | None = None  # seconds of meta-training before a candidate is failed
