@@ -11,7 +11,7 @@ from nas_meta.config import make_config
 from nas_meta.record import Attr, counted_trials
 from nas_meta.search import objective as objective_module
 from nas_meta.search.runner import run_search
-from nas_meta.search.study import SAMPLER_BUILDERS
+from nas_meta.search.samplers import SAMPLER_BUILDERS
 from nas_meta.search.workers import DUPLICATE_STREAK
 
 

@@ -17,7 +17,8 @@ from nas_meta.errors import ConfigError
 from nas_meta.learners import LEARNERS, ProtoNet
 from nas_meta.record import counted_trials
 from nas_meta.search.runner import prepare, run_search
-from nas_meta.search.study import SAMPLER_BUILDERS, load_study, stored_config
+from nas_meta.search.samplers import SAMPLER_BUILDERS
+from nas_meta.search.study import load_study, stored_config
 
 
 class CosinePrototypes(nn.Module):

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from nas_meta.search.evolution import RegularizedEvolutionSampler
-from nas_meta.search.study import SAMPLER_BUILDERS
+from nas_meta.search.samplers import SAMPLER_BUILDERS
 
 CHOICES = {f"c{i}": ["a", "b", "c", "d"] for i in range(5)}
 

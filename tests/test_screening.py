@@ -18,7 +18,8 @@ from nas_meta.record import counted_trials
 from nas_meta.search import screening as screening_module
 from nas_meta.search.proxies import compute_proxies
 from nas_meta.search.runner import SearchInterrupted, prepare, run_search
-from nas_meta.search.study import halving_rungs, load_study
+from nas_meta.search.samplers import halving_rungs
+from nas_meta.search.study import load_study
 
 
 def smoke(tmp_path, name="s", **search) -> RunConfig:

@@ -67,7 +67,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     # The registries are the one list of names (a learner or sampler registered by the user is offered too).
     from ..learners import LEARNERS
-    from ..search.study import PRUNER_BUILDERS, SAMPLER_BUILDERS
+    from ..search.samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
 
     p.add_argument(
         "--algo", default=D.learner.algo, choices=LEARNERS.names(), help=f"meta-learner (default: {D.learner.algo})"

@@ -2,7 +2,8 @@
 
 - ``runner.py``: run, resume or join a search (``run_search``, ``run_worker``), its outputs;
 - ``objective.py``: one trial (build, meta-train, score; common random numbers, duplicates);
-- ``study.py``: storage, naming, the sampler and pruner registries, the stored config;
+- ``study.py``: storage, naming, the stored config;
+- ``samplers.py``: the sampler and pruner registries, successive halving's rungs;
 - ``workers.py``: many processes on one study (recovery, the storage retry, exhausted spaces);
 - ``race.py``: the final race of the best candidates against the baselines;
 - ``evolution.py``, ``local.py``: regularized evolution and local search as Optuna samplers;

@@ -25,7 +25,7 @@ from ..model import network
 from ..record import Attr, counted_trials
 from ..spaces import Space
 from .proxies import ProxyInputs
-from .study import halving_rungs
+from .samplers import halving_rungs
 
 __all__ = ["Objective", "CandidateFailure", "trial_seed", "common_seed", "trial_streams", "VAL_SEED_OFFSET"]
 

@@ -105,7 +105,7 @@ def check_names(cfg: RunConfig) -> None:
     registered ones otherwise): the registries are the one list of names."""
     from ..learners import LEARNERS
     from .proxies import PROXIES
-    from .study import PRUNER_BUILDERS, SAMPLER_BUILDERS
+    from .samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
 
     LEARNERS.get(cfg.learner.algo)
     SAMPLER_BUILDERS.get(cfg.search.sampler)

@@ -1,4 +1,5 @@
-"""The study is the record of a search: storage, sampler, pruner, and the stored run config.
+"""The study is the record of a search: storage, naming, and the stored run config (its sampler
+and pruner are built from the registries of samplers.py).
 
 Every trial stores its params, fingerprint, architecture JSON, parameter count, FLOPs, training
 time and validation score; the study stores the run's whole config, so that ``worker``,
@@ -22,14 +23,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from ..config import LEGACY_SEARCH, MAX_SEED, RunConfig
 from ..errors import ConfigError, StudyError
 from ..record import FORMAT_VERSION, StudyAttr
-from ..registry import Registry
 from ..spaces import Space
-from .evolution import RegularizedEvolutionSampler
-from .local import LocalSearchSampler
+from .samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
 
 __all__ = [
-    "SAMPLER_BUILDERS",
-    "PRUNER_BUILDERS",
     "default_study_name",
     "study_dir",
     "storage_url",
@@ -41,7 +38,6 @@ __all__ = [
     "load_study",
     "stored_config",
     "redact_url",
-    "halving_rungs",
     "STUDY_SETTINGS",
     "adopt_study_settings",
 ]
@@ -53,95 +49,10 @@ __all__ = [
 # A candidate scored only by a training-free proxy and not meta-trained (screening.py).  Such a
 # trial never uses up the budget: --trials counts meta-trained candidates.
 
-# Successive halving (--pruner halving): each rung trains HALVING_RATE times longer than the one
-# before and validates on twice as many episodes; a trial goes on only if it is in the top
-# 1/HALVING_RATE of those that reached its rung.
-HALVING_RATE = 3
-HALVING_RUNGS = 3
-
 # A dead worker's heartbeat stops; after the grace period its RUNNING trial is failed and re-queued.
 # NAS_META_HEARTBEAT_S / NAS_META_GRACE_S change them (a test's seconds, a cluster's policy).
 HEARTBEAT_INTERVAL_S = int(os.environ.get("NAS_META_HEARTBEAT_S", "30"))
 GRACE_PERIOD_S = int(os.environ.get("NAS_META_GRACE_S", "120"))
-
-SAMPLER_BUILDERS: Registry = Registry("sampler")
-PRUNER_BUILDERS: Registry = Registry("pruner")
-
-
-@SAMPLER_BUILDERS.register("tpe")
-def _tpe(seed: int) -> optuna.samplers.BaseSampler:
-    # multivariate: the choices of a cell interact (an op matters with its input), so model them jointly.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-
-
-@SAMPLER_BUILDERS.register("random")
-def _random(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-@SAMPLER_BUILDERS.register("nsga2")
-def _nsga2(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
-
-
-@SAMPLER_BUILDERS.register("evolution")
-def _evolution(seed: int) -> optuna.samplers.BaseSampler:
-    return RegularizedEvolutionSampler(seed=seed)
-
-
-@SAMPLER_BUILDERS.register("local")
-def _local(seed: int) -> optuna.samplers.BaseSampler:
-    return LocalSearchSampler(seed=seed)
-
-
-@PRUNER_BUILDERS.register("none")
-def _no_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
-    return optuna.pruners.NopPruner()
-
-
-@PRUNER_BUILDERS.register("median")
-def _median(cfg: RunConfig) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-
-
-@PRUNER_BUILDERS.register("hyperband")
-def _hyperband(cfg: RunConfig) -> optuna.pruners.BasePruner:
-    return optuna.pruners.HyperbandPruner()
-
-
-@PRUNER_BUILDERS.register("halving")
-def _halving(cfg: RunConfig) -> optuna.pruners.BasePruner:
-    first_rung = halving_rungs(cfg)[0][0]
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=first_rung, reduction_factor=HALVING_RATE, min_early_stopping_rate=0
-    )
-
-
-def halving_rungs(cfg: RunConfig) -> list[tuple[int, int]]:
-    """(step, validation episodes) of each rung of ``--pruner halving``, so the noise of a score
-    shrinks where fewer, better candidates are told apart.  The rule, with HALVING_RATE 3 and
-    HALVING_RUNGS 3:
-
-    * ``s = max(1, iterations // 9)``; rung 0 is at step ``s``, rung 1 at ``3 * s`` (24 for 80
-      iterations, not ``80 // 3`` = 26), rung 2 at ``iterations`` (the full budget);
-    * rung k is validated on ``val_episodes * 2**k`` episodes;
-    * a rung whose step passes ``iterations`` or repeats an earlier rung's step is left out, the
-      others keep their episodes (this happens below 4 iterations only: 2 gives [(1, e), (2, 4e)],
-      3 gives [(1, e), (3, 2e)]).
-
-        >>> from nas_meta.config import make_config
-        >>> halving_rungs(make_config("quick", search={"pruner": "halving"}))
-        [(8, 40), (24, 80), (80, 160)]
-    """
-    lc = cfg.learner
-    first = max(1, lc.iterations // HALVING_RATE ** (HALVING_RUNGS - 1))
-    steps = [first * HALVING_RATE**k for k in range(HALVING_RUNGS - 1)] + [lc.iterations]
-    rungs, seen = [], set()
-    for k, step in enumerate(steps):
-        if step not in seen and step <= lc.iterations:
-            seen.add(step)
-            rungs.append((step, lc.val_episodes * 2**k))
-    return rungs
 
 
 def default_study_name(cfg: RunConfig) -> str:
