@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # Learners, samplers and pruners are named by their registries (learners.LEARNERS,
-# search.samplers.SAMPLER_BUILDERS / PRUNER_BUILDERS), so one registered from outside the package is
+# search.samplers.SAMPLERS / PRUNERS), so one registered from outside the package is
 # accepted here; search.runner.check_names refuses an unknown name before anything is written.
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, one GPU of several (is_device_name)
 
@@ -238,9 +238,9 @@ class LearnerConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     space: str = "cell"  # a name in search_spaces/ or a path to a YAML file
-    sampler: str = "tpe"  # a name in search.samplers.SAMPLER_BUILDERS
+    sampler: str = "tpe"  # a name in search.samplers.SAMPLERS
     trials: int = 8  # candidates to evaluate in this run (a resumed study adds up to this total)
-    pruner: str = "none"  # a name in search.samplers.PRUNER_BUILDERS; multi-fidelity via the validation checkpoints
+    pruner: str = "none"  # a name in search.samplers.PRUNERS; multi-fidelity via the validation checkpoints
     study: str | None = None  # None = derived from space, algo and dataset
     storage: str | None = None  # an Optuna storage URL; None = SQLite under results/<study>/
     trial_timeout: float | None = None  # seconds of meta-training before a candidate is failed

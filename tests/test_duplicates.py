@@ -11,7 +11,7 @@ from nas_meta.config import make_config
 from nas_meta.record import Attr, counted_trials
 from nas_meta.search import objective as objective_module
 from nas_meta.search.runner import run_search
-from nas_meta.search.samplers import SAMPLER_BUILDERS
+from nas_meta.search.samplers import SAMPLERS
 from nas_meta.search.workers import DUPLICATE_STREAK
 
 
@@ -37,7 +37,7 @@ def test_a_sampler_that_repeats_itself_still_trains_distinct_candidates(tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(objective_module, "meta_train", counting)
-    SAMPLER_BUILDERS.add("repeat", lambda seed: RepeatingSampler())
+    SAMPLERS.add("repeat", lambda seed: RepeatingSampler())
     try:
         cfg = make_config(
             "smoke",
@@ -47,7 +47,7 @@ def test_a_sampler_that_repeats_itself_still_trains_distinct_candidates(tmp_path
         )
         study = run_search(cfg, stream=io.StringIO()).study
     finally:
-        SAMPLER_BUILDERS.remove("repeat")
+        SAMPLERS.remove("repeat")
     counted = counted_trials(study)
     assert len(counted) == 3 and len(trained) == 3
     assert len({t.user_attrs[Attr.FINGERPRINT] for t in counted}) == 3

@@ -17,7 +17,7 @@ from nas_meta.errors import ConfigError
 from nas_meta.learners import LEARNERS, ProtoNet
 from nas_meta.record import counted_trials
 from nas_meta.search.runner import prepare, run_search
-from nas_meta.search.samplers import SAMPLER_BUILDERS
+from nas_meta.search.samplers import SAMPLERS
 from nas_meta.search.study import load_study, stored_config
 
 
@@ -69,9 +69,9 @@ class CountingBruteForce(optuna.samplers.BruteForceSampler):
 @pytest.fixture
 def toy_sampler():
     ASKED.clear()
-    SAMPLER_BUILDERS.add("bruteforce", lambda seed: CountingBruteForce(seed=seed))
+    SAMPLERS.add("bruteforce", lambda seed: CountingBruteForce(seed=seed))
     yield "bruteforce"
-    SAMPLER_BUILDERS.remove("bruteforce")
+    SAMPLERS.remove("bruteforce")
 
 
 def test_a_registered_learner_runs_a_search(tmp_path, toy_learner):

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from nas_meta.search.evolution import RegularizedEvolutionSampler
-from nas_meta.search.samplers import SAMPLER_BUILDERS
+from nas_meta.search.samplers import SAMPLERS
 
 CHOICES = {f"c{i}": ["a", "b", "c", "d"] for i in range(5)}
 
@@ -19,7 +19,7 @@ def score(params: dict[str, str], direction: str) -> float:
 
 
 def run(name: str, seed: int, direction: str, n: int = 14) -> optuna.Study:
-    study = optuna.create_study(direction=direction, sampler=SAMPLER_BUILDERS.get(name)(seed))
+    study = optuna.create_study(direction=direction, sampler=SAMPLERS.get(name)(seed))
 
     def objective(trial: optuna.Trial) -> float:
         return score({k: trial.suggest_categorical(k, v) for k, v in CHOICES.items()}, direction)
@@ -29,7 +29,7 @@ def run(name: str, seed: int, direction: str, n: int = 14) -> optuna.Study:
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-@pytest.mark.parametrize("name", SAMPLER_BUILDERS.names())
+@pytest.mark.parametrize("name", SAMPLERS.names())
 def test_same_seed_same_params_another_seed_differs_only_valid_choices(name, direction):
     a = [t.params for t in run(name, 3, direction).trials]
     assert a == [t.params for t in run(name, 3, direction).trials]

@@ -67,7 +67,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     # The registries are the one list of names (a learner or sampler registered by the user is offered too).
     from ..learners import LEARNERS
-    from ..search.samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
+    from ..search.samplers import PRUNERS, SAMPLERS
 
     p.add_argument(
         "--algo", default=D.learner.algo, choices=LEARNERS.names(), help=f"meta-learner (default: {D.learner.algo})"
@@ -87,13 +87,13 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampler",
         default=D.search.sampler,
-        choices=SAMPLER_BUILDERS.names(),
+        choices=SAMPLERS.names(),
         help=f"controller (default: {D.search.sampler})",
     )
     p.add_argument(
         "--pruner",
         default=D.search.pruner,
-        choices=PRUNER_BUILDERS.names(),
+        choices=PRUNERS.names(),
         help="early stopping; halving: successive halving, 3 rungs (default: none)",
     )
     p.add_argument(

@@ -105,11 +105,11 @@ def check_names(cfg: RunConfig) -> None:
     registered ones otherwise): the registries are the one list of names."""
     from ..learners import LEARNERS
     from .proxies import PROXIES
-    from .samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
+    from .samplers import PRUNERS, SAMPLERS
 
     LEARNERS.get(cfg.learner.algo)
-    SAMPLER_BUILDERS.get(cfg.search.sampler)
-    PRUNER_BUILDERS.get(cfg.search.pruner)
+    SAMPLERS.get(cfg.search.sampler)
+    PRUNERS.get(cfg.search.pruner)
     if cfg.search.prescreen is not None:
         PROXIES.get(cfg.search.prescreen)
 

@@ -1,5 +1,5 @@
 """The samplers and pruners a search can name (``--sampler``, ``--pruner``), as registries: one
-registered from outside the package (``SAMPLER_BUILDERS.add("mine", build)``) is accepted
+registered from outside the package (``SAMPLERS.add("mine", build)``) is accepted
 everywhere a name is.  Also the rungs of successive halving.
 
 A sampler builder takes the study's seed; a pruner builder takes the run config.
@@ -14,7 +14,7 @@ from ..registry import Registry
 from .evolution import RegularizedEvolutionSampler
 from .local import LocalSearchSampler
 
-__all__ = ["SAMPLER_BUILDERS", "PRUNER_BUILDERS", "halving_rungs", "HALVING_RATE", "HALVING_RUNGS"]
+__all__ = ["SAMPLERS", "PRUNERS", "halving_rungs", "HALVING_RATE", "HALVING_RUNGS"]
 
 # Successive halving (--pruner halving): each rung trains HALVING_RATE times longer than the one
 # before and validates on twice as many episodes; a trial goes on only if it is in the top
@@ -22,52 +22,52 @@ __all__ = ["SAMPLER_BUILDERS", "PRUNER_BUILDERS", "halving_rungs", "HALVING_RATE
 HALVING_RATE = 3
 HALVING_RUNGS = 3
 
-SAMPLER_BUILDERS: Registry = Registry("sampler")
-PRUNER_BUILDERS: Registry = Registry("pruner")
+SAMPLERS: Registry = Registry("sampler")
+PRUNERS: Registry = Registry("pruner")
 
 
-@SAMPLER_BUILDERS.register("tpe")
+@SAMPLERS.register("tpe")
 def _tpe(seed: int) -> optuna.samplers.BaseSampler:
     # multivariate: the choices of a cell interact (an op matters with its input), so model them jointly.
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
 
 
-@SAMPLER_BUILDERS.register("random")
+@SAMPLERS.register("random")
 def _random(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-@SAMPLER_BUILDERS.register("nsga2")
+@SAMPLERS.register("nsga2")
 def _nsga2(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
 
 
-@SAMPLER_BUILDERS.register("evolution")
+@SAMPLERS.register("evolution")
 def _evolution(seed: int) -> optuna.samplers.BaseSampler:
     return RegularizedEvolutionSampler(seed=seed)
 
 
-@SAMPLER_BUILDERS.register("local")
+@SAMPLERS.register("local")
 def _local(seed: int) -> optuna.samplers.BaseSampler:
     return LocalSearchSampler(seed=seed)
 
 
-@PRUNER_BUILDERS.register("none")
+@PRUNERS.register("none")
 def _no_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-@PRUNER_BUILDERS.register("median")
+@PRUNERS.register("median")
 def _median(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-@PRUNER_BUILDERS.register("hyperband")
+@PRUNERS.register("hyperband")
 def _hyperband(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.HyperbandPruner()
 
 
-@PRUNER_BUILDERS.register("halving")
+@PRUNERS.register("halving")
 def _halving(cfg: RunConfig) -> optuna.pruners.BasePruner:
     first_rung = halving_rungs(cfg)[0][0]
     return optuna.pruners.SuccessiveHalvingPruner(

@@ -24,7 +24,7 @@ from ..config import LEGACY_SEARCH, MAX_SEED, RunConfig
 from ..errors import ConfigError, StudyError
 from ..record import FORMAT_VERSION, StudyAttr
 from ..spaces import Space
-from .samplers import PRUNER_BUILDERS, SAMPLER_BUILDERS
+from .samplers import PRUNERS, SAMPLERS
 
 __all__ = [
     "default_study_name",
@@ -244,8 +244,8 @@ def create_study(
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)(cfg.seed),
-        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(cfg),
+        sampler=SAMPLERS.get(cfg.search.sampler)(cfg.seed),
+        pruner=PRUNERS.get(cfg.search.pruner)(cfg),
         directions=directions(cfg, task),
         load_if_exists=True,
     )
@@ -412,8 +412,8 @@ def load_study(study_name: str, storage: str, *, worker_index: int | None = None
         storage=backend,
         # Wrapped into the range Optuna's samplers take (their numpy RandomState): a seed near
         # MAX_SEED or a negative --worker-index would otherwise fail inside the sampler.
-        sampler=SAMPLER_BUILDERS.get(cfg.search.sampler)((cfg.seed + worker_index) % (MAX_SEED + 1)),
-        pruner=PRUNER_BUILDERS.get(cfg.search.pruner)(cfg),
+        sampler=SAMPLERS.get(cfg.search.sampler)((cfg.seed + worker_index) % (MAX_SEED + 1)),
+        pruner=PRUNERS.get(cfg.search.pruner)(cfg),
     )
 
 

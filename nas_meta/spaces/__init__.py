@@ -2,7 +2,7 @@
 
 ``base.py`` holds the ``Space`` class, the YAML reader and ``load_space``; each kind lives in its own
 module (``cell.py``: DARTS cells; ``stacks.py``: ``chain`` and ``mlp``) and registers itself in
-``KINDS``.  The file format is documented in search_spaces/README.md.
+``SPACE_KINDS``.  The file format is documented in search_spaces/README.md.
 
     >>> import random
     >>> space = load_space("chain")
@@ -11,7 +11,7 @@ module (``cell.py``: DARTS cells; ``stacks.py``: ``chain`` and ``mlp``) and regi
 """
 
 from .base import (
-    KINDS,
+    SPACE_KINDS,
     SPACES_DIR,
     Choose,
     Space,
@@ -29,7 +29,7 @@ __all__ = [
     "CellSpace",
     "ChainSpace",
     "MlpSpace",
-    "KINDS",
+    "SPACE_KINDS",
     "SPACES_DIR",
     "Choose",
     "load_space",

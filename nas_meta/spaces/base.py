@@ -34,7 +34,7 @@ from ..registry import Registry
 
 __all__ = [
     "Space",
-    "KINDS",
+    "SPACE_KINDS",
     "SPACES_DIR",
     "Choose",
     "load_space",
@@ -60,7 +60,7 @@ def _find_spaces_dir() -> Path:
 
 
 SPACES_DIR = _find_spaces_dir()
-KINDS: Registry[type[Space]] = Registry("space kind", error=SpaceError)
+SPACE_KINDS: Registry[type[Space]] = Registry("space kind", error=SpaceError)
 
 
 class Reader:
@@ -416,14 +416,14 @@ def load_space(name_or_path: str | Path) -> Space:
         if not isinstance(key, str):
             raise SpaceError(f"{path}: key {key!r} is not a name ({type(key).__name__}); keys are names such as 'kind'")
     if "kind" not in doc:
-        raise SpaceError(f"{path}: missing key 'kind'; choose from {KINDS.names()}")
+        raise SpaceError(f"{path}: missing key 'kind'; choose from {SPACE_KINDS.names()}")
     # Type first: a list or mapping cannot be looked up in the registry (unhashable).
-    if not isinstance(doc["kind"], str) or doc["kind"] not in KINDS:
-        raise SpaceError(f"{path}: key 'kind' is {doc['kind']!r}; choose from {KINDS.names()}")
+    if not isinstance(doc["kind"], str) or doc["kind"] not in SPACE_KINDS:
+        raise SpaceError(f"{path}: key 'kind' is {doc['kind']!r}; choose from {SPACE_KINDS.names()}")
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise SpaceError(f"{path}: key 'name' must be a non-empty string, got {name!r}")
-    return KINDS.get(doc["kind"])(name, path, doc)
+    return SPACE_KINDS.get(doc["kind"])(name, path, doc)
 
 
 def draw_space(space: Space, path: str | Path) -> None:

@@ -11,10 +11,10 @@ import networkx as nx
 
 from ..model.ops import DARTS_OPS, OPS, ZERO
 from .base import (
-    KINDS,
     MAX_CELL_NODES,
     MAX_CELLS,
     MAX_WIDTH,
+    SPACE_KINDS,
     Choose,
     Reader,
     Space,
@@ -26,7 +26,7 @@ from .base import (
 __all__ = ["CellSpace", "build_cells"]
 
 
-@KINDS.register("cell")
+@SPACE_KINDS.register("cell")
 class CellSpace(Space):
     """DARTS-style cells (Liu et al., ICLR 2019) stacked after a conv stem.
 

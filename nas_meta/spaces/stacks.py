@@ -12,10 +12,10 @@ import networkx as nx
 
 from ..model.ops import ACTIVATIONS
 from .base import (
-    KINDS,
     MAX_DEPTH,
     MAX_WIDTH,
     REQUIRED,
+    SPACE_KINDS,
     Choose,
     Reader,
     Space,
@@ -60,7 +60,7 @@ def _conditional_size(space: Space, global_keys: list[str], per_block: dict[str,
     return fixed * sum(block**d for d in depths)
 
 
-@KINDS.register("chain")
+@SPACE_KINDS.register("chain")
 class ChainSpace(Space):
     """Stacked conv blocks: conv k x k (bias) -> norm -> activation -> 2x2 pool, optional residual.
 
@@ -139,7 +139,7 @@ class ChainSpace(Space):
         return arch
 
 
-@KINDS.register("mlp")
+@SPACE_KINDS.register("mlp")
 class MlpSpace(Space):
     """Fully connected layers for vector inputs (images are flattened first).
 
@@ -188,7 +188,7 @@ class MlpSpace(Space):
         return arch
 
 
-@KINDS.register("resnet")
+@SPACE_KINDS.register("resnet")
 class ResNetSpace(Space):
     """Residual blocks of the few-shot ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): per block
     three 3x3 conv + BatchNorm (no bias), the activation after the first two, a 1x1 conv +
