@@ -161,8 +161,7 @@ def supernet(args: argparse.Namespace) -> int:
     from nas_meta.data import load_dataset
     from nas_meta.errors import SpaceError
     from nas_meta.fileio import atomic_write_json
-    from nas_meta.learners import build_learner, evaluate_episodes
-    from nas_meta.model import network
+    from nas_meta.learners import evaluate_episodes, learner_for
     from nas_meta.search.fidelity import Budget
     from nas_meta.search.supernet import inherit_learner, train_supernet
     from nas_meta.spaces import load_space
@@ -200,8 +199,7 @@ def supernet(args: argparse.Namespace) -> int:
             arch = space.from_params(stored.graph["params"])
         except SpaceError:
             arch = stored
-        backbone = network.build(arch, dataset.input_shape, seed=args.seed)
-        learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
+        _, _, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=args.seed)
         inherit_learner(learner, trained)
         val = dataset.sampler(
             "val",

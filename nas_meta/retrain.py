@@ -16,8 +16,7 @@ from .data import Dataset, load_dataset
 from .data.episodes import TEST_SEED_OFFSET, check_memory, episode_samplers, test_sampler
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
-from .learners import build_learner, meta_test, meta_train, resolve_device
-from .model import network
+from .learners import learner_for, meta_test, meta_train, resolve_device
 
 __all__ = ["retrain", "evaluate_arch", "save_weights", "load_weights", "TEST_SEED_OFFSET"]
 
@@ -55,15 +54,13 @@ def evaluate_arch(
         if save_to is not None:
             save_weights(learner, Path(save_to))
         return {**result["test"], "train_seconds": result["train_seconds"], "weights_step": result["weights_step"]}
-    cfg = cfg.with_recipe(arch.graph.get("recipe"))  # MAML adapts at test with its own inner lr
-    ways = cfg.data.episode_ways(dataset.task)
-    backbone = network.build(arch, dataset.input_shape)
+    # Under the architecture's recipe: MAML adapts at test with its own inner learning rate.
+    cfg, backbone, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task)
     state = load_weights(weights)
     try:
         backbone.load_state_dict(state["backbone"])
     except RuntimeError as exc:
         raise DataError(f"weights {str(weights)!r} do not fit this architecture: {str(exc).splitlines()[0]}") from None
-    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task)
     head = getattr(learner, "head", None)
     if isinstance(head, nn.Module) and "head" in state:
         outputs = state["head"]["weight"].shape[0]
@@ -133,12 +130,8 @@ def retrain(
 def _train_arch(
     cfg: RunConfig, arch: Any, dataset: Dataset, device: torch.device, progress: Any, *, validate: bool = True
 ) -> tuple[nn.Module, Any]:
-    cfg = cfg.with_recipe(arch.graph.get("recipe"))  # a candidate searched with its own training choices
-    ways = cfg.data.episode_ways(dataset.task)
-    backbone = network.build(arch, dataset.input_shape, seed=cfg.seed)
-    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(
-        device
-    )
+    # A candidate searched with its own training choices trains with them.
+    cfg, _, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=cfg.seed, device=device)
     train, val = episode_samplers(cfg, dataset, cfg.seed, cfg.seed + 1, device, validate=validate)
     return learner, meta_train(learner, train, val, cfg.learner, seed=cfg.seed, progress=progress)
 

@@ -627,3 +627,25 @@ def test_a_chunk_out_of_memory_is_halved_and_the_size_kept(monkeypatch) -> None:
         learner.loss(batch)
     with pytest.raises(ValueError, match="vmap_chunk must be a positive"):
         make_maml(vmap_chunk=0)
+
+
+def test_learner_for_an_architecture_applies_its_recipe_and_its_seed():
+    import random
+
+    from nas_meta import spaces
+    from nas_meta.config import make_config
+    from nas_meta.learners import MAML, learner_for
+
+    arch = spaces.load_space("chain").sample(random.Random(0))
+    arch.graph["recipe"] = {"inner_lr": 0.2}
+    cfg = make_config("smoke", learner={"algo": "fomaml", "inner_lr": 0.4}, data={"ways": 3})
+    run_cfg, backbone, learner = learner_for(cfg, arch, (1, 28, 28), "classification", seed=7)
+    assert run_cfg.learner.inner_lr == 0.2 and cfg.learner.inner_lr == 0.4  # the recipe, not the run's
+    assert isinstance(learner, MAML) and learner.backbone is backbone and learner.head.out_features == 3
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert same(backbone, learner_for(cfg, arch, (1, 28, 28), "classification", seed=7)[1])
+    assert not same(backbone, learner_for(cfg, arch, (1, 28, 28), "classification", seed=8)[1])
+    assert learner_for(cfg, arch, (1, 28, 28), "regression", seed=7)[2].head.out_features == 1

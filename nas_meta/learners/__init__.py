@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import torch
 from torch import nn
 
-from ..config import LearnerConfig
+from ..config import LearnerConfig, RunConfig
 from ..errors import ConfigError
+from ..model import network
 from ..registry import Registry
 from .base import Learner
 from .maml import MAML
@@ -38,6 +41,7 @@ __all__ = [
     "LEARNERS",
     "TASKS",
     "build_learner",
+    "learner_for",
     "Learner",
     "MAML",
     "ProtoNet",
@@ -103,3 +107,26 @@ def build_learner(cfg: LearnerConfig, backbone: nn.Module, *, feature_dim: int, 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose from {list(TASKS)}")
     return LEARNERS.get(cfg.algo)(cfg, backbone, feature_dim=feature_dim, ways=ways, task=task)
+
+
+def learner_for(
+    cfg: RunConfig,
+    arch: Any,
+    input_shape: tuple[int, ...],
+    task: str,
+    *,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[RunConfig, nn.Module, nn.Module]:
+    """The learner that meta-trains ``arch``: its backbone compiled for ``input_shape`` (initial
+    weights from ``seed``; the global generator when None) under the architecture's own training
+    choices (``arch.graph["recipe"]``), one head of ``cfg.data.episode_ways(task)`` outputs where
+    the learner has one, on ``device``.  Returns the config with those choices applied, the
+    backbone and the learner that holds it.  SpaceError when ``arch`` does not compile."""
+    cfg = cfg.with_recipe(arch.graph.get("recipe"))
+    backbone = network.build(arch, input_shape, seed=seed)
+    ways = cfg.data.episode_ways(task)
+    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=task)
+    if device is not None:
+        learner = learner.to(device)
+    return cfg, backbone, learner

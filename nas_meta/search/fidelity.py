@@ -26,7 +26,7 @@ from .. import graph
 from ..config import RunConfig
 from ..data import Dataset
 from ..errors import ConfigError
-from ..learners import build_learner, confidence_interval, evaluate_episodes, meta_train
+from ..learners import confidence_interval, evaluate_episodes, learner_for, meta_train
 from ..model import network
 from ..spaces import Space
 from .proxies import ProxyInputs, compute_proxies
@@ -122,8 +122,7 @@ def score_architecture(
     device = torch.device(device)
     d = cfg.data
     ways = d.ways
-    backbone = network.build(arch, dataset.input_shape, seed=seed)
-    learner = build_learner(lc, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(device)
+    cfg, backbone, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=seed, device=device)
     record: dict[str, Any] = {
         "fingerprint": graph.fingerprint(arch),
         "arch": graph.to_json(arch),

@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..data import Dataset
 from ..data.episodes import episode_samplers
 from ..errors import SpaceError
-from ..learners import Diverged, build_learner, meta_train
+from ..learners import Diverged, learner_for, meta_train
 from ..model import network
 from ..record import Attr, counted_trials
 from ..spaces import Space
@@ -120,11 +120,9 @@ class Objective:
         initialise it, its learner, one batch of training episodes (no jitter) and the search's
         validation episodes (the same for every candidate)."""
         seed, episodes_seed = trial_streams(self.cfg.seed, trial_number, self.cfg.search.crn)
-        cfg = self.cfg.with_recipe(arch.graph.get("recipe"))
-        backbone = network.build(arch, self.dataset.input_shape, seed=seed)
-        learner = build_learner(
-            cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
-        ).to(self.device)
+        cfg, backbone, learner = learner_for(
+            self.cfg, arch, self.dataset.input_shape, self.dataset.task, seed=seed, device=self.device
+        )
         lc = cfg.learner
         # The trial's own samplers (one rule for the episodes' shape), without the jitter.
         train, val = episode_samplers(
@@ -185,18 +183,16 @@ class Objective:
 
         seed, episodes_seed = trial_streams(self.cfg.seed, trial.number, self.cfg.search.crn)
         try:
-            # Initial weights depend on the trial's seed, not on what ran before in the process.
-            backbone = network.build(arch, self.dataset.input_shape, seed=seed)
+            # Initial weights depend on the trial's seed, not on what ran before in the process;
+            # the candidate trains under its own training choices (its recipe).
+            cfg, backbone, learner = learner_for(
+                self.cfg, arch, self.dataset.input_shape, self.dataset.task, seed=seed, device=self.device
+            )
         except SpaceError as exc:
             self._fail(trial, f"invalid architecture: {exc}")
         n_params = network.count_params(backbone)
         trial.set_user_attr(Attr.PARAMS, n_params)
         trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
-
-        cfg = self.cfg.with_recipe(arch.graph.get("recipe"))  # the candidate's own training choices
-        learner = build_learner(
-            cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=self.ways, task=self.dataset.task
-        ).to(self.device)
         train_sampler, val_sampler = self.make_samplers(episodes_seed, cfg)
         curve: list[list[float]] = []
 

@@ -40,8 +40,7 @@ from .. import graph
 from ..config import RunConfig
 from ..data import Dataset
 from ..data.episodes import episode_samplers
-from ..learners import Diverged, build_learner, evaluate_episodes, meta_train
-from ..model import network
+from ..learners import Diverged, evaluate_episodes, learner_for, meta_train
 from ..record import Attr, StudyAttr, best_trials, counted_trials
 from ..stats import Difference, blocked_differences
 
@@ -302,12 +301,8 @@ def _score(
     block's fresh validation episodes; per-episode scores."""
     seed, val_seed = block_seeds(cfg.seed, block)
     arch = graph.from_json(entrant.arch)
-    cfg = cfg.with_recipe(arch.graph.get("recipe"))  # each entrant trains as it was searched
-    backbone = network.build(arch, dataset.input_shape, seed=seed)
-    ways = cfg.data.episode_ways(dataset.task)
-    learner = build_learner(cfg.learner, backbone, feature_dim=backbone.feature_dim, ways=ways, task=dataset.task).to(
-        device
-    )
+    # Each entrant trains as it was searched (its recipe).
+    cfg, _, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=seed, device=device)
     iterations = cfg.race_iterations()
     learner_cfg = dataclasses.replace(cfg.learner, iterations=iterations, eval_every=iterations)
     train, val = episode_samplers(cfg, dataset, seed, val_seed, device)
