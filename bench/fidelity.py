@@ -45,11 +45,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# The search's validation episodes: the budgets score candidates on what a search scores them on.
+from nas_meta.search.objective import VAL_SEED_OFFSET  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "fidelity"
 DEFAULT_BUDGETS = "20:40,80:40,80:200,240:200"  # 80:40 is the quick preset's search score
 DEFAULT_REFERENCE = "600:400"  # 600 steps, scored on 400 validation episodes
 DEFAULT_PROXIES = "params,flops,synflow,naswot,grad_norm,snip,proto_acc"
-VAL_SEED_OFFSET = 7_919  # as the search's (objective.py): the budgets see the search's episodes
 REFERENCE_SEED_OFFSET = 31_337  # another draw of validation episodes for the reference
 
 
