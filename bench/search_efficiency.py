@@ -307,6 +307,12 @@ def mean_percent(values: list[float], digits: int) -> str:
     return f"{100 * statistics.mean(values):.{digits}f}" if values else "-"
 
 
+def picked(doc: dict[str, Any]) -> str:
+    """`` conv4`` after a seed's score when the race picked that baseline over every candidate."""
+    baseline = (doc.get("pick") or {}).get("baseline")
+    return f" {baseline}" if baseline else ""
+
+
 def per_seed(reference: dict[str, Any] | None) -> str:
     """One search's reference score, with its 95% CI over the episodes when the record has it."""
     if reference is None:
@@ -383,8 +389,9 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
         lines.append(
             f"| {name} | {len(docs)} | {statistics.mean(d['trials'] for d in docs):.0f} "
             f"({statistics.mean(d['screened'] for d in docs):.0f}) | "
-            f"{mean_percent([d['pick']['val'] for d in scored], 1)} | "
-            f"{mean_percent(refs, 2)} ({', '.join(per_seed(d['reference']) for d in docs)}) | "
+            # A race that picked a baseline (Conv-4) has no search score for it: the mean is the others'.
+            f"{mean_percent([d['pick']['val'] for d in scored if d['pick'].get('val') is not None], 1)} | "
+            f"{mean_percent(refs, 2)} ({', '.join(per_seed(d['reference']) + picked(d) for d in docs)}) | "
             f"{f'{100 * statistics.mean(diffs):+.2f}' if diffs else '-'} | {ratio:.3f} |"
         )
         if name != base and paired:

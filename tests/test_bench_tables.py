@@ -129,3 +129,19 @@ def test_a_search_whose_budget_ran_out_before_any_trial_is_a_row_without_a_pick(
         "the budget before it finished training in the search; 50.00% at the reference budget; its network "
         "trained for 538 of the 600 CPU s" in out
     )
+
+
+def test_a_race_that_picked_the_baseline_is_a_row_with_its_reference_and_no_search_score(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(bench, "random", 0, 600, 0.60)
+    write(bench, "tpe_crn_race", 0, 600, 0.57)
+    write(bench, "tpe_crn_race", 1, 600, 0.65)
+    doc = saved("tpe_crn_race", 0)
+    doc["pick"] = {"val": None, "baseline": "conv4", "number": None}  # Conv-4 won the race
+    save(doc)
+    assert bench.table("random", "cell", "protonet") == 0
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("| tpe_crn_race |"))
+    # the search score is seed 1's candidate's alone; seed 0's reference is Conv-4's, and says so
+    assert "| 80.0 | 61.00 (57.0 ± 1.0 conv4, 65.0 ± 1.0) | -3.00 |" in row
