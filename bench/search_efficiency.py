@@ -505,17 +505,22 @@ def main(argv: list[str] | None = None) -> int:
                 seed=seed,
                 cpu_seconds=doc["search_cpu_s"] + doc["rescore_cpu_s"],
             )
-            print(
-                f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, "
-                + (
-                    f"pick #{pick['number']} val {100 * pick['val']:.1f}%, reference "
-                    f"{100 * doc['reference']['score']:.2f}%"
-                    if pick is not None
-                    else "no trial completed within the budget"
-                ),
-                flush=True,
-            )
+            print(summary_line(variant, seed, doc), flush=True)
     return 0
+
+
+def summary_line(variant: str, seed: int, doc: dict[str, Any]) -> str:
+    """One search's line: its trials, CPU, pick (a candidate, or the baseline its race chose) and
+    the pick's reference score."""
+    head = f"{variant} seed {seed}: {doc['trials']} trials in {doc['search_cpu_s']:.0f} CPU s, "
+    pick = doc.get("pick")
+    if pick is None:
+        return head + "no trial completed within the budget"
+    if pick.get("baseline"):
+        who = f"the race picked {pick['baseline']}"
+    else:
+        who = f"pick #{pick['number']} val {100 * pick['val']:.1f}%"
+    return head + f"{who}, reference {100 * doc['reference']['score']:.2f}%"
 
 
 if __name__ == "__main__":

@@ -139,9 +139,14 @@ def test_a_race_that_picked_the_baseline_is_a_row_with_its_reference_and_no_sear
     write(bench, "tpe_crn_race", 1, 600, 0.65)
     doc = saved("tpe_crn_race", 0)
     doc["pick"] = {"val": None, "baseline": "conv4", "number": None}  # Conv-4 won the race
+    doc["search_cpu_s"] = 600.0
     save(doc)
     assert bench.table("random", "cell", "protonet") == 0
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.startswith("| tpe_crn_race |"))
     # the search score is seed 1's candidate's alone; seed 0's reference is Conv-4's, and says so
     assert "| 80.0 | 61.00 (57.0 ± 1.0 conv4, 65.0 ± 1.0) | -3.00 |" in row
+    # and the run's own line says so (it crashed on the baseline's missing search score)
+    assert bench.summary_line("tpe_crn_race", 0, doc) == (
+        "tpe_crn_race seed 0: 10 trials in 600 CPU s, the race picked conv4, reference 57.00%"
+    )
