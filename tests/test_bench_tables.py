@@ -150,3 +150,11 @@ def test_a_race_that_picked_the_baseline_is_a_row_with_its_reference_and_no_sear
     assert bench.summary_line("tpe_crn_race", 0, doc) == (
         "tpe_crn_race seed 0: 10 trials in 600 CPU s, the race picked conv4, reference 57.00%"
     )
+
+
+def test_the_race_is_reserved_on_cpu_seconds_per_candidate_not_wall_seconds(bench: ModuleType) -> None:
+    class Trial:  # a trial whose wall-clock seconds (shared machine) are three times its CPU
+        user_attrs = {"seconds": 60.0}
+
+    assert bench.candidate_cpu(200.0, [Trial(), Trial(), Trial(), Trial(), Trial()]) == 40.0
+    assert bench.candidate_cpu(5.0, []) == 0.0
