@@ -141,19 +141,18 @@ def run_variant(
     entrants = cfg.search.race + 1  # the finalists and Conv-4
     race_share = entrants * cfg.search.race_blocks * cfg.race_iterations() / cfg.learner.iterations
     storage = f"sqlite:///{studies_dir(space, algo, ways).resolve() / study / 'study.db'}"
-    cost = {"per_candidate": 0.0, "read_at": -math.inf}
+    reserve = RaceReserve(budget, race_share)
+    read_at = -math.inf
 
     def out_of_budget() -> bool:
+        nonlocal read_at
         spent = time.process_time() - start
         if not cfg.search.race:
             return spent > budget
-        # The race costs about race_share candidates' training: stop the trials while it fits.
-        if spent - cost["read_at"] > 15.0:  # read the trials' cost now and then, not every step
-            cost["read_at"] = spent
-            cost["per_candidate"] = candidate_cpu(
-                spent, counted_trials(optuna.load_study(study_name=study, storage=storage))
-            )
-        return spent + 1.1 * race_share * cost["per_candidate"] > budget
+        if spent - read_at > 5.0:  # read the trials now and then, not every step
+            read_at = spent
+            reserve.observe(spent, len(counted_trials(optuna.load_study(study_name=study, storage=storage))))
+        return reserve.full(spent)
 
     stream = open(os.devnull, "w")
     try:
@@ -197,11 +196,24 @@ def run_variant(
     }
 
 
-def candidate_cpu(spent: float, trials: list[Any]) -> float:
-    """CPU seconds per candidate so far: the search's CPU over its counted trials.  Not the trials'
-    own ``seconds``, which are wall-clock: on a shared machine a candidate's wall time was three
-    times its CPU, and a race reserved on it stopped a 20-way search after one trial."""
-    return spent / len(trials) if trials else 0.0
+class RaceReserve:
+    """When a racing search stops its trials so that its race fits the CPU budget: the race costs
+    about ``race_share`` candidates' training, a candidate's CPU read as the search's CPU when its
+    count of trials last grew, over that count.  Not the trials' own ``seconds``, which are
+    wall-clock (on a shared machine three times the CPU: a 20-way search stopped after one trial),
+    and not the CPU so far over the count, which charges the unfinished trial to the others (it
+    stopped the same search after two)."""
+
+    def __init__(self, budget: float, race_share: float) -> None:
+        self.budget, self.race_share = budget, race_share
+        self.counted, self.per_candidate = 0, 0.0
+
+    def observe(self, spent: float, counted: int) -> None:
+        if counted > self.counted:
+            self.counted, self.per_candidate = counted, spent / counted
+
+    def full(self, spent: float) -> bool:
+        return spent + 1.1 * self.race_share * self.per_candidate > self.budget
 
 
 def trial_record(trial: Any) -> dict[str, Any]:

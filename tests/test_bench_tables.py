@@ -152,9 +152,12 @@ def test_a_race_that_picked_the_baseline_is_a_row_with_its_reference_and_no_sear
     )
 
 
-def test_the_race_is_reserved_on_cpu_seconds_per_candidate_not_wall_seconds(bench: ModuleType) -> None:
-    class Trial:  # a trial whose wall-clock seconds (shared machine) are three times its CPU
-        user_attrs = {"seconds": 60.0}
-
-    assert bench.candidate_cpu(200.0, [Trial(), Trial(), Trial(), Trial(), Trial()]) == 40.0
-    assert bench.candidate_cpu(5.0, []) == 0.0
+def test_the_race_is_reserved_on_cpu_seconds_per_finished_candidate(bench: ModuleType) -> None:
+    reserve = bench.RaceReserve(budget=600.0, race_share=6.0)
+    assert not reserve.full(100.0)  # nothing known yet: no reserve
+    reserve.observe(50.0, 1)  # the first candidate finished at 50 CPU s
+    reserve.observe(140.0, 1)  # the second is still training: its CPU is not charged to the first
+    assert reserve.per_candidate == 50.0
+    assert reserve.full(271.0) and not reserve.full(269.0)  # 6 candidates' training and 10% to spare
+    reserve.observe(160.0, 4)
+    assert reserve.per_candidate == 40.0
