@@ -26,6 +26,8 @@ from typing import IO, Any
 __all__ = [
     "NO_ROOM",
     "atomic_write",
+    "causes",
+    "missing_folders",
     "atomic_write_text",
     "atomic_write_json",
     "decode_utf8",
@@ -56,17 +58,20 @@ def decode_utf8(data: bytes, path: str | Path, error: type[Exception]) -> str:
     return text
 
 
-def no_room(exc: BaseException) -> OSError | None:
-    """The ``OSError`` with an errno of :data:`NO_ROOM` that ``exc`` is or was raised while handling
-    (``torch.save`` raises a ``RuntimeError`` over the ``OSError`` of its file's write), else None."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it was raised from or while handling, outermost first."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in NO_ROOM:
-            return current
+        yield current
         current = current.__cause__ or current.__context__
-    return None
+
+
+def no_room(exc: BaseException) -> OSError | None:
+    """The ``OSError`` with an errno of :data:`NO_ROOM` that ``exc`` is or was raised while handling
+    (``torch.save`` raises a ``RuntimeError`` over the ``OSError`` of its file's write), else None."""
+    return next((c for c in causes(exc) if isinstance(c, OSError) and c.errno in NO_ROOM), None)
 
 
 def _naming(exc: BaseException, path: Path, temporary: str = "") -> OSError | None:
@@ -84,7 +89,7 @@ def _naming(exc: BaseException, path: Path, temporary: str = "") -> OSError | No
     return OSError(code, os.strerror(code), str(path))
 
 
-def _missing_folders(folder: Path) -> list[Path]:
+def missing_folders(folder: Path) -> list[Path]:
     """The folders ``folder.mkdir(parents=True)`` would create, innermost first."""
     missing = []
     for candidate in [folder, *folder.parents]:
@@ -100,7 +105,7 @@ def output_folder(folder: str | Path) -> Iterator[Path]:
     folders made here are removed with what the block wrote in them (a folder that existed stays),
     and a no-room ``OSError`` that names no file is raised again naming ``folder``."""
     folder = Path(folder)
-    made = _missing_folders(folder)
+    made = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         yield folder
@@ -120,7 +125,7 @@ def output_file(path: str | Path) -> Iterator[Path]:
     When the block fails, the temporary file and the folders made for it are removed, ``path`` is
     left as it was, and a no-room ``OSError`` is raised again naming ``path``."""
     path = Path(path)
-    made = _missing_folders(path.parent)
+    made = missing_folders(path.parent)
     prefix = f".{path.name}."
     tmp: str | None = None
     try:

@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..data import load_dataset
 from ..data.episodes import check_memory
 from ..errors import ConfigError, SpaceError
-from ..fileio import atomic_write, atomic_write_json, output_folder
+from ..fileio import atomic_write, atomic_write_json, missing_folders, output_folder
 from ..learners import resolve_device
 from ..learners.train import amp_dtype, check_compile
 from ..model.darts import check_relaxable
@@ -291,7 +291,8 @@ def run_search(
             f"--n-workers {workers} needs a storage that takes concurrent writers, and study "
             f"{prepared.study_name!r} is in SQLite; use --storage postgresql://... or a new --study"
         )
-    created = _first_missing(prepared.directory)
+    missing = missing_folders(prepared.directory)  # innermost first
+    created = missing[-1] if missing else None  # the outermost folder mkdir -p creates
     prepared.directory.mkdir(parents=True, exist_ok=True)
     try:
         study = create_study(cfg, prepared.study_name, task, workers=workers, space=prepared.objective.space)
@@ -346,16 +347,6 @@ def _race(study: optuna.Study, prepared: Prepared, stream: TextIO | None) -> Non
         step=progress.race_step,
         should_stop=prepared.hooks.should_stop,
     )
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would create)."""
-    missing = None
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            break
-        missing = folder
-    return missing
 
 
 def _threads_per_worker(workers: int) -> int:

@@ -30,6 +30,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..errors import StudyError
+from ..fileio import causes
 from ..record import Attr, counted_trials
 from ..spaces import Space
 from .study import redact_url
@@ -86,7 +87,8 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     already finished by another worker is skipped."""
     retry = _retry_callback()
     recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False)  # one read for both sweeps
+    for trial in (t for t in trials if t.state == TrialState.RUNNING):
         identity = trial.user_attrs.get(Attr.WORKER)
         if identity is None:
             # Every trial names its process first thing; one that never did was created by a process
@@ -98,7 +100,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             continue
         if _fail_and_requeue(study, trial, f"worker {identity} died", retry):
             recovered.append(trial.number)
-    return recovered + _requeue_lost_retries(study, retry)
+    return recovered + _requeue_lost_retries(study, trials, retry)
 
 
 # The system attribute that marks a trial failed by a recovery, holding its own number (a retry
@@ -124,12 +126,12 @@ def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, why:
     return True
 
 
-def _requeue_lost_retries(study: optuna.Study, retry: Callable) -> list[int]:
+def _requeue_lost_retries(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], retry: Callable) -> list[int]:
     """Queue the params of recovered trials whose retry never reached the storage (the connection
-    dropped between failing the trial and queuing it).  Only failures older than
+    dropped between failing the trial and queuing it), from ``trials`` as read before this sweep's
+    recoveries (a trial recovered just now is still RUNNING there).  Only failures older than
     ``REQUEUE_AFTER_S`` are taken, so a retry another worker is queuing right now is not doubled."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried(trials)
     now = datetime.datetime.now()
     queued = []
     for t in trials:
@@ -160,6 +162,11 @@ def _unnamed_running(study: optuna.Study) -> bool:
     return any(Attr.WORKER not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the trials whose params were queued again (Optuna's ``retry_history``)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -170,7 +177,7 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     """Queue again the params of trials stopped by Ctrl-C (``interrupted`` user attribute) that
     have not been retried yet, so a resumed search picks up where it stopped."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried(trials)
     retry = _retry_callback()
     queued = []
     for t in trials:
@@ -335,16 +342,11 @@ def optimize_until(
 def storage_full(exc: BaseException) -> bool:
     """Whether ``exc`` or an error it was raised from says the disk is full (SQLite, PostgreSQL, a
     journal file; Optuna's StorageInternalError names the cause only in its chain)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(marker in f"{type(cause).__name__} {cause}".lower() for marker in _FULL):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(
+        (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(marker in f"{type(cause).__name__} {cause}".lower() for marker in _FULL)
+        for cause in causes(exc)
+    )
 
 
 _FULL = ("database or disk is full", "no space left on device", "diskfull", "disk quota exceeded")
