@@ -307,15 +307,20 @@ def test_ctrl_c_while_the_libraries_load_is_one_line_and_exit_130():
 
     root = Path(__file__).resolve().parent.parent
     # SIGINT is reset to Python's default in the child (a runner in the background ignores it).
+    # The child says when its interpreter is up (Python's own Ctrl-C handler installed), then runs
+    # cli.py as `python cli.py spaces` would: a signal before that would kill a bare interpreter.
+    start = "import sys, runpy; print('up', flush=True); sys.argv = ['cli.py', 'spaces']; "
+    start += "runpy.run_path('cli.py', run_name='__main__')"
     child = subprocess.Popen(
-        [sys.executable, str(root / "cli.py"), "spaces"],
+        [sys.executable, "-c", start],
         stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         text=True,
         cwd=root,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(0.4)  # torch, pandas and optuna take seconds to import
+    assert child.stdout is not None and child.stdout.readline() == "up\n"
+    time.sleep(0.2)  # torch, pandas and optuna take seconds to import
     child.send_signal(signal.SIGINT)
     err = child.communicate(timeout=120)[1]
     assert child.returncode == 130, err
