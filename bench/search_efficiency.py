@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tpe_crn": {"sampler": "tpe", "crn": "episodes", "race": 0},
     # ... and the final race of the 2 best against Conv-4 picks, inside the same CPU budget.
     "tpe_crn_race": {"sampler": "tpe", "crn": "episodes", "race": 2},
+    # ... with bf16 candidates where the CPU has bf16 (--amp auto; the race stays fp32).
+    "tpe_crn_race_auto": {"sampler": "tpe", "crn": "episodes", "race": 2, "amp": "auto"},
     "random_crn_race": {"sampler": "random", "crn": "episodes", "race": 2},
     # Local search from the best candidate (White, Nolen & Savani 2021), common random numbers and the race.
     "local_crn_race": {"sampler": "local", "crn": "episodes", "race": 2},
@@ -126,12 +128,13 @@ def run_variant(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = f"{label(variant, budget)}-s{seed}"
     settings = dict(VARIANTS[variant])
+    amp = settings.pop("amp", "off")  # fp32 candidates unless the variant says: the rows so far were fp32
     if supernet_steps is not None and "supernet_steps" in settings:
         settings["supernet_steps"] = supernet_steps
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": 1},
-        learner={"algo": algo},
+        learner={"algo": algo, "amp": amp},
         search={"space": space, "trials": 100_000, "study": study, **settings},
         results_dir=str(studies_dir(space, algo, ways)),
         seed=seed,

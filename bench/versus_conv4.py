@@ -148,7 +148,8 @@ def default_search(
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": shots},
-        learner={"algo": algo},
+        # fp32 candidates, as the rows so far (before --amp auto trained them in bf16 on bf16 CPUs).
+        learner={"algo": algo, "amp": "off"},
         search={"space": space, "study": study, "race_iterations": race_iterations},
         results_dir=str(RESULTS / "searches"),
         seed=seed,

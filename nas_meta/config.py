@@ -39,6 +39,8 @@ __all__ = [
     "DEFAULT_SUPERNET_POOL",
     "DEFAULT_SUPERNET_STEPS",
     "CRN_MODES",
+    "AMP_MODES",
+    "PRECISIONS",
     "LEGACY_SEARCH",
     "RECIPE_FIELDS",
     "RACE_STEPS_FACTOR",
@@ -85,7 +87,15 @@ RACE_STEPS_FACTOR = 1
 # "episodes": the training episodes and their jitter come from the study's seed, the initial
 # weights from the trial's; "all": the initial weights' seed too; "off": every trial draws its own.
 CRN_MODES = ("episodes", "all", "off")
-# What a study stored before a setting existed meant: studies resume as they started.
+# Mixed precision (--amp): "on" autocasts every training (bf16 on a CPU with bf16 instructions and
+# on CUDA from compute capability 8.0, fp16 below); "off" trains everything in fp32; "auto" trains
+# *search candidates* in bf16 where the CPU has bf16 instructions (ranked as fp32 ranks them, and
+# faster: bench/README.md) and final models (the race, export --retrain, evaluate) in fp32.
+AMP_MODES = ("auto", "on", "off")
+# What a study's candidates trained in, fixed when it starts (search.precision).
+PRECISIONS = ("fp32", "bf16", "fp16")
+# What a study stored before a setting existed meant: studies resume as they started (a stored
+# config without ``precision`` takes it from its ``amp``: study.stored_config).
 LEGACY_SEARCH: dict[str, Any] = {"crn": "off", "race": 0}
 
 
@@ -198,7 +208,7 @@ class LearnerConfig:
     eval_every: int = 40  # outer steps between validation checkpoints (pruning sees these)
     val_episodes: int = 40  # episodes per validation checkpoint
     test_episodes: int = 600  # meta-test episodes (the papers' 600; CI = 1.96 std / sqrt(n))
-    amp: bool = False  # autocast to bf16/fp16 on CUDA only
+    amp: str = "auto"  # one of AMP_MODES (stored configs and callers may still say true/false)
     compile: bool = False  # torch.compile the once-differentiated passes: pays only over long runs
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the outer optimizer; 0 = plain Adam
     lr_schedule: str = "constant"  # one of LR_SCHEDULES; cosine decays outer_lr to 0 over `iterations`
@@ -211,7 +221,13 @@ class LearnerConfig:
     # train on the training classes: their score is the validation classes'.
     refit: str = "train"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # configs stored before AMP_MODES, and --amp as a switch
+            object.__setattr__(self, "amp", "on" if self.amp else "off")
+
     def validate(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"unknown --amp {self.amp!r}; choose from {list(AMP_MODES)}")
         if not isinstance(self.algo, str) or not self.algo:
             raise ConfigError(f"algo must be a learner's name, got {self.algo!r}")
         for name in ("meta_batch", "iterations", "eval_every", "val_episodes", "test_episodes"):
@@ -273,6 +289,10 @@ class SearchConfig:
     # without using up ``trials``; None: conv4 for images, mlp40 for vectors.  Without a race they
     # are trained first as trials, and the search reports the gap.
     baselines: tuple[str, ...] | None = None
+    # The precision the study's candidates train in (one of PRECISIONS), fixed when the study
+    # starts from --amp and this machine (search.runner.candidate_precision) and kept on resume:
+    # a study that mixed precisions would compare its candidates on another footing.  None until then.
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))  # JSON gives a list
@@ -303,6 +323,8 @@ class SearchConfig:
             raise ConfigError("--prescreen supernet needs a trained supernet: use --strategy supernet")
         if self.crn not in CRN_MODES:
             raise ConfigError(f"unknown --crn {self.crn!r}; choose from {list(CRN_MODES)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         check_count("race", self.race, low=0)
         check_count("race_blocks", self.race_blocks)
         for name in ("race_iterations", "race_episodes"):

@@ -67,6 +67,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _host_without_bf16(monkeypatch):
+    """Every host looks like a CPU without bf16 instructions to nas_meta (``cpu_has_bf16`` says no;
+    torch's own probe, which inductor and the ONNX exporter ask too, is left alone), so ``--amp
+    auto`` trains in fp32 and the suite's numbers do not depend on the machine; the tests of the
+    rule fake both answers."""
+    import nas_meta.learners.train
+
+    monkeypatch.setattr(nas_meta.learners.train, "cpu_has_bf16", lambda: False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """``small_disk(size)``: a real filesystem of ``size`` (a tmpfs mounted under tmp_path,

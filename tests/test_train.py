@@ -243,6 +243,7 @@ def _fake_cpu_bf16(monkeypatch, present: bool) -> list[torch.dtype | None]:
     """Make oneDNN's bf16 probe (what cpu_has_bf16 asks) answer ``present``; returns the list
     that the autocast dtype of each outer step the trainer takes is appended to."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: present)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", cpu_has_bf16)  # the real probe, not conftest's
     assert cpu_has_bf16() is present
     steps: list[torch.dtype | None] = []
     real = train_module.outer_step

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import (
+    AMP_MODES,
     CRN_MODES,
     PRESETS,
     SCREENING_POOLS,
@@ -142,7 +143,17 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         type=device_name,
         help=f"auto, cpu, cuda or cuda:N; auto = CUDA when present (default: {D.device})",
     )
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
+    p.add_argument(
+        "--amp",
+        nargs="?",
+        const="on",
+        default=D.learner.amp,
+        choices=AMP_MODES,
+        help="precision: auto = bf16 search candidates on a CPU with bf16 instructions (AVX-512 BF16, "
+        "AMX), fp32 elsewhere and for final models (the race, export --retrain); on (or --amp alone) = "
+        "mixed precision for every training (bf16; fp16 on CUDA before compute capability 8.0); "
+        f"off = fp32 throughout (default: {D.learner.amp}); fixed for a study when it starts",
+    )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the learner's passes (pays only for long trainings)"
     )

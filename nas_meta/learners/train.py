@@ -33,6 +33,7 @@ __all__ = [
     "confidence_interval",
     "resolve_device",
     "amp_dtype",
+    "candidate_precision",
     "cuda_amp_dtype",
     "cpu_has_bf16",
     "check_compile",
@@ -111,6 +112,18 @@ def amp_dtype(device: torch.device, amp: bool, *, cpu_bf16: bool | None = None) 
         f"--amp needs bf16 instructions on the CPU (AVX-512 BF16 or AMX) or a CUDA device; this {device.type} "
         f"({torch.backends.cpu.get_cpu_capability()}) has neither; drop --amp"
     )
+
+
+def candidate_precision(amp: str, device: torch.device, *, cpu_bf16: bool | None = None) -> str:
+    """The precision search candidates train in under ``--amp amp`` on ``device`` (one of
+    config.PRECISIONS): "auto" is bf16 on a CPU with bf16 instructions and fp32 elsewhere (CUDA
+    included: the ranking check behind it ran on CPUs); "on" is :func:`amp_dtype`'s (refused
+    where there is none); "off" is fp32.  ``cpu_bf16`` overrides the CPU detection (tests)."""
+    if amp == "auto":
+        bf16 = device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16)
+        return "bf16" if bf16 else "fp32"
+    dtype = amp_dtype(device, amp == "on", cpu_bf16=cpu_bf16)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def check_compile(device: torch.device, compile: bool) -> None:
@@ -257,7 +270,9 @@ def meta_train(
             "(only parameter-free ops such as pooling and skips)"
         )
     device = device or first.device
-    dtype = amp_dtype(device, cfg.amp)
+    # "auto" is fp32 here: a search's candidates reach this with "on" or "off" (their study's
+    # precision, search/objective.py); final models train in fp32 unless --amp on asked.
+    dtype = amp_dtype(device, cfg.amp == "on")
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     optimizer = make_optimizer(learner, cfg)
     schedule = make_schedule(optimizer, cfg)

@@ -21,13 +21,22 @@ from ..data import Dataset
 from ..data.episodes import episode_samplers
 from ..errors import SpaceError
 from ..learners import Diverged, learner_for, meta_train
+from ..learners.train import candidate_precision
 from ..model import network
 from ..record import Attr, counted_trials
 from ..spaces import Space
 from .proxies import ProxyInputs
 from .samplers import halving_rungs
 
-__all__ = ["Objective", "CandidateFailure", "trial_seed", "common_seed", "trial_streams", "VAL_SEED_OFFSET"]
+__all__ = [
+    "Objective",
+    "CandidateFailure",
+    "candidate_amp",
+    "trial_seed",
+    "common_seed",
+    "trial_streams",
+    "VAL_SEED_OFFSET",
+]
 
 # Every candidate is validated on the same episodes, so their scores compare like with like.
 VAL_SEED_OFFSET = 7_919
@@ -40,6 +49,13 @@ class _TrialTimeout(Exception):
 class CandidateFailure(RuntimeError):
     """The candidate, not the search, failed (diverged, out of memory, invalid graph): the trial
     is recorded as FAIL with its reason and the search goes on."""
+
+
+def candidate_amp(cfg: RunConfig, device: torch.device) -> str:
+    """``--amp`` for a candidate's training: its study's precision (config.PRECISIONS), or for a
+    config that has none yet the rule of ``cfg.learner.amp`` on ``device``."""
+    precision = cfg.search.precision or candidate_precision(cfg.learner.amp, device)
+    return "off" if precision == "fp32" else "on"
 
 
 def trial_seed(run_seed: int, trial_number: int) -> int:
@@ -194,6 +210,7 @@ class Objective:
         trial.set_user_attr(Attr.PARAMS, n_params)
         trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
         train_sampler, val_sampler = self.make_samplers(episodes_seed, cfg)
+        cfg = cfg.replace(learner={"amp": candidate_amp(cfg, self.device)})
         curve: list[list[float]] = []
 
         def report(step: int, value: float) -> None:

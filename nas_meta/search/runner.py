@@ -18,19 +18,22 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import optuna
 import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
 
 from .. import graph
 from ..config import RunConfig
 from ..data import load_dataset
 from ..data.episodes import check_memory
-from ..errors import ConfigError, SpaceError
+from ..errors import ConfigError, SpaceError, StudyError
 from ..fileio import atomic_write, atomic_write_json, missing_folders, output_folder
 from ..learners import resolve_device
-from ..learners.train import amp_dtype, check_compile
+from ..learners.train import amp_dtype, candidate_precision, check_compile
 from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
 from ..spaces import Space, load_space, resolve_known_arch
@@ -125,7 +128,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         check_relaxable(space)
     device = resolve_device(cfg.device)  # before the dataset: a refused device writes no cache
     dataset = load_dataset(cfg.data)
-    amp_dtype(device, cfg.learner.amp)  # --amp without bf16 or CUDA: refused now, by the trainer's rule
+    amp_dtype(device, cfg.learner.amp == "on")  # --amp on without bf16 or CUDA: refused now, by the trainer's rule
+    if cfg.search.precision is None:  # a new study's candidates: the rule of --amp on this machine
+        cfg = cfg.replace(search={"precision": candidate_precision(cfg.learner.amp, device)})
+    check_precision(cfg, device)
     check_compile(device, cfg.learner.compile)
     hooks = TrialHooks()
     objective = Objective(cfg, space, dataset, device, hooks)
@@ -139,6 +145,24 @@ def prepare(cfg: RunConfig) -> Prepared:
     study_name = cfg.search.study or default_study_name(cfg)
     directory = study_dir(cfg.results_dir, study_name)
     return Prepared(cfg, study_name, directory, objective, hooks, enqueued, baselines)
+
+
+def check_precision(cfg: RunConfig, device: torch.device) -> None:
+    """StudyError when the study's candidates train in a precision this device cannot run (a bf16
+    study resumed, or joined by a worker, on a CPU without bf16): its scores would not compare."""
+    precision = cfg.search.precision
+    if precision in (None, "fp32"):
+        return
+    try:
+        here = candidate_precision("on", device)
+    except ConfigError:
+        here = "fp32"
+    if here != precision:
+        raise StudyError(
+            f"study {cfg.search.study or default_study_name(cfg)!r} trains its candidates in {precision} "
+            f"(fixed when it started), which device {str(device)!r} here cannot run; resume it on a "
+            f"machine that can, or start another --study"
+        )
 
 
 def known_architectures(
@@ -283,6 +307,7 @@ def run_search(
     assignment = worker_devices(cfg.device, workers, visible=torch.cuda.device_count(), devices=devices)
     cfg = cfg.replace(device=assignment[0])
     prepared = prepare(cfg)
+    cfg = prepared.cfg  # with the candidates' precision resolved
     prepared.hooks.should_stop = should_stop
     task = prepared.objective.dataset.task
     url = storage_url(cfg, prepared.study_name, workers)
@@ -301,6 +326,7 @@ def run_search(
             shutil.rmtree(created, ignore_errors=True)
         raise
     cfg, notes = adopt_study_settings(study, cfg)
+    check_precision(cfg, prepared.objective.device)
     if notes:
         enqueued, baselines = known_architectures(cfg, tuple(prepared.objective.dataset.input_shape))
         prepared = dataclasses.replace(prepared, cfg=cfg, enqueued=enqueued, baselines=baselines)

@@ -338,7 +338,7 @@ def _shown(value: Any) -> str:
 # Settings a study keeps from its first run whatever a resumed run asks: each changes what its
 # numbers mean (the streams candidates were trained on, how the pick is chosen), and a study
 # started before a setting existed resumes as it started (config.LEGACY_SEARCH).
-STUDY_SETTINGS = ("crn", "race", "race_iterations", "race_blocks", "race_episodes", "baselines")
+STUDY_SETTINGS = ("crn", "race", "race_iterations", "race_blocks", "race_episodes", "baselines", "precision")
 
 
 def adopt_study_settings(study: optuna.Study, cfg: RunConfig) -> tuple[RunConfig, list[str]]:
@@ -359,6 +359,8 @@ def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     search = dict(doc.get("search", {}))
     for name, value in LEGACY_SEARCH.items():
         search.setdefault(name, value)
+    if search.get("precision") is None:  # before the precision was stored: its --amp said it
+        search["precision"] = "bf16" if doc.get("learner", {}).get("amp") in (True, "on") else "fp32"
     return {**doc, "search": search}
 
 
