@@ -41,6 +41,7 @@ __all__ = [
     "CRN_MODES",
     "AMP_MODES",
     "PRECISIONS",
+    "BF16_SPACE_KINDS",
     "LEGACY_SEARCH",
     "RECIPE_FIELDS",
     "RACE_STEPS_FACTOR",
@@ -89,11 +90,16 @@ RACE_STEPS_FACTOR = 1
 CRN_MODES = ("episodes", "all", "off")
 # Mixed precision (--amp): "on" autocasts every training (bf16 on a CPU with bf16 instructions and
 # on CUDA from compute capability 8.0, fp16 below); "off" trains everything in fp32; "auto" trains
-# *search candidates* in bf16 where the CPU has bf16 instructions (ranked as fp32 ranks them, and
-# faster: bench/README.md) and final models (the race, export --retrain, evaluate) in fp32.
+# *search candidates* in bf16 where the CPU has bf16 instructions and the space is one whose
+# candidates it makes faster (BF16_SPACE_KINDS; ranked as fp32 ranks them: results/README.md), and
+# final models (the race, export --retrain, evaluate) in fp32.
 AMP_MODES = ("auto", "on", "off")
 # What a study's candidates trained in, fixed when it starts (search.precision).
 PRECISIONS = ("fp32", "bf16", "fp16")
+# The space kinds whose candidates "auto" trains in bf16 on a bf16 CPU.  Measured on an AVX-512 BF16
+# CPU (bench/throughput.py, bench/README.md): chains of convolutions train faster in bf16, cells of
+# many small ops slower (the casts cost more than the smaller matmuls save).
+BF16_SPACE_KINDS = ("chain",)
 # What a study stored before a setting existed meant: studies resume as they started (a stored
 # config without ``precision`` takes it from its ``amp``: study.stored_config).
 LEGACY_SEARCH: dict[str, Any] = {"crn": "off", "race": 0}

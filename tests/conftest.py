@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# One process per search unless a test asks for more (the default is one per core): the suite's
+# trials then come in a reproducible order, in this process and in the CLI processes it starts.
+os.environ["NAS_META_N_WORKERS"] = "1"
+
 # Where the distributed-search tests look for a server when NAS_META_TEST_POSTGRES is not set:
 # the trust-auth server these machines run (a user's machine may have none: the tests then skip).
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"

@@ -36,25 +36,28 @@ def _host(monkeypatch, bf16: bool) -> list[torch.dtype | None]:
 
 
 @pytest.mark.parametrize(
-    "amp, bf16, device, expected",
+    "amp, bf16, device, kind, expected",
     [
-        ("auto", True, "cpu", "bf16"),
-        ("auto", False, "cpu", "fp32"),
-        ("auto", True, "cuda", "fp32"),  # the ranking check behind "auto" ran on CPUs
-        ("off", True, "cpu", "fp32"),
-        ("on", True, "cpu", "bf16"),
+        ("auto", True, "cpu", "chain", "bf16"),
+        ("auto", False, "cpu", "chain", "fp32"),
+        ("auto", True, "cpu", "cell", "fp32"),  # measured slower in bf16
+        ("auto", True, "cpu", None, "fp32"),
+        ("auto", True, "cuda", "chain", "fp32"),  # the checks behind "auto" ran on CPUs
+        ("off", True, "cpu", "chain", "fp32"),
+        ("on", True, "cpu", "chain", "bf16"),
+        ("on", True, "cpu", "cell", "bf16"),  # asked for: every kind
     ],
 )
-def test_auto_is_bf16_only_on_a_cpu_that_reports_it(monkeypatch, amp, bf16, device, expected):
+def test_auto_is_bf16_only_on_a_cpu_that_reports_it(monkeypatch, amp, bf16, device, kind, expected):
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: bf16)
-    assert candidate_precision(amp, torch.device(device)) == expected
+    assert candidate_precision(amp, torch.device(device), kind=kind) == expected
 
 
 def test_on_without_bf16_is_refused_and_auto_falls_back(monkeypatch):
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="--amp needs bf16 instructions"):
         candidate_precision("on", CPU)
-    assert candidate_precision("auto", CPU) == "fp32"
+    assert candidate_precision("auto", CPU, kind="chain") == "fp32"
 
 
 def test_amp_modes_and_the_old_switch():
@@ -116,6 +119,14 @@ def test_a_study_keeps_its_precision_across_a_resume(monkeypatch, tmp_path):
     assert steps == [None] * cfg.learner.iterations
     assert "keeps precision='fp32' from its first run (not 'bf16')" in out.getvalue()
     assert stored_config(resumed.study).search.precision == "fp32"
+
+
+def test_auto_trains_cell_candidates_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
+    steps = _host(monkeypatch, bf16=True)
+    cfg = _smoke(tmp_path, "cell", trials=1, race=0).replace(search={"space": "cell"})
+    outcome = run_search(cfg, stream=io.StringIO())
+    assert steps == [None] * cfg.learner.iterations
+    assert stored_config(outcome.study).search.precision == "fp32"
 
 
 def test_a_bf16_study_is_not_resumed_where_bf16_is_missing(monkeypatch, tmp_path):

@@ -17,6 +17,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from nas_meta.config import make_config
+from nas_meta.errors import ConfigError
 from nas_meta.record import Attr, counted_trials
 from nas_meta.search.runner import run_search
 from nas_meta.search.study import load_study
@@ -431,3 +432,54 @@ def test_a_connection_dropped_while_a_worker_starts_or_ends_is_waited_out(tmp_pa
     outcome = runner.run_worker("w", storage, stream=io.StringIO())
     assert drops == {"stored_config": 0, "trials_frame": 0}  # both calls were cut once, and retried
     assert outcome.ran == 2 and len(outcome.table) == 2
+
+
+# --- the default number of processes ---------------------------------------------------------------
+
+
+def test_default_workers_is_one_per_core_on_the_cpu_and_one_on_a_gpu(monkeypatch):
+    from nas_meta.search import runner
+
+    monkeypatch.delenv(runner.WORKERS_ENV)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.default_workers("cpu", visible=0) == 2
+    assert runner.default_workers("auto", visible=0) == 2
+    assert runner.default_workers("auto", visible=1) == 1  # a GPU: one process
+    assert runner.default_workers("cuda", visible=1) == 1
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    assert runner.default_workers("cpu", visible=0) == runner.AUTO_WORKERS_MAX
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: None)
+    assert runner.default_workers("cpu", visible=0) == 1
+    monkeypatch.setenv(runner.WORKERS_ENV, "3")
+    assert runner.default_workers("cpu", visible=0) == 3
+    monkeypatch.setenv(runner.WORKERS_ENV, "many")
+    with pytest.raises(ConfigError, match="NAS_META_N_WORKERS='many' must be a positive integer"):
+        runner.default_workers("cpu", visible=0)
+
+
+def test_a_search_without_n_workers_runs_one_process_per_core(monkeypatch, tmp_path):
+    from nas_meta.search import runner
+
+    monkeypatch.delenv(runner.WORKERS_ENV)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    cfg = make_config(
+        "smoke",
+        data={"cache_dir": str(tmp_path / "cache")},
+        learner={"algo": "protonet"},
+        search={"space": "chain", "study": "auto", "trials": 3, "race": 0},
+        results_dir=str(tmp_path / "results"),
+        device="cpu",
+    )
+    out = io.StringIO()
+    outcome = runner.run_search(cfg, stream=out, workers=None)
+    assert outcome.storage.startswith("journal:")  # several writers: Optuna's journal file
+    assert "2 processes train candidates, 1 thread(s) each" in out.getvalue()
+    assert (outcome.directory / "worker-1.log").is_file()
+    assert len(counted_trials(outcome.study)) >= 3
+    # A study started in SQLite by one process resumes as one process, not refused.
+    one = runner.run_search(cfg.replace(search={"study": "one"}), stream=io.StringIO(), workers=1)
+    assert one.storage.startswith("sqlite:")
+    out = io.StringIO()
+    again = runner.run_search(cfg.replace(search={"study": "one", "trials": 4}), stream=out, workers=None)
+    assert again.storage == one.storage and len(counted_trials(again.study)) == 4
+    assert "study 'one' is in SQLite, which takes one writer: one process" in out.getvalue()

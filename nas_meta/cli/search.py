@@ -215,7 +215,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         help="fresh validation episodes per race block (default: twice the preset's validation episodes)",
     )
     p.add_argument(
-        "--n-workers", type=int, default=1, help="worker processes on this machine sharing the study (default: 1)"
+        "--n-workers",
+        type=int,
+        default=None,
+        help="worker processes on this machine sharing the study, one thread each (default: on the CPU one "
+        "per core, at most 8, or $NAS_META_N_WORKERS; 1 on a GPU; 1 keeps the trials' order reproducible)",
     )
     p.add_argument(
         "--devices",
@@ -286,7 +290,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.study import check_persistent, redact_url
 
     cfg = search_config(args)
-    if args.n_workers < 1:
+    if args.n_workers is not None and args.n_workers < 1:
         raise ConfigError(f"--n-workers must be a positive integer, got {args.n_workers}")
     devices = parse_devices(args.devices)
     check_folder(cfg.results_dir, "--results-dir")

@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from ..config import LearnerConfig
+from ..config import BF16_SPACE_KINDS, LearnerConfig
 from ..errors import ConfigError, SpaceError
 from .base import Learner
 
@@ -114,14 +114,17 @@ def amp_dtype(device: torch.device, amp: bool, *, cpu_bf16: bool | None = None) 
     )
 
 
-def candidate_precision(amp: str, device: torch.device, *, cpu_bf16: bool | None = None) -> str:
-    """The precision search candidates train in under ``--amp amp`` on ``device`` (one of
-    config.PRECISIONS): "auto" is bf16 on a CPU with bf16 instructions and fp32 elsewhere (CUDA
-    included: the ranking check behind it ran on CPUs); "on" is :func:`amp_dtype`'s (refused
-    where there is none); "off" is fp32.  ``cpu_bf16`` overrides the CPU detection (tests)."""
+def candidate_precision(
+    amp: str, device: torch.device, *, kind: str | None = None, cpu_bf16: bool | None = None
+) -> str:
+    """The precision search candidates of a space of ``kind`` train in under ``--amp amp`` on
+    ``device`` (one of config.PRECISIONS): "auto" is bf16 on a CPU with bf16 instructions for the
+    kinds of config.BF16_SPACE_KINDS, fp32 elsewhere (CUDA included: the checks behind it ran on
+    CPUs); "on" is :func:`amp_dtype`'s (refused where there is none); "off" is fp32.  ``cpu_bf16``
+    overrides the CPU detection (tests)."""
     if amp == "auto":
-        bf16 = device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16)
-        return "bf16" if bf16 else "fp32"
+        bf16 = device.type == "cpu" and kind in BF16_SPACE_KINDS
+        return "bf16" if bf16 and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
     dtype = amp_dtype(device, amp == "on", cpu_bf16=cpu_bf16)
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 

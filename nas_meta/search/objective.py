@@ -51,10 +51,10 @@ class CandidateFailure(RuntimeError):
     is recorded as FAIL with its reason and the search goes on."""
 
 
-def candidate_amp(cfg: RunConfig, device: torch.device) -> str:
+def candidate_amp(cfg: RunConfig, device: torch.device, kind: str) -> str:
     """``--amp`` for a candidate's training: its study's precision (config.PRECISIONS), or for a
-    config that has none yet the rule of ``cfg.learner.amp`` on ``device``."""
-    precision = cfg.search.precision or candidate_precision(cfg.learner.amp, device)
+    config that has none yet the rule of ``cfg.learner.amp`` on ``device`` for a space of ``kind``."""
+    precision = cfg.search.precision or candidate_precision(cfg.learner.amp, device, kind=kind)
     return "off" if precision == "fp32" else "on"
 
 
@@ -210,7 +210,7 @@ class Objective:
         trial.set_user_attr(Attr.PARAMS, n_params)
         trial.set_user_attr(Attr.FLOPS, network.count_flops(backbone, self.dataset.input_shape))
         train_sampler, val_sampler = self.make_samplers(episodes_seed, cfg)
-        cfg = cfg.replace(learner={"amp": candidate_amp(cfg, self.device)})
+        cfg = cfg.replace(learner={"amp": candidate_amp(cfg, self.device, self.space.kind)})
         curve: list[list[float]] = []
 
         def report(step: int, value: float) -> None:

@@ -130,7 +130,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     dataset = load_dataset(cfg.data)
     amp_dtype(device, cfg.learner.amp == "on")  # --amp on without bf16 or CUDA: refused now, by the trainer's rule
     if cfg.search.precision is None:  # a new study's candidates: the rule of --amp on this machine
-        cfg = cfg.replace(search={"precision": candidate_precision(cfg.learner.amp, device)})
+        precision = candidate_precision(cfg.learner.amp, device, kind=space.kind)
+        cfg = cfg.replace(search={"precision": precision})
     check_precision(cfg, device)
     check_compile(device, cfg.learner.compile)
     hooks = TrialHooks()
@@ -154,7 +155,7 @@ def check_precision(cfg: RunConfig, device: torch.device) -> None:
     if precision in (None, "fp32"):
         return
     try:
-        here = candidate_precision("on", device)
+        here = candidate_precision("on", device)  # what --amp on gives here
     except ConfigError:
         here = "fp32"
     if here != precision:
@@ -271,6 +272,27 @@ def _train_supernet(study: optuna.Study, prepared: Prepared, progress: SearchPro
     with_storage_retry(queue_derived, study._storage)
 
 
+# Worker processes a search runs by default: one per CPU core, one thread each, at most this many.
+# Measured (bench/throughput.py, bench/README.md): on 2 cores, 2 processes of one thread train
+# 1.2-2.1x the candidates per hour of one process whose candidate trains its tasks on 2 threads.
+AUTO_WORKERS_MAX = 8
+WORKERS_ENV = "NAS_META_N_WORKERS"  # another default number of processes, e.g. 1 (tests, reproducible runs)
+
+
+def default_workers(device: str, *, visible: int) -> int:
+    """The processes a search runs when ``--n-workers`` is not given: ``$NAS_META_N_WORKERS``;
+    else on the CPU (``device`` "cpu", or "auto" without a GPU) one per core up to
+    :data:`AUTO_WORKERS_MAX`; else (GPUs) one."""
+    given = os.environ.get(WORKERS_ENV)
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise ConfigError(f"{WORKERS_ENV}={given!r} must be a positive integer")
+        return int(given)
+    if device == "cpu" or (device == "auto" and visible == 0):
+        return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+    return 1
+
+
 def worker_devices(device: str, workers: int, *, visible: int, devices: list[str] | None = None) -> list[str]:
     """The device of each worker (index 0 is the process that starts the others): ``devices`` in
     turn (worker i on ``devices[i mod len]``); else, with several visible GPUs and ``device``
@@ -289,7 +311,7 @@ def run_search(
     cfg: RunConfig,
     *,
     stream: TextIO | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
     devices: list[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SearchOutcome:
@@ -299,11 +321,15 @@ def run_search(
     a trial left RUNNING by a killed process is failed and queued again.  With ``workers > 1``,
     ``workers - 1`` extra processes (``nas-meta worker``) join this one on the study, each with
     its share of the CPU threads; their logs are ``worker-<i>.log`` in the study folder.
+    ``workers=None`` is :func:`default_workers` (a study in SQLite then stays one process).
     ``should_stop()`` returning True stops the running trial at its next step (as Ctrl-C does).
     On a machine with several GPUs the workers are spread over them (:func:`worker_devices`).
     """
     import torch
 
+    auto = workers is None
+    if workers is None:
+        workers = default_workers(cfg.device, visible=torch.cuda.device_count())
     assignment = worker_devices(cfg.device, workers, visible=torch.cuda.device_count(), devices=devices)
     cfg = cfg.replace(device=assignment[0])
     prepared = prepare(cfg)
@@ -311,6 +337,11 @@ def run_search(
     prepared.hooks.should_stop = should_stop
     task = prepared.objective.dataset.task
     url = storage_url(cfg, prepared.study_name, workers)
+    out = stream or sys.stdout
+    if auto and workers > 1 and url.startswith("sqlite:"):
+        # A study kept in SQLite (started by one process, or --storage sqlite:...) stays one process.
+        workers, assignment = 1, assignment[:1]
+        print(f"study {prepared.study_name!r} is in SQLite, which takes one writer: one process", file=out)
     if workers > 1 and url.startswith("sqlite:"):
         raise ConfigError(
             f"--n-workers {workers} needs a storage that takes concurrent writers, and study "
@@ -341,14 +372,21 @@ def run_search(
         optuna.storages.fail_stale_trials(study)  # heartbeat-stale trials of dead remote workers
 
     children = _spawn_workers(prepared, url, assignment) if workers > 1 else []
+    threads = torch.get_num_threads()
     if workers > 1:
         torch.set_num_threads(_threads_per_worker(workers))
+        print(
+            f"{workers} processes train candidates, {_threads_per_worker(workers)} thread(s) each "
+            f"(the others log to {prepared.directory}/worker-<i>.log)",
+            file=out,
+        )
     try:
         try:
             ran = _optimize(study, prepared, stream)
         finally:
             for child in children:
                 child.wait()
+            torch.set_num_threads(threads)  # the race and the outputs: every thread again
         if cfg.search.race:
             _race(study, prepared, stream)  # this process alone: workers never race
     except KeyboardInterrupt:
