@@ -103,6 +103,8 @@ def measure(item: Item, root: str | None, cache: str, threads: int, barrier: Any
 
     torch.set_num_threads(threads)
     cfg = _config(item.task, item.choice, root, cache)
+    if cfg.learner.compile:
+        torch._dynamo.reset()  # nothing compiled for an earlier item is reused: a search's candidates are new
     key = repr(cfg.data)
     if key not in _DATASETS:
         _DATASETS[key] = load_dataset(cfg.data)
@@ -171,7 +173,9 @@ class Pool:
             for i in range(workers)
         ]
         saved = dict(os.environ)
-        os.environ.update(env or {})  # the spawned interpreters start with it (OpenMP reads it at load)
+        # The spawned interpreters start with ``env`` (OpenMP reads it at load); inductor's caches on
+        # disk are off, so every compiled candidate pays its compiling, as a new architecture does.
+        os.environ.update({"TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0", **(env or {})})
         try:
             for p in self.procs:
                 p.start()
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=None,
             cpu_seconds=_children_cpu(),
         )
-    print(" ".join(f"{name}={value:.2f}" for name, value in found.items()))
+    print(" ".join(f"{name}={value:.2f}" for name, value in found.items() if not math.isnan(value)))
     return 0
 
 

@@ -131,7 +131,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         f"{_per_preset(lambda preset: make_config(preset).search.supernet_steps)})",
     )
     p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in results/<study>/)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: a file in results/<study>/: Optuna's journal with several processes, "
+        "SQLite with one)",
+    )
     p.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
     p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     p.add_argument(
