@@ -476,6 +476,9 @@ def test_a_search_without_n_workers_runs_one_process_per_core(monkeypatch, tmp_p
     assert "2 processes train candidates, 1 thread(s) each" in out.getvalue()
     assert (outcome.directory / "worker-1.log").is_file()
     assert len(counted_trials(outcome.study)) >= 3
+    # Resumed the same way, it goes on in its journal file.
+    more = runner.run_search(cfg.replace(search={"trials": 5}), stream=io.StringIO(), workers=None)
+    assert more.storage == outcome.storage and len(counted_trials(more.study)) >= 5
     # A study started in SQLite by one process resumes as one process, not refused.
     one = runner.run_search(cfg.replace(search={"study": "one"}), stream=io.StringIO(), workers=1)
     assert one.storage.startswith("sqlite:")
