@@ -83,6 +83,22 @@ def _host_without_bf16(monkeypatch):
 
 
 @pytest.fixture
+def outer_steps(monkeypatch) -> list:
+    """The autocast dtype (None: fp32) of every outer step the trainer takes, in order."""
+    import nas_meta.learners.train as train_module
+
+    steps: list = []
+    real = train_module.outer_step
+
+    def recording(*args, autocast_dtype=None, **kwargs):
+        steps.append(autocast_dtype)
+        return real(*args, autocast_dtype=autocast_dtype, **kwargs)
+
+    monkeypatch.setattr(train_module, "outer_step", recording)
+    return steps
+
+
+@pytest.fixture
 def small_disk(tmp_path):
     """``small_disk(size)``: a real filesystem of ``size`` (a tmpfs mounted under tmp_path,
     unmounted after the test), to fill up.  Needs Linux and root (or CAP_SYS_ADMIN); without them

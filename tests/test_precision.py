@@ -20,19 +20,9 @@ from nas_meta.search.study import load_study, stored_config
 CPU = torch.device("cpu")
 
 
-def _host(monkeypatch, bf16: bool) -> list[torch.dtype | None]:
-    """Make this host a CPU with (or without) bf16 instructions, to nas_meta; returns the list
-    that every outer step's autocast dtype is appended to, in order."""
+def _host(monkeypatch, bf16: bool) -> None:
+    """Make this host a CPU with (or without) bf16 instructions, to nas_meta."""
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: bf16)
-    steps: list[torch.dtype | None] = []
-    real = train_module.outer_step
-
-    def recording(*args, autocast_dtype=None, **kwargs):
-        steps.append(autocast_dtype)
-        return real(*args, autocast_dtype=autocast_dtype, **kwargs)
-
-    monkeypatch.setattr(train_module, "outer_step", recording)
-    return steps
 
 
 @pytest.mark.parametrize(
@@ -79,8 +69,9 @@ def _smoke(tmp_path, name, **search) -> RunConfig:
     )
 
 
-def test_auto_trains_candidates_in_bf16_and_the_race_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=True)
+def test_auto_trains_candidates_in_bf16_and_the_race_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=True)
     cfg = _smoke(tmp_path, "bf16", trials=2, race=1, race_blocks=1, race_iterations=3, race_episodes=4)
     outcome = run_search(cfg, stream=io.StringIO())
     candidate_steps = 2 * cfg.learner.iterations
@@ -92,23 +83,26 @@ def test_auto_trains_candidates_in_bf16_and_the_race_in_fp32_on_a_bf16_cpu(monke
     assert saved["search"]["precision"] == "bf16" and saved["learner"]["amp"] == "auto"
 
 
-def test_auto_trains_candidates_in_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=False)
+def test_auto_trains_candidates_in_fp32_on_a_cpu_without_bf16(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=False)
     cfg = _smoke(tmp_path, "fp32", trials=2, race=0)
     outcome = run_search(cfg, stream=io.StringIO())
     assert steps == [None] * (2 * cfg.learner.iterations)
     assert stored_config(outcome.study).search.precision == "fp32"
 
 
-def test_amp_on_trains_the_race_in_bf16_too(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=True)
+def test_amp_on_trains_the_race_in_bf16_too(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=True)
     cfg = _smoke(tmp_path, "on", trials=1, race=1, race_blocks=1, race_iterations=2, race_episodes=4)
     run_search(cfg.replace(learner={"amp": "on"}), stream=io.StringIO())
     assert steps == [torch.bfloat16] * (cfg.learner.iterations + 4)
 
 
-def test_a_study_keeps_its_precision_across_a_resume(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=False)
+def test_a_study_keeps_its_precision_across_a_resume(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=False)
     cfg = _smoke(tmp_path, "keep", trials=1, race=0)
     run_search(cfg, stream=io.StringIO())
     # Resumed on a bf16 host, an fp32 study's next candidate trains in fp32, and the user is told.
@@ -121,16 +115,18 @@ def test_a_study_keeps_its_precision_across_a_resume(monkeypatch, tmp_path):
     assert stored_config(resumed.study).search.precision == "fp32"
 
 
-def test_auto_trains_cell_candidates_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=True)
+def test_auto_trains_cell_candidates_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=True)
     cfg = _smoke(tmp_path, "cell", trials=1, race=0).replace(search={"space": "cell"})
     outcome = run_search(cfg, stream=io.StringIO())
     assert steps == [None] * cfg.learner.iterations
     assert stored_config(outcome.study).search.precision == "fp32"
 
 
-def test_a_bf16_study_is_not_resumed_where_bf16_is_missing(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=True)
+def test_a_bf16_study_is_not_resumed_where_bf16_is_missing(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=True)
     cfg = _smoke(tmp_path, "moved", trials=1, race=0)
     run_search(cfg, stream=io.StringIO())
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
@@ -142,8 +138,9 @@ def test_a_bf16_study_is_not_resumed_where_bf16_is_missing(monkeypatch, tmp_path
     assert steps == []  # nothing trained
 
 
-def test_a_study_stored_before_the_precision_resumes_in_fp32(monkeypatch, tmp_path):
-    steps = _host(monkeypatch, bf16=True)
+def test_a_study_stored_before_the_precision_resumes_in_fp32(monkeypatch, tmp_path, outer_steps):
+    steps = outer_steps
+    _host(monkeypatch, bf16=True)
     cfg = _smoke(tmp_path, "old", trials=1, race=0)
     outcome = run_search(cfg.replace(learner={"amp": "off"}), stream=io.StringIO())
     # Rewrite the stored config as an earlier version wrote it: amp a switch, no precision.

@@ -239,25 +239,16 @@ def test_amp_dtype_follows_the_hardware() -> None:
     assert cuda_amp_dtype((8, 0)) is torch.bfloat16 and cuda_amp_dtype((9, 0)) is torch.bfloat16
 
 
-def _fake_cpu_bf16(monkeypatch, present: bool) -> list[torch.dtype | None]:
-    """Make oneDNN's bf16 probe (what cpu_has_bf16 asks) answer ``present``; returns the list
-    that the autocast dtype of each outer step the trainer takes is appended to."""
+def _fake_cpu_bf16(monkeypatch, present: bool) -> None:
+    """Make oneDNN's bf16 probe (what cpu_has_bf16 asks) answer ``present``."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: present)
     monkeypatch.setattr(train_module, "cpu_has_bf16", cpu_has_bf16)  # the real probe, not conftest's
     assert cpu_has_bf16() is present
-    steps: list[torch.dtype | None] = []
-    real = train_module.outer_step
-
-    def recording_step(*args, autocast_dtype=None, **kwargs):
-        steps.append(autocast_dtype)
-        return real(*args, autocast_dtype=autocast_dtype, **kwargs)
-
-    monkeypatch.setattr(train_module, "outer_step", recording_step)
-    return steps
 
 
-def test_amp_on_a_cpu_without_bf16_is_refused_before_the_first_step(monkeypatch) -> None:
-    steps = _fake_cpu_bf16(monkeypatch, False)
+def test_amp_on_a_cpu_without_bf16_is_refused_before_the_first_step(monkeypatch, outer_steps) -> None:
+    steps = outer_steps
+    _fake_cpu_bf16(monkeypatch, False)
     with pytest.raises(ConfigError, match=r"--amp needs bf16 instructions on the CPU .* drop --amp"):
         amp_dtype(torch.device("cpu"), True)
     train = RandomEpisodes(1)
@@ -266,8 +257,9 @@ def test_amp_on_a_cpu_without_bf16_is_refused_before_the_first_step(monkeypatch)
     assert train.calls == 0 and steps == []
 
 
-def test_amp_on_a_cpu_with_bf16_trains_every_step_in_bf16(monkeypatch) -> None:
-    steps = _fake_cpu_bf16(monkeypatch, True)
+def test_amp_on_a_cpu_with_bf16_trains_every_step_in_bf16(monkeypatch, outer_steps) -> None:
+    steps = outer_steps
+    _fake_cpu_bf16(monkeypatch, True)
     assert amp_dtype(torch.device("cpu"), True) is torch.bfloat16
     train = RandomEpisodes(1)
     result = meta_train(make(), train, None, LearnerConfig(amp=True, iterations=2, meta_batch=2), seed=0)
