@@ -91,7 +91,22 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
+def add_location_options(p: Any, *, data_root: str = "folder of a real dataset (omniglot, folder, cifar_fs)") -> None:
+    """--data-root and --cache-dir: where the dataset is on this machine and where its cache goes."""
+    p.add_argument("--data-root", default=None, help=data_root)
+    p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+
+
+def cache_dir(args: argparse.Namespace) -> str:
+    """--cache-dir, else the default cache folder, as a folder the run can write into."""
+    return str(check_folder(args.cache_dir or default_cache_dir(), "--cache-dir"))
+
+
+def add_device_option(p: Any, *, default: str | None, help: str = "auto, cpu, cuda or cuda:N") -> None:
+    p.add_argument("--device", default=default, type=device_name, help=help)
+
+
+def add_data_options(p: Any) -> None:
     p.add_argument(
         "--split",
         default=None,
@@ -103,16 +118,14 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    cache = args.cache_dir or default_cache_dir()
-    check_folder(cache, "--cache-dir")
-    data: dict[str, Any] = {"cache_dir": cache, "download": args.download}
+    data: dict[str, Any] = {"cache_dir": cache_dir(args), "download": args.download}
     for name in ("data_root", "split", "image_size", "rotations", "augment"):
         if getattr(args, name, None) is not None:
             data[name] = getattr(args, name)
     return data
 
 
-def add_recipe_options(p: argparse.ArgumentParser) -> None:
+def add_recipe_options(p: Any) -> None:
     # The training recipe; None means "the preset's / dataset's default" (see config.py).
     p.add_argument(
         "--rotations",
@@ -143,7 +156,7 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     add_refit_option(p)
 
 
-def add_refit_option(p: argparse.ArgumentParser) -> None:
+def add_refit_option(p: Any) -> None:
     p.add_argument(
         "--refit",
         default=None,
@@ -173,7 +186,7 @@ def add_study_options(p: argparse.ArgumentParser, *, many: bool) -> None:
     p.add_argument("--results-dir", default=RunConfig().results_dir, help="where study folders are (default: results)")
 
 
-def add_budget_options(p: argparse.ArgumentParser) -> None:
+def add_budget_options(p: Any) -> None:
     p.add_argument("--iterations", type=int, default=None, help="meta-training steps (default: preset's)")
     p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
 

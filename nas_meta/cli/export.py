@@ -10,18 +10,18 @@ from typing import Any
 from ..config import PRESETS, RunConfig, make_config
 from ..errors import ConfigError
 from .common import (
-    CACHE_DIR_HELP,
     add_budget_options,
     add_data_options,
+    add_device_option,
+    add_location_options,
     add_recipe_options,
     add_refit_option,
     add_study_options,
     budget_overrides,
+    cache_dir,
     check_file,
     check_folder,
     data_overrides,
-    default_cache_dir,
-    device_name,
     format_test,
     positive,
     recipe_overrides,
@@ -51,8 +51,7 @@ def add_parsers(sub: Any) -> None:
     add_refit_option(export)
     add_budget_options(export)  # of --retrain; the search's own budget by default
     export.add_argument("--out", default=None, help="output folder (default: results/<study>/export)")
-    export.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
-    export.add_argument("--data-root", default=None, help="where the study's dataset is on this machine")
+    add_location_options(export, data_root="where the study's dataset is on this machine")
 
     evaluate = sub.add_parser("evaluate", help="meta-test one architecture on the test classes")
     evaluate.add_argument("arch", help="an arch.json file, an exported folder or a one-architecture space (conv4)")
@@ -73,7 +72,7 @@ def add_parsers(sub: Any) -> None:
         "--algo", default=None, choices=LEARNERS.names(), help="meta-learner (default: the card's, else maml)"
     )
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the card's, else glyphs)")
-    evaluate.add_argument("--data-root", default=None)
+    add_location_options(evaluate)
     add_data_options(evaluate)
     evaluate.add_argument("--ways", type=int, default=None)
     evaluate.add_argument("--shots", type=int, default=None)
@@ -82,9 +81,8 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument(
         "--preset", default=D.preset, choices=sorted(PRESETS), help=f"training budget (default: {D.preset})"
     )
-    evaluate.add_argument("--cache-dir", default=None)
     evaluate.add_argument("--seed", type=int, default=D.seed)
-    evaluate.add_argument("--device", default=D.device, type=device_name, help="auto, cpu, cuda or cuda:N")
+    add_device_option(evaluate, default=D.device)
     evaluate.add_argument("--amp", action="store_true", help="mixed precision (CUDA; bf16 on CPUs that have it)")
     export.set_defaults(run=cmd_export)
     evaluate.set_defaults(run=cmd_evaluate)
@@ -100,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     [(name, url)] = find_studies([args.study], args.storage, args.results_dir)
     study = load_study(name, url)
     cfg = stored_config(study)
-    data: dict[str, Any] = {"cache_dir": str(check_folder(args.cache_dir or default_cache_dir(), "--cache-dir"))}
+    data: dict[str, Any] = {"cache_dir": cache_dir(args)}
     if args.data_root:
         data["data_root"] = args.data_root
     if args.refit is not None and not args.retrain:

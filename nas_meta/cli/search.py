@@ -19,16 +19,16 @@ from ..config import (
 )
 from ..errors import ConfigError
 from .common import (
-    CACHE_DIR_HELP,
     PROG,
     add_budget_options,
     add_data_options,
+    add_device_option,
+    add_location_options,
     add_recipe_options,
     budget_overrides,
+    cache_dir,
     check_folder,
     data_overrides,
-    default_cache_dir,
-    device_name,
     graceful_interrupt,
     recipe_overrides,
 )
@@ -51,17 +51,20 @@ def add_parsers(sub: Any) -> None:
         help="distinct per worker: the sampler's seed is the run seed plus this (default: 1)",
     )
     worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    worker.add_argument("--data-root", default=None, help="where the dataset is on this machine")
-    worker.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
-    worker.add_argument(
-        "--device", default=None, type=device_name, help="override the study's device: auto, cpu, cuda or cuda:N"
-    )
+    add_location_options(worker, data_root="where the dataset is on this machine")
+    add_device_option(worker, default=None, help="override the study's device: auto, cpu, cuda or cuda:N")
     worker.set_defaults(run=cmd_worker)
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
+    # One group per concern in --help; every option is defined once, here or in common.py.
+    search = p.add_argument_group("the search")
+    data = p.add_argument_group("data, episodes and the training recipe")
+    budget = p.add_argument_group("budget")
+    race = p.add_argument_group("the race (README: The race)")
+    machine = p.add_argument_group("precision, device and processes")
     # None means "the preset's value": only what the user typed overrides the preset.
-    p.add_argument(
+    search.add_argument(
         "--space",
         default=D.search.space,
         help=f"space name in search_spaces/ or a YAML path (default: {D.search.space})",
@@ -70,41 +73,41 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     from ..learners import LEARNERS
     from ..search.samplers import PRUNERS, SAMPLERS
 
-    p.add_argument(
+    search.add_argument(
         "--algo", default=D.learner.algo, choices=LEARNERS.names(), help=f"meta-learner (default: {D.learner.algo})"
     )
-    p.add_argument(
+    data.add_argument(
         "--dataset", default=D.data.dataset, help=f"dataset name (default: {D.data.dataset}, built in, offline)"
     )
-    p.add_argument("--data-root", default=None, help="folder of a real dataset (omniglot, folder, cifar_fs)")
-    add_data_options(p)
-    p.add_argument("--ways", type=int, default=None, help="classes per episode (default: 5)")
-    p.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
-    p.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
-    p.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
-    add_budget_options(p)
-    add_recipe_options(p)
-    p.add_argument("--preset", default=D.preset, choices=sorted(PRESETS), help=f"budget (default: {D.preset})")
-    p.add_argument(
+    add_location_options(data)
+    add_data_options(data)
+    data.add_argument("--ways", type=int, default=None, help="classes per episode (default: 5)")
+    data.add_argument("--shots", type=int, default=None, help="support examples per class (default: 1)")
+    data.add_argument("--queries", type=int, default=None, help="query examples per class (default: preset's)")
+    budget.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: preset's)")
+    add_budget_options(budget)
+    add_recipe_options(data)
+    budget.add_argument("--preset", default=D.preset, choices=sorted(PRESETS), help=f"budget (default: {D.preset})")
+    search.add_argument(
         "--sampler",
         default=D.search.sampler,
         choices=SAMPLERS.names(),
         help=f"controller (default: {D.search.sampler})",
     )
-    p.add_argument(
+    search.add_argument(
         "--pruner",
         default=D.search.pruner,
         choices=PRUNERS.names(),
         help="early stopping; halving: successive halving, 3 rungs (default: none)",
     )
-    p.add_argument(
+    search.add_argument(
         "--prescreen",
         default=None,
         metavar="PROXY",
         help="score --prescreen-pool candidates by this training-free proxy (README: Screening) "
         "and meta-train only the best of each pool (default: no screening)",
     )
-    p.add_argument(
+    search.add_argument(
         "--prescreen-pool",
         type=int,
         default=None,
@@ -113,7 +116,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         f"{_per_preset(lambda preset: SCREENING_POOLS[preset]['prescreen'])}; with --strategy supernet: "
         f"{_per_preset(lambda preset: SCREENING_POOLS[preset]['supernet'])})",
     )
-    p.add_argument(
+    search.add_argument(
         "--strategy",
         default=D.search.strategy,
         choices=STRATEGIES,
@@ -122,7 +125,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "differentiable search of a cell space, its architecture trained as the first trial "
         f"(README: Weight sharing) (default: {D.search.strategy})",
     )
-    p.add_argument(
+    search.add_argument(
         "--supernet-steps",
         type=int,
         default=None,
@@ -130,25 +133,21 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         help="meta-training steps of the supernet or DARTS network (default: "
         f"{_per_preset(lambda preset: make_config(preset).search.supernet_steps)})",
     )
-    p.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
-    p.add_argument(
+    search.add_argument("--study", default=None, help="study name (default: <space>-<algo>-<dataset>)")
+    search.add_argument(
         "--storage",
         default=None,
         help="Optuna storage URL (default: a file in results/<study>/: Optuna's journal with several processes, "
         "SQLite with one)",
     )
-    p.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
-    p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
-    p.add_argument(
+    search.add_argument("--results-dir", default=D.results_dir, help=f"output folder (default: {D.results_dir})")
+    search.add_argument(
         "--seed", type=int, default=D.seed, help=f"seed of the sampler, episodes and weights (default: {D.seed})"
     )
-    p.add_argument(
-        "--device",
-        default=D.device,
-        type=device_name,
-        help=f"auto, cpu, cuda or cuda:N; auto = CUDA when present (default: {D.device})",
+    add_device_option(
+        machine, default=D.device, help=f"auto, cpu, cuda or cuda:N; auto = CUDA when present (default: {D.device})"
     )
-    p.add_argument(
+    machine.add_argument(
         "--amp",
         nargs="?",
         const="on",
@@ -159,20 +158,20 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "mixed precision for every training (bf16; fp16 on CUDA before compute capability 8.0); "
         f"off = fp32 throughout (default: {D.learner.amp}); fixed for a study when it starts",
     )
-    p.add_argument(
+    machine.add_argument(
         "--compile", action="store_true", help="torch.compile the learner's passes (pays only for long trainings)"
     )
-    p.add_argument(
+    budget.add_argument(
         "--trial-timeout",
         type=float,
         default=None,
         metavar="SECONDS",
         help="fail a candidate whose meta-training takes longer (default: no limit)",
     )
-    p.add_argument(
+    search.add_argument(
         "--enqueue", action="append", default=[], metavar="ARCH.json", help="train this architecture first (repeatable)"
     )
-    p.add_argument(
+    race.add_argument(
         "--baseline",
         action="append",
         default=None,
@@ -181,7 +180,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "raced against the best candidates, or with --race 0 trained first as a trial (repeatable; "
         "'none' for no baseline) (default with a race: conv4 for images, mlp40 for vectors)",
     )
-    p.add_argument(
+    search.add_argument(
         "--crn",
         default=D.search.crn,
         choices=CRN_MODES,
@@ -189,7 +188,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "all = and from the study's initial-weight seed, off = each trial its own streams "
         f"(default: {D.search.crn})",
     )
-    p.add_argument(
+    race.add_argument(
         "--race",
         type=int,
         default=None,
@@ -197,14 +196,14 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         help="after the trials, race the K best candidates and the baselines on fresh episodes and pick the "
         f"survivor (README: The race); 0 = the best trial is the pick (default: {D.search.race}; smoke: 0)",
     )
-    p.add_argument(
+    race.add_argument(
         "--race-iterations",
         type=int,
         default=None,
         metavar="N",
         help="meta-training steps of each race entrant per block (default: --iterations)",
     )
-    p.add_argument(
+    race.add_argument(
         "--race-blocks",
         type=int,
         default=None,
@@ -212,21 +211,21 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         help=f"race blocks: each entrant trained once per block, from the block's seed "
         f"(default: {D.search.race_blocks})",
     )
-    p.add_argument(
+    race.add_argument(
         "--race-episodes",
         type=int,
         default=None,
         metavar="E",
         help="fresh validation episodes per race block (default: twice the preset's validation episodes)",
     )
-    p.add_argument(
+    machine.add_argument(
         "--n-workers",
         type=int,
         default=None,
         help="worker processes on this machine sharing the study, one thread each (default: on the CPU one "
         "per core, at most 8, or $NAS_META_N_WORKERS; 1 on a GPU; 1 keeps the trials' order reproducible)",
     )
-    p.add_argument(
+    machine.add_argument(
         "--devices",
         default=None,
         metavar="LIST",
@@ -365,9 +364,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {
-        "data": {"cache_dir": str(check_folder(args.cache_dir or default_cache_dir(), "--cache-dir"))}
-    }
+    overrides: dict[str, Any] = {"data": {"cache_dir": cache_dir(args)}}
     if args.data_root:
         overrides["data"]["data_root"] = args.data_root
     if args.device:
