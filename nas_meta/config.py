@@ -231,6 +231,19 @@ class LearnerConfig:
         if isinstance(self.amp, bool):  # configs stored before AMP_MODES, and --amp as a switch
             object.__setattr__(self, "amp", "on" if self.amp else "off")
 
+    def budget(self, iterations: int | None = None, meta_batch: int | None = None) -> dict[str, Any]:
+        """The fields of another budget: ``iterations`` outer steps with as many validation
+        checkpoints as this config has (``eval_every`` scaled), ``meta_batch`` episodes per step;
+        None keeps this config's value."""
+        fields: dict[str, Any] = {}
+        if iterations is not None:
+            check_count("iterations", iterations)
+            fields["iterations"] = iterations
+            fields["eval_every"] = max(1, iterations * self.eval_every // self.iterations)
+        if meta_batch is not None:
+            fields["meta_batch"] = meta_batch
+        return fields
+
     def validate(self) -> None:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"unknown --amp {self.amp!r}; choose from {list(AMP_MODES)}")
@@ -549,10 +562,16 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def make_config(preset: str = "quick", **sections: dict[str, Any]) -> RunConfig:
+def make_config(
+    preset: str = "quick", *, budget: dict[str, int | None] | None = None, **sections: dict[str, Any]
+) -> RunConfig:
     """The preset's values, then the dataset's protocol values, then the caller's; validated.
 
     ``make_config("smoke", learner={"algo": "protonet"}, search={"trials": 3})``
+
+    ``budget`` (``{"iterations": N, "meta_batch": M}``, None values ignored: the CLI's
+    --iterations / --meta-batch) changes the preset's budget keeping its number of validation
+    checkpoints (:meth:`LearnerConfig.budget`); a ``learner`` section's own values still win.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -562,4 +581,6 @@ def make_config(preset: str = "quick", **sections: dict[str, Any]) -> RunConfig:
         base = base.replace(learner={"train_ways": PAPER_PROTONET_TRAIN_WAYS})
     dataset = (sections.get("data") or {}).get("dataset", base.data.dataset)
     base = base.replace(**DATASET_DEFAULTS.get(dataset, {}))
+    if budget:
+        base = base.replace(learner=base.learner.budget(**budget))
     return base.replace(**sections).validate()

@@ -169,3 +169,25 @@ def test_the_screening_pool_scales_with_the_preset(strategy, prescreen):
     quick, smoke = make_config("quick").learner.iterations, make_config("smoke").learner.iterations
     assert 1 < pools["smoke"] <= max(2, pools["quick"] * smoke // quick * 4)
     assert pools["smoke"] < pools["quick"] <= pools["paper"]
+
+
+def test_a_budget_keeps_the_presets_number_of_checkpoints():
+    quick, paper = make_config("quick").learner, make_config("paper").learner
+    cfg = make_config("quick", budget={"iterations": 800, "meta_batch": None})
+    assert (cfg.learner.iterations, cfg.learner.eval_every) == (800, 800 * quick.eval_every // quick.iterations)
+    assert cfg.learner.meta_batch == quick.meta_batch  # None: the preset's
+    cfg = make_config("paper", budget={"iterations": 6_000, "meta_batch": 8})
+    assert cfg.learner.eval_every == 6_000 * paper.eval_every // paper.iterations
+    assert cfg.learner.meta_batch == 8
+    # At least one step between checkpoints; the caller's own learner values still win.
+    assert make_config("quick", budget={"iterations": 1}).learner.eval_every == 1
+    assert make_config("quick", budget={"iterations": 800}, learner={"eval_every": 7}).learner.eval_every == 7
+    with pytest.raises(ConfigError, match="--iterations must be a positive integer, got 0"):
+        make_config("quick", budget={"iterations": 0})
+    # The CLI passes what the user typed.
+    from nas_meta.cli import build_parser
+    from nas_meta.cli.search import search_config
+
+    args = build_parser().parse_args(["search", "--preset", "smoke", "--iterations", "12", "--cache-dir", "c"])
+    smoke = make_config("smoke").learner
+    assert search_config(args).learner.eval_every == 12 * smoke.eval_every // smoke.iterations

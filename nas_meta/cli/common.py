@@ -191,16 +191,10 @@ def add_budget_options(p: Any) -> None:
     p.add_argument("--meta-batch", type=int, default=None, help="episodes per meta-training step (default: preset's)")
 
 
-def budget_overrides(args: argparse.Namespace, base: Any) -> dict[str, Any]:
-    """--iterations / --meta-batch over ``base`` (a LearnerConfig), keeping its number of checkpoints."""
-    learner: dict[str, Any] = {}
-    if args.iterations is not None:
-        positive("iterations", args.iterations)
-        learner["iterations"] = args.iterations
-        learner["eval_every"] = max(1, args.iterations * base.eval_every // base.iterations)
-    if args.meta_batch is not None:
-        learner["meta_batch"] = args.meta_batch
-    return learner
+def budget(args: argparse.Namespace) -> dict[str, int | None]:
+    """--iterations / --meta-batch as the user typed them (None: the preset's or the study's), for
+    ``make_config(budget=...)`` or ``LearnerConfig.budget``."""
+    return {"iterations": args.iterations, "meta_batch": args.meta_batch}
 
 
 def positive(name: str, value: int | None) -> None:

@@ -17,7 +17,7 @@ from .common import (
     add_recipe_options,
     add_refit_option,
     add_study_options,
-    budget_overrides,
+    budget,
     cache_dir,
     check_file,
     check_folder,
@@ -103,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         data["data_root"] = args.data_root
     if args.refit is not None and not args.retrain:
         raise ConfigError(f"--refit {args.refit} chooses what --retrain trains on; add --retrain")
-    learner = budget_overrides(args, cfg.learner)
+    learner = cfg.learner.budget(**budget(args))
     if args.refit is not None:
         learner["refit"] = args.refit
     cfg = cfg.replace(data=data, learner=learner).validate()
@@ -165,7 +165,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     learner: dict[str, Any] = {"algo": args.algo or card.get("algo", "maml")}
     if args.episodes:
         learner["test_episodes"] = args.episodes
-    learner.update(budget_overrides(args, make_config(args.preset).learner))
     recipe = card.get("recipe", {})  # an exported folder retrains with its study's recipe by default
     for name in ("rotations", "augment"):
         if getattr(args, name) is None and name in recipe:
@@ -180,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         learner["amp"] = True
     if args.within_alphabet:
         data["within_alphabet"] = True
-    cfg = make_config(args.preset, data=data, learner=learner, seed=args.seed, device=args.device)
+    cfg = make_config(args.preset, budget=budget(args), data=data, learner=learner, seed=args.seed, device=args.device)
     if from_files:
         arch = load_json(path / "arch.json" if path.is_dir() else path)
     else:  # a space with exactly one architecture, such as conv4

@@ -25,7 +25,7 @@ from .common import (
     add_device_option,
     add_location_options,
     add_recipe_options,
-    budget_overrides,
+    budget,
     cache_dir,
     check_folder,
     data_overrides,
@@ -275,11 +275,11 @@ def search_config(args: argparse.Namespace):
         "algo": args.algo,
         "amp": args.amp,
         "compile": args.compile,
-        **budget_overrides(args, make_config(args.preset).learner),
         **recipe_overrides(args),
     }
     return make_config(
         args.preset,
+        budget=budget(args),
         data=data,
         learner=learner,
         search=search,
