@@ -19,11 +19,21 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .threads import PrecomputedGradient, is_stochastic, mean_in_order
 
-__all__ = ["Learner", "EXECUTIONS", "to_channels_last", "use_channels_last", "use_threads", "combine_task_results"]
+__all__ = [
+    "Learner",
+    "EXECUTIONS",
+    "to_channels_last",
+    "use_channels_last",
+    "use_threads",
+    "combine_task_results",
+    "task_loss",
+    "task_metric",
+]
 
 EXECUTIONS = ("auto", "loop", "threads", "vmap")
 
@@ -91,3 +101,17 @@ def combine_task_results(
     grads = [mean_in_order([r[2][i] for r in results], tasks) for i in range(len(leaves))]
     loss = PrecomputedGradient.apply(torch.stack([r[0] for r in results]).mean(), grads, *leaves)
     return loss, torch.stack([r[1] for r in results]).mean()
+
+
+def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Cross-entropy for classification, MSE for regression (mean over the examples)."""
+    if task == "regression":
+        return F.mse_loss(out, y)
+    return F.cross_entropy(out, y)
+
+
+def task_metric(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Accuracy in [0, 1] for classification, MSE for regression; over the last two dims' examples."""
+    if task == "regression":
+        return (out - y).pow(2).flatten(-2).mean(-1)
+    return (out.argmax(-1) == y).float().mean(-1)

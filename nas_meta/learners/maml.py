@@ -7,7 +7,8 @@ support set, and the query loss is computed at those fast weights with
 ``create_graph=True`` so the meta-gradient flows through the adaptation.
 
 Three execution paths compute the same numbers (tests compare each with a per-task reference
-written with plain ``torch.autograd.grad``):
+written with plain ``torch.autograd.grad``); this module holds the algorithm and the loop,
+``maml_execution.py`` the two others:
 
 * ``loop``: the T tasks one after the other with ``torch.autograd.grad``; the default on one
   CPU thread.  On the CPU batching tasks with ``vmap`` is slower than the loop (bench/README.md).
@@ -35,36 +36,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from ..model.fused import unfused
-from .base import EXECUTIONS, combine_task_results, to_channels_last, use_channels_last, use_threads
-from .threads import PrecomputedGradient, make_replica, run_tasks
+from . import maml_execution as execution
+from .base import EXECUTIONS, task_loss, task_metric, to_channels_last, use_channels_last, use_threads
 
 __all__ = ["MAML", "task_loss", "task_metric"]
 
 Params = dict[str, Tensor]
 R = TypeVar("R")
-
-
-def _chunks(tasks: int, chunk: int) -> list[slice]:
-    return [slice(start, min(start + chunk, tasks)) for start in range(0, tasks, chunk)]
-
-
-def task_loss(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Cross-entropy for classification, MSE for regression (mean over the examples)."""
-    if task == "regression":
-        return F.mse_loss(out, y)
-    return F.cross_entropy(out, y)
-
-
-def task_metric(out: Tensor, y: Tensor, task: str) -> Tensor:
-    """Accuracy in [0, 1] for classification, MSE for regression; over the last two dims' examples."""
-    if task == "regression":
-        return (out - y).pow(2).flatten(-2).mean(-1)
-    return (out.argmax(-1) == y).float().mean(-1)
 
 
 def _call_model(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -202,7 +184,7 @@ class MAML(nn.Module):
                 return torch.cat(
                     [
                         self._run_vmap(params, sx[c], batch.support_y[c], qx[c], steps, False).detach()
-                        for c in _chunks(tasks, chunk)
+                        for c in execution.chunks(tasks, chunk)
                     ]
                 )
 
@@ -261,103 +243,22 @@ class MAML(nn.Module):
             sx, qx = (sx if create_graph else to_channels_last(sx)), to_channels_last(qx)
         return sx, qx
 
+    # The threads and vmap executions of the same per-task work (maml_execution.py).
+
     def _threaded_loss(self, batch: Any) -> tuple[Tensor, Tensor]:
-        params = self._params(meta=True)
-        leaves = list(params.values())
-        create_graph = not self.first_order
-        sx, qx = self._inputs(batch, create_graph)
-
-        def one_task(t: int, model: nn.Module) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
-            fast = self.adapt(
-                params, sx[t], batch.support_y[t], self.inner_steps, create_graph=create_graph, model=model
-            )
-            out = self._forward(model, fast, qx[t], twice=False)
-            loss = task_loss(out, batch.query_y[t], self.task)
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            return loss.detach(), task_metric(out.detach(), batch.query_y[t], self.task), grads
-
-        return combine_task_results(run_tasks(one_task, sx.shape[0], self._replicas(sx.shape[0])), leaves)
+        return execution.threaded_loss(self, batch)
 
     def _threaded_evaluate(self, batch: Any) -> Tensor:
-        params = self._params(meta=False)
-        sx, qx = self._inputs(batch, create_graph=False)
-
-        def one_task(t: int, model: nn.Module) -> Tensor:
-            fast = self.adapt(params, sx[t], batch.support_y[t], self.test_inner_steps, create_graph=False, model=model)
-            out = self._forward(model, fast, qx[t], twice=False).detach()
-            return task_metric(out, batch.query_y[t], self.task)
-
-        return torch.stack(run_tasks(one_task, sx.shape[0], self._replicas(sx.shape[0])))
-
-    def _replicas(self, tasks: int) -> list[nn.Module]:
-        workers = min(tasks, torch.get_num_threads())
-        while len(self._thread_models) < workers:
-            self._thread_models.append(make_replica(self.model))
-        return self._thread_models[:workers]
+        return execution.threaded_evaluate(self, batch)
 
     def _halving_on_oom(self, run: Callable[[int], R], tasks: int) -> R:
-        """``run(chunk)`` with ``vmap_chunk`` tasks per chunk (all when None), halving the chunk on
-        an out-of-memory error until one task per chunk fails too."""
-        while True:
-            chunk = min(self.vmap_chunk or tasks, tasks)
-            try:
-                return run(chunk)
-            except torch.OutOfMemoryError:
-                if chunk == 1:
-                    raise
-                self.vmap_chunk = chunk // 2
-                self.oom_halvings += 1
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+        return execution.halving_on_oom(self, run, tasks)
 
     def _vmap_loss(self, batch: Any, chunk: int) -> tuple[Tensor, Tensor]:
-        """The vmap path's loss; with chunks, each chunk's meta-gradient is taken at once (its
-        graph freed) and the sum carried to ``loss.backward()`` as in the threaded path."""
-        tasks = batch.support_x.shape[0]
-        if chunk >= tasks:
-            out = self.query_outputs(batch, self.inner_steps, meta=True)
-            loss = task_loss(out.flatten(0, 1), batch.query_y.flatten(0, 1), self.task)
-            return loss, task_metric(out, batch.query_y, self.task).mean().detach()
-        params = self._params(meta=True)
-        leaves = list(params.values())
-        create_graph = not self.first_order
-        sx, qx = self._inputs(batch, create_graph)
-        total: Tensor | None = None
-        metric: Tensor | None = None
-        grads: list[Tensor | None] = [None] * len(leaves)
-        for c in _chunks(tasks, chunk):
-            out = self._run_vmap(params, sx[c], batch.support_y[c], qx[c], self.inner_steps, create_graph)
-            share = out.shape[0] / tasks  # every task has as many queries: the mean over tasks is exact
-            loss = task_loss(out.flatten(0, 1), batch.query_y[c].flatten(0, 1), self.task) * share
-            chunk_grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, chunk_grads, strict=True)]
-            part = task_metric(out.detach(), batch.query_y[c], self.task).sum() / tasks
-            total = loss.detach() if total is None else total + loss.detach()
-            metric = part if metric is None else metric + part
-        assert total is not None and metric is not None
-        return PrecomputedGradient.apply(total, grads, *leaves), metric
+        return execution.vmap_loss(self, batch, chunk)
 
     def _run_vmap(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, steps: int, create_graph: bool) -> Tensor:
-        if self.use_compile:
-            raise ValueError("compile=True applies to the per-task passes; the vmap-batched tasks are not compiled")
-        model, task, lr = self.model, self.task, self.inner_lr
-        scale = self._inner_scale(sx)
-
-        def support_loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
-            return task_loss(functional_call(model, p, (x,)), y, task) * scale
-
-        def one_task(p: Params, x: Tensor, y: Tensor, xq: Tensor) -> Tensor:
-            for _ in range(steps):
-                g = grad(support_loss)(p, x, y)
-                if scale != 1.0:
-                    g = {n: v / scale for n, v in g.items()}
-                if not create_graph:  # first order: the outer graph must not see through g
-                    g = {n: v.detach() for n, v in g.items()}
-                p = {n: p[n] - lr * g[n] for n in p}
-            return functional_call(model, p, (xq,))
-
-        fn: Callable[..., Tensor] = vmap(one_task, in_dims=(None, 0, 0, 0))
-        return fn(params, sx, sy, qx)
+        return execution.run_vmap(self, params, sx, sy, qx, steps, create_graph)
 
     def _forward(self, model: nn.Module, params: Params, x: Tensor, *, twice: bool) -> Tensor:
         """The model at ``params``; compiled when asked and not differentiated twice.
