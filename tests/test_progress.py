@@ -168,3 +168,44 @@ def test_evaluate_without_a_task_prints_the_raw_score():
     clock, out = Clock(), io.StringIO()
     run(step_printer(out, clock=clock), out, clock, 50, {8: 0.91234})
     assert out.getvalue() == "  step 8/50  10.0 steps/s  val 0.9123  elapsed 0:01  left 0:04\n"
+
+
+def test_trials_other_processes_finish_are_told_once_at_this_ones_next_trial():
+    import datetime
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": CategoricalDistribution([0, 1])}
+
+    def finished(value, *, state=TrialState.COMPLETE, when=None, **attrs):
+        when = when or datetime.datetime.now()
+        study.add_trial(
+            create_trial(
+                params={"x": 0},
+                distributions=dist,
+                value=value,
+                state=state,
+                user_attrs={"params": 1000, "seconds": 2.0, **attrs},
+            )
+        )
+        trial = study.get_trials(deepcopy=False)[-1]
+        trial.datetime_complete = when  # in-memory storage: the frozen trial is the stored one
+        return study.get_trials()[-1]
+
+    finished(0.5, when=datetime.datetime(2000, 1, 1))  # before this process started: not told
+    out = io.StringIO()
+    progress = SearchProgress(total=8, task="classification", stream=out)
+    other = finished(0.7)  # another process's candidate
+    finished(0.7, duplicate_of=other.number)  # a duplicate: not a candidate trained
+    own = finished(0.6)
+    progress.trial_finished(study, own)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"  #{other.number} (another process)  acc 70.0%  params 1.0k  2.0s")
+    assert lines[1].startswith(f"trial 3/8 (#{own.number})  acc 60.0%  best 70.0% (#{other.number})")
+    assert len(lines) == 2
+    progress.trial_finished(study, finished(0.1))  # nothing new from the others: told once
+    assert sum("(another process)" in line for line in out.getvalue().splitlines()) == 1

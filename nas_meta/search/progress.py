@@ -10,6 +10,7 @@ elapsed and remaining time) for these printers and for the CLI's (evaluate, expo
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from collections.abc import Callable
@@ -156,6 +157,9 @@ class SearchProgress:
         self.meter = StepMeter(self.tty, clock=clock)
         self._number: int | None = None
         self._dirty = False
+        # Trials other processes of the search finish are told at this one's next finished trial.
+        self._since = datetime.datetime.now()
+        self._told: set[int] = set()
 
     def _write(self, text: str) -> None:
         if self._dirty:
@@ -214,6 +218,7 @@ class SearchProgress:
         value = trial.values[0] if trial.values else None
         if trial.state == TrialState.PRUNED and trial.user_attrs.get(Attr.CURVE):
             value = trial.user_attrs[Attr.CURVE][-1][1]
+        self._tell_others(study, trial.number)
         best = next(iter(best_trials(study, self.task, k=1)), None)
         best_text = f"best {format_score(best.values[0], self.task)} (#{best.number})" if best else "best -"
         self._write(
@@ -224,3 +229,21 @@ class SearchProgress:
             f"elapsed {format_seconds(self.clock() - self.start)}{note}"
         )
         self.meter.wrote_line()
+
+    def _tell_others(self, study: optuna.Study, own: int) -> None:
+        """One line per candidate another process of the search trained and finished since this
+        one started (its own trials are told by their own lines)."""
+        self._told.add(own)
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        for t in finished:
+            if t.number in self._told or t.datetime_complete is None or t.datetime_complete < self._since:
+                continue
+            self._told.add(t.number)
+            if Attr.DUPLICATE_OF in t.user_attrs or t.user_attrs.get(Attr.SURPLUS):
+                continue
+            state = "" if t.state == TrialState.COMPLETE else f"  {t.state.name.lower()}"
+            value = format_score(t.values[0], self.task) if t.values else "-"
+            self._write(
+                f"  #{t.number} (another process)  {self.metric} {value}  "
+                f"params {format_count(t.user_attrs.get('params'))}  {t.user_attrs.get('seconds', 0):.1f}s{state}"
+            )
