@@ -8,8 +8,8 @@ max-pool replaced by an average pool) and a distant one (Conv-4 and a two-block,
 unnormalised chain) on the search's task: ProtoNet, 5-way 1-shot minimal Omniglot, the
 ``quick`` preset's candidates (80 steps, 40 validation episodes).
 
-    .venv/bin/python bench/crn.py run OMNIGLOT_ROOT [--seeds 0 1 ... 9] [--modes off episodes all]
-    .venv/bin/python bench/crn.py table
+    .venv/bin/python -m bench.crn run OMNIGLOT_ROOT [--seeds 0 1 ... 9] [--modes off episodes all]
+    .venv/bin/python -m bench.crn table
 
 Each (mode, seed) is kept in ``results/crn/`` (git-ignored; reruns skip what is done) and as a
 committed record under ``results/records/crn/``, which ``table`` reads.  It prints per pair and
@@ -21,16 +21,13 @@ of variances against "off" (an F interval); the last line is
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from records import read_records, write_record  # noqa: E402  (bench/records.py)
+from bench.records import read_records, write_record
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "crn"
 MODES = ("off", "episodes", "all")
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.process_time()
             scores = run_seed(args.root, mode, seed, args.cache_dir)
             cpu = round(time.process_time() - t0, 1)
-            command = f"python bench/crn.py run OMNIGLOT_ROOT --seeds {seed} --modes {mode}"
+            command = f"python -m bench.crn run OMNIGLOT_ROOT --seeds {seed} --modes {mode}"
             doc = {"mode": mode, "seed": seed, "scores": scores, "cpu_s": cpu, "command": command}
             atomic_write_json(path, doc)
             write_record("crn", f"{mode}-s{seed}", doc, command=command, seed=seed, cpu_seconds=cpu)

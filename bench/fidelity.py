@@ -1,10 +1,10 @@
 """The fidelity bench: how well does each cheap score rank architectures against a long meta-training?
 
-    .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 [--shard 0/2]
-    .venv/bin/python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 30 --algo fomaml \\
+    .venv/bin/python -m bench.fidelity run OMNIGLOT_ROOT --space chain --archs 30 [--shard 0/2]
+    .venv/bin/python -m bench.fidelity run OMNIGLOT_ROOT --space chain --archs 30 --algo fomaml \\
         --reference 300:200 --budgets "" --proxies ""          # the same architectures under MAML
-    .venv/bin/python bench/fidelity.py supernet OMNIGLOT_ROOT --space chain --steps 1000  # + inherited weights
-    .venv/bin/python bench/fidelity.py table                    # markdown + last line
+    .venv/bin/python -m bench.fidelity supernet OMNIGLOT_ROOT --space chain --steps 1000  # + inherited weights
+    .venv/bin/python -m bench.fidelity table                    # markdown + last line
 
 ``run`` draws ``--archs`` distinct architectures of the space (seeded; Conv-4 first in ``chain``)
 and, for each, on the minimal Omniglot sets (``lake`` split, alphabets held out; the ``omniglot``
@@ -37,16 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 # The search's validation episodes: the budgets score candidates on what a search scores them on.
-from nas_meta.search.objective import VAL_SEED_OFFSET  # noqa: E402
+from nas_meta.search.objective import VAL_SEED_OFFSET
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "fidelity"
 DEFAULT_BUDGETS = "20:40,80:40,80:200,240:200"  # 80:40 is the quick preset's search score
@@ -139,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             threads=torch.get_num_threads(),
             cpu_s=round(time.process_time() - t0, 1),
             recipe=cfg.recipe(),
-            command=" ".join(["python bench/fidelity.py run OMNIGLOT_ROOT", *sys.argv[3:]]),
+            command=" ".join(["python -m bench.fidelity run OMNIGLOT_ROOT", *sys.argv[3:]]),
         )
         atomic_write_json(path, record)
         ref = record["reference"]

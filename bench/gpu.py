@@ -1,7 +1,7 @@
 """The GPU check: is nas_meta's CUDA path right, and how fast is it?  One run, a few minutes.
 
-    PYTHONPATH=. python bench/gpu.py                  # on a machine with CUDA (its own torch >= 2.11)
-    PYTHONPATH=. python bench/gpu.py --device cpu     # the same checks on the CPU, CPU figures
+    python -m bench.gpu                  # on a machine with CUDA (its own torch >= 2.11)
+    python -m bench.gpu --device cpu     # the same checks on the CPU, CPU figures
 
 It needs torch (and networkx, which torch installs); no ``pip install``.  Optuna, pyyaml and
 learn2learn are used when importable: without optuna check 3 is skipped (and says so).  Checks, in
@@ -60,14 +60,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from nas_meta.data.sampler import Episodes
+from nas_meta.learners import MAML, ProtoNet
+from nas_meta.model import network
+from nas_meta.spaces.cell import CellSpace
+from nas_meta.spaces.stacks import ChainSpace
 
-from nas_meta.data.sampler import Episodes  # noqa: E402
-from nas_meta.learners import MAML, ProtoNet  # noqa: E402
-from nas_meta.model import network  # noqa: E402
-from nas_meta.spaces.cell import CellSpace  # noqa: E402
-from nas_meta.spaces.stacks import ChainSpace  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 try:
     import learn2learn as l2l

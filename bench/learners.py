@@ -14,8 +14,8 @@ fp32 matmul GFLOP/s of this machine in the same rounds.
 learn2learn (0.2.0) lives in its own venv (it needs numpy<2 and gym); make it once with
 ``bash bench/setup_l2l.sh``, then run from the repository root:
 
-    PYTHONPATH=. bench/.venv-l2l/bin/python bench/learners.py          # with learn2learn
-    .venv/bin/python bench/learners.py                                  # nas_meta only
+    bench/.venv-l2l/bin/python -m bench.learners          # with learn2learn
+    .venv/bin/python -m bench.learners                                  # nas_meta only
 
 Rows: ``maml``/``fomaml``/``protonet`` are nas_meta's defaults (on a multi-core CPU the tasks run
 on worker threads, one core each); ``/loop`` the single-threaded-task loop with intra-op threads
@@ -47,15 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nas_meta.data.sampler import Episodes  # noqa: E402
-from nas_meta.errors import ConfigError  # noqa: E402
-from nas_meta.learners import MAML, ProtoNet, resolve_device  # noqa: E402
-from nas_meta.learners.train import amp_dtype  # noqa: E402
-from nas_meta.model import network  # noqa: E402
-from nas_meta.model.ops import BatchNorm  # noqa: E402
-from nas_meta.spaces import load_space  # noqa: E402
+from nas_meta.data.sampler import Episodes
+from nas_meta.errors import ConfigError
+from nas_meta.learners import MAML, ProtoNet, resolve_device
+from nas_meta.learners.train import amp_dtype
+from nas_meta.model import network
+from nas_meta.model.ops import BatchNorm
+from nas_meta.spaces import load_space
 
 try:
     import learn2learn as l2l

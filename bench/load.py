@@ -1,8 +1,8 @@
 """Load: many workers on one PostgreSQL study, two of them killed and restarted, the database's
 connections cut once; then the study is checked for what a scheduler must never do.
 
-    .venv/bin/python bench/load.py postgresql://postgres@127.0.0.1:5432/postgres
-    .venv/bin/python bench/load.py URL --workers 3 --trials 20 --kills 1     # the CI version
+    .venv/bin/python -m bench.load postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python -m bench.load URL --workers 3 --trials 20 --kills 1     # the CI version
 
 A study of ``--trials`` smoke-preset trials (MAML on sinusoid, the mlp space: each trains in about
 a second, so the storage is what is loaded) is created on the storage; ``--workers`` worker
@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def start_worker(url: str, study: str, index: int, cache: str) -> subprocess.Popen:

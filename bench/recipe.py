@@ -1,8 +1,8 @@
 """The training-recipe ablation: the same backbone, one recipe element added per row.
 
-    .venv/bin/python bench/recipe.py run OMNIGLOT_ROOT ROW [ROW ...] --seed 0   # one thread per process
-    .venv/bin/python bench/recipe.py table                                      # markdown + last line
-    .venv/bin/python bench/recipe.py --list
+    .venv/bin/python -m bench.recipe run OMNIGLOT_ROOT ROW [ROW ...] --seed 0   # one thread per process
+    .venv/bin/python -m bench.recipe table                                      # markdown + last line
+    .venv/bin/python -m bench.recipe --list
 
 Every row meta-trains one backbone from scratch on the training alphabets of the minimal Omniglot
 sets (``lake`` split, seed 0: the test alphabets are never trained or validated on) and meta-tests
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nas_meta import stats  # noqa: E402  (numpy and scipy only: the table needs no torch)
+from nas_meta import stats  # numpy and scipy only: the table needs no torch
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "recipe"
 
@@ -166,7 +163,7 @@ def run_row(root: str, name: str, seed: int, cache: str) -> dict[str, Any]:
         "weights_step": result["weights_step"],
         "refit": result.get("refit"),
         "test": scores,
-        "command": f"python bench/recipe.py run OMNIGLOT_ROOT {name} --seed {seed}",
+        "command": f"python -m bench.recipe run OMNIGLOT_ROOT {name} --seed {seed}",
     }
 
 

@@ -7,7 +7,7 @@ tree had uncommitted changes, the CPU model and the vector extensions that chang
 numerics) beside the figures themselves, per-episode lists included, so paired intervals can be
 recomputed from the record alone.
 
-    from records import read_records, write_record   # bench scripts import each other this way
+    from bench.records import read_records, write_record
 
     write_record("versus_conv4", path.stem, doc, command=doc["command"], seed=seed, cpu_seconds=cpu)
 """
@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nas_meta.fileio import atomic_write_json  # noqa: E402
+from nas_meta.fileio import atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "results" / "records"

@@ -4,7 +4,7 @@
 #
 #   bash bench/reproduce.sh OMNIGLOT_ROOT [ROW ...]     # no ROW: every row, one after another
 #   bash bench/reproduce.sh --list                      # the row names
-#   .venv/bin/python bench/results_table.py > results/README.md   # the table from the logs
+#   .venv/bin/python -m bench.results_table > results/README.md   # the table from the logs
 #
 # OMNIGLOT_ROOT holds images_background_small1/ and images_background_small2/ (unzipped).
 # Each row runs on ONE CPU thread (OMP_NUM_THREADS=1), so two rows can share a 2-core machine:

@@ -1,7 +1,7 @@
 """results/README.md from the logs and studies of ``bench/reproduce.sh``.
 
-    .venv/bin/python bench/results_table.py [--results results/reproduce] > results/README.md
-    .venv/bin/python bench/results_table.py --keep results/README.md > results/README.new
+    .venv/bin/python -m bench.results_table [--results results/reproduce] > results/README.md
+    .venv/bin/python -m bench.results_table --keep results/README.md > results/README.new
     mv results/README.new results/README.md
 
 Every number in sections 1-3 and 8 is read from a row's log (``<row>.log``: command, seed, output,
@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nas_meta.analyze import study_summary  # noqa: E402
-from nas_meta.model import network  # noqa: E402
-from nas_meta.search.study import find_studies, load_study, study_task  # noqa: E402
-from nas_meta.spaces import load_space  # noqa: E402
+from nas_meta.analyze import study_summary
+from nas_meta.model import network
+from nas_meta.search.study import find_studies, load_study, study_task
+from nas_meta.spaces import load_space
 
 RESULT = re.compile(r"(accuracy|mse) ([0-9.]+)(%?) ± ([0-9.]+)")
 TASKS = {"5w1s": "5-way 1-shot", "5w5s": "5-way 5-shot", "20w1s": "20-way 1-shot", "20w5s": "20-way 5-shot"}
@@ -356,8 +352,7 @@ def kept_section(readme: Path, heading: str, next_heading: str) -> list[str]:
 
 def recipe_section() -> list[str]:
     """The training-recipe ablation of ``bench/recipe.py`` (its own JSON results), when it has run."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import recipe
+    from bench import recipe
 
     results = recipe.load_results()
     if not results:
@@ -382,7 +377,7 @@ row they name.  Rotations and jitter apply to training episodes only; validation
 and images are the dataset's own.  Train CPU s: user+system of the training (validation
 checkpoints, and the refit's second run, included), one thread, two rows running at a time, so
 they move by about 10% with the load of the other row.  Rerun a row with
-`python bench/recipe.py run OMNIGLOT_ROOT ROW --seed S` (rows: `python bench/recipe.py --list`).
+`python -m bench.recipe run OMNIGLOT_ROOT ROW --seed S` (rows: `python -m bench.recipe --list`).
 """
 RECIPE_FINDINGS = """**What the rows say** (CPU: a 2-core AMD EPYC, AVX2, no AVX-512):
 
@@ -427,8 +422,7 @@ def bench_table(module_name: str, *args: object) -> list[str]:
     import importlib
     import io
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"bench.{module_name}")
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = module.table(*args)
@@ -467,7 +461,7 @@ draw.  Kendall's tau-b and Spearman's rho against the reference, with bootstrap 
 resamples of the architectures); top-10% recall: of the reference's best 4, how many the
 estimator also puts in its best 4.  CPU s per architecture: one thread, up to four processes at a
 time on the 2-core machine, training up to the budget's step plus its own validation.  Command:
-`python bench/fidelity.py run OMNIGLOT_ROOT --space chain --archs 40 --shard i/2` (two shards),
+`python -m bench.fidelity run OMNIGLOT_ROOT --space chain --archs 40 --shard i/2` (two shards),
 seed 0, 54 CPU s per architecture in all (36 CPU-minutes).
 """
 FIDELITY_FINDINGS = """**What the table says** (CPU: 2-core Intel Xeon with AVX-512 and AMX; training-free proxies
@@ -510,7 +504,7 @@ then its best completed candidate is re-scored at the reference budget of sectio
 them, not on the noisy score that picked them.  Seeds 0, 1, 2; the paired difference is to random
 search's pick of the same seed.  Last column: the picks' mean reference error (1 - accuracy) over
 random's; below 1 the variant picks better backbones than random search.  Command:
-`python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds S --budget 180`.
+`python -m bench.search_efficiency run OMNIGLOT_ROOT --seeds S --budget 180`.
 """
 SEARCH_FINDINGS = """**What the rows say: at this budget no controller beats random search.**  Over 3 seeds every
 variant's picks land at 90.4-92.8% at the reference budget, random search's at 92.1-92.5%; the
@@ -534,7 +528,7 @@ steps on training episodes of the task's shape, meta-batch 4, 5 queries, the `om
 defaults, last-step weights) and meta-tested with Conv-4 on the *same* 600 episodes of the held-out
 test alphabets; the difference's 95% CI is the **paired** one (1.96 x std of the per-episode
 differences / sqrt(600)).  The architecture was searched on 5-way episodes; for 20-way both
-backbones are trained on 20-way episodes.  Command: `python bench/versus_conv4.py run OMNIGLOT_ROOT
+backbones are trained on 20-way episodes.  Command: `python -m bench.versus_conv4 run OMNIGLOT_ROOT
 tpe-sS ARCH.json --seeds S --tasks 5w1s 20w1s`.
 """
 VERSUS_FINDINGS = """**What the rows say**: the searched backbone beats Conv-4 in 1 of the 4 rows, and only just:

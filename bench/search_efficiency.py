@@ -11,9 +11,9 @@ the fidelity bench's reference budget (ProtoNet: 600 steps, 400 validation episo
 draw; first-order MAML: 300 steps, 200 episodes; ``bench/fidelity.py``), so picks are compared on
 the score that a long training gives, not on the noisy score that chose them.
 
-    .venv/bin/python bench/search_efficiency.py run OMNIGLOT_ROOT --seeds 0 1 2 [--variants random tpe ...]
-    .venv/bin/python bench/search_efficiency.py run OMNIGLOT_ROOT --space cell --variants tpe tpe_supernet darts
-    .venv/bin/python bench/search_efficiency.py table [--space cell] [--algo fomaml] [--baseline tpe]
+    .venv/bin/python -m bench.search_efficiency run OMNIGLOT_ROOT --seeds 0 1 2 [--variants random tpe ...]
+    .venv/bin/python -m bench.search_efficiency run OMNIGLOT_ROOT --space cell --variants tpe tpe_supernet darts
+    .venv/bin/python -m bench.search_efficiency table [--space cell] [--algo fomaml] [--baseline tpe]
 
 The weight-sharing variants spend part of the same budget on the shared network first
 (``--supernet-steps``): ``tpe_supernet`` screens pools of 32 TPE candidates on inherited weights
@@ -42,10 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import fidelity as fidelity_bench  # noqa: E402  (bench/fidelity.py: its reference protocol)
-from records import read_records, write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
+from bench import fidelity as fidelity_bench  # its reference protocol
+from bench.records import read_records, write_record
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficiency"
 
@@ -193,7 +191,7 @@ def run_variant(
         else None,
         "supernet_cpu_s": supernet.get("cpu_seconds"),
         "settings": settings,
-        "command": f"python bench/search_efficiency.py run OMNIGLOT_ROOT --space {space} --algo {algo} "
+        "command": f"python -m bench.search_efficiency run OMNIGLOT_ROOT --space {space} --algo {algo} "
         f"--ways {ways} --seeds {seed} --variants {variant} --budget {budget:g}"
         + (f" --supernet-steps {supernet_steps}" if supernet_steps is not None else ""),
     }
@@ -374,7 +372,7 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
 
     results = load(space, algo, ways)
     if not results:
-        print(f"no results yet for {space}-{algo}: run `python bench/search_efficiency.py run OMNIGLOT_ROOT` first")
+        print(f"no results yet for {space}-{algo}: run `python -m bench.search_efficiency run OMNIGLOT_ROOT` first")
         return 1
     seeds = sorted({s for _, s in results})
     lines = [

@@ -10,7 +10,7 @@
 # multi-GB torch download is needed.
 #
 # Usage:  bash bench/setup_l2l.sh [PROJECT_VENV]       (default: .venv of this repo)
-# Then:   PYTHONPATH=. bench/.venv-l2l/bin/python bench/learners.py
+# Then:   bench/.venv-l2l/bin/python -m bench.learners
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -21,7 +21,7 @@ within each round and each figure is the median over rounds, so a drift of the m
 hits all alike.  Candidates per hour are of the *machine*: one process's rate, or the sum of the N
 processes' rates while all N run.  CPU seconds per candidate stand beside them.
 
-    .venv/bin/python bench/throughput.py [OMNIGLOT_ROOT] [--tasks chain-protonet ...] [--rounds 3]
+    .venv/bin/python -m bench.throughput [OMNIGLOT_ROOT] [--tasks chain-protonet ...] [--rounds 3]
 
 Without ``OMNIGLOT_ROOT`` it runs on the built-in ``glyphs`` dataset (the same 28x28 shapes).  The
 last line is ``<choice>=<ratio>``: candidates per hour over ``default``'s, the geometric mean over
@@ -42,9 +42,7 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from records import cpu_info, write_record  # noqa: E402  (bench/records.py: the committed copy)
+from bench.records import cpu_info, write_record
 
 TASKS = ("chain-protonet", "chain-fomaml", "chain-maml", "cell-protonet", "cell-fomaml", "cell-maml")
 # choice -> (bf16, one thread per process and N processes, torch.compile)
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     print(f"\n{wall:.0f} s wall for the bench")
     if args.record:
-        command = "python bench/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m bench.throughput " + " ".join(argv if argv is not None else sys.argv[1:])
         write_record(
             "throughput",
             args.record,

@@ -1,9 +1,9 @@
 """Searched backbone against Conv-4 on the held-out test alphabets, paired on the same test episodes.
 
-    .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --seeds 0 1 --tasks 5w1s 20w1s
-    .venv/bin/python bench/versus_conv4.py run OMNIGLOT_ROOT NAME ARCH.json --algo fomaml --iterations 300
-    .venv/bin/python bench/versus_conv4.py default OMNIGLOT_ROOT --algo protonet --tasks 5w1s 20w1s --seeds 0 1
-    .venv/bin/python bench/versus_conv4.py table
+    .venv/bin/python -m bench.versus_conv4 run OMNIGLOT_ROOT NAME ARCH.json --seeds 0 1 --tasks 5w1s 20w1s
+    .venv/bin/python -m bench.versus_conv4 run OMNIGLOT_ROOT NAME ARCH.json --algo fomaml --iterations 300
+    .venv/bin/python -m bench.versus_conv4 default OMNIGLOT_ROOT --algo protonet --tasks 5w1s 20w1s --seeds 0 1
+    .venv/bin/python -m bench.versus_conv4 table
 
 ``default`` runs the toolkit's default search first (``quick`` preset on the task's own episodes,
 common random numbers, the race against Conv-4; ``--space chain`` by default, which holds
@@ -34,10 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from recipe import mean_ci, paired  # noqa: E402  (bench/recipe.py: the same statistics)
-from records import read_records, write_record  # noqa: E402  (bench/records.py: the committed copy of each row)
+from bench.recipe import mean_ci, paired
+from bench.records import read_records, write_record
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "versus_conv4"
 TEST_EPISODES = 600
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             doc.update(
                 name=args.name,
                 arch=json.loads(Path(args.arch).read_text()),
-                command=f"python bench/versus_conv4.py run OMNIGLOT_ROOT {args.name} ARCH.json --seeds {seed} "
+                command=f"python -m bench.versus_conv4 run OMNIGLOT_ROOT {args.name} ARCH.json --seeds {seed} "
                 f"--tasks {task} --iterations {args.iterations} --algo {args.algo}",
             )
             atomic_write_json(path, doc)
@@ -322,7 +320,7 @@ def run_default(args: argparse.Namespace) -> int:
                 name=name,
                 arch=json.loads(Path(search["arch_path"]).read_text()),
                 search=search,
-                command=f"python bench/versus_conv4.py default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "
+                command=f"python -m bench.versus_conv4 default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "
                 f"--algo {args.algo} --space {args.space} --iterations {args.iterations}"
                 + (f" --race-iterations {args.race_iterations}" if args.race_iterations else ""),
             )

@@ -18,8 +18,8 @@ REPO = BENCH.parent
 
 @pytest.fixture
 def records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))
-    module = importlib.import_module("records")
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the repository: bench is its package
+    module = importlib.import_module("bench.records")
     monkeypatch.setattr(module, "ROOT", tmp_path / "records")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(

@@ -13,23 +13,23 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))
-    module = importlib.import_module("search_efficiency")
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the repository: bench is its package
+    module = importlib.import_module("bench.search_efficiency")
     monkeypatch.setattr(module, "RESULTS", tmp_path)
     # The table reads the committed records: here, a folder of the test's own.
-    monkeypatch.setattr(importlib.import_module("records"), "ROOT", tmp_path / "records")
+    monkeypatch.setattr(importlib.import_module("bench.records"), "ROOT", tmp_path / "records")
     return module
 
 
 def save(doc: dict) -> None:
     """Write a row as the bench writes it: a record under results/records/search_efficiency/."""
-    records = importlib.import_module("records")
+    records = importlib.import_module("bench.records")
     name = f"{doc['space']}-{doc['algo']}-{doc['label']}-s{doc['seed']}"
     records.write_record("search_efficiency", name, doc, command="test", seed=doc["seed"], cpu_seconds=0.0)
 
 
 def saved(label: str, seed: int) -> dict:
-    records = importlib.import_module("records")
+    records = importlib.import_module("bench.records")
     return next(
         r["figures"]
         for r in records.read_records("search_efficiency")

@@ -14,8 +14,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module("throughput")
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the repository: bench is its package
+    return importlib.import_module("bench.throughput")
 
 
 def test_rates_add_over_processes_and_the_median_is_per_architecture(bench):

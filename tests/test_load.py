@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 POSTGRES = os.environ.get("NAS_META_TEST_POSTGRES")
-LOAD = Path(__file__).resolve().parent.parent / "bench" / "load.py"
+REPO = Path(__file__).resolve().parent.parent
+LOAD = [sys.executable, "-m", "bench.load"]  # as bench/README.md runs it, from the repository root
 
 
 @pytest.mark.slow
@@ -20,8 +21,8 @@ LOAD = Path(__file__).resolve().parent.parent / "bench" / "load.py"
     reason="no PostgreSQL: none answers on 127.0.0.1:5432 and NAS_META_TEST_POSTGRES (a postgresql:// URL) is unset",
 )
 def test_workers_under_kills_and_a_dropped_database_lose_nothing():
-    argv = [sys.executable, str(LOAD), POSTGRES, "--workers", "3", "--trials", "20", "--kills", "1"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    argv = [*LOAD, POSTGRES, "--workers", "3", "--trials", "20", "--kills", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "lost=0 duplicated=0 stuck=0 crashed=0 workers=3", done.stdout
@@ -31,7 +32,7 @@ def test_workers_under_kills_and_a_dropped_database_lose_nothing():
 
 def test_without_a_server_the_load_bench_says_so_in_one_line():
     done = subprocess.run(
-        [sys.executable, str(LOAD), "postgresql://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=120
+        [*LOAD, "postgresql://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=120, cwd=REPO
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("load.py: error: PostgreSQL at ")
