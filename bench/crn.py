@@ -20,13 +20,13 @@ of variances against "off" (an F interval); the last line is
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import add_cache_dir, add_omniglot_root, missing_root, subcommands
 from bench.records import read_records, write_record
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "crn"
@@ -117,19 +117,17 @@ def table() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = subcommands(__doc__)
     r = sub.add_parser("run")
-    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(r)
     r.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     r.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(r, RESULTS)
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "table":
         return table()
-    if not Path(args.root).is_dir():
-        print(f"crn.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+    if missing_root("crn.py", args.root):
         return 2
     from nas_meta.fileio import atomic_write_json
 

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import add_cache_dir, add_omniglot_root, missing_root, subcommands
+
 # The search's validation episodes: the budgets score candidates on what a search scores them on.
 from nas_meta.search.objective import VAL_SEED_OFFSET
 
@@ -353,10 +355,9 @@ def transfer() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     global RESULTS
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = subcommands(__doc__)
     r = sub.add_parser("run", help="score architectures (resumes)")
-    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(r)
     r.add_argument("--space", default="chain")
     r.add_argument("--archs", type=int, default=30)
     r.add_argument("--algo", default="protonet")
@@ -378,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument("--reverse", action="store_true", help="last architecture first (a second process meets the first)")
     r.add_argument("--shard", default="0/1", help="i/k: this process takes architectures i, i+k, ...")
-    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(r, RESULTS)
     w = sub.add_parser("supernet", help="add the inherited-weight estimator to the architectures run so far")
-    w.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(w)
     w.add_argument("--space", default="chain")
     w.add_argument("--algo", default="protonet")
     w.add_argument("--ways", type=int, default=5)
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--steps", type=int, default=1000, help="meta-training steps of the supernet")
     w.add_argument("--val-episodes", type=int, default=40, help="validation episodes per architecture")
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(w, RESULTS)
     t = sub.add_parser("table", help="the rank table and last line")
     t.add_argument("--last", default="chain-protonet-5w1s", help="the results folder of the last line")
     parser.add_argument("--results", default=str(RESULTS), help="where the per-architecture JSON live")
@@ -396,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS = Path(args.results)
     if args.command == "table":
         return table(args)
-    if not Path(args.root).is_dir():
-        print(f"fidelity.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+    if missing_root("fidelity.py", args.root):
         return 2
     if getattr(args, "amp", False):
         import torch

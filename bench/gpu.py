@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.reference import L2LMaml, episodes, meta_gradient, sync
 from nas_meta.data.sampler import Episodes
 from nas_meta.learners import MAML, ProtoNet
 from nas_meta.model import network
@@ -90,15 +91,7 @@ def architectures() -> dict[str, Any]:
 
 
 def make_batch(ways: int, shots: int, queries: int, tasks: int, device: torch.device, dtype: torch.dtype) -> Episodes:
-    g = torch.Generator().manual_seed(ways * 1000 + tasks)
-    labels = torch.arange(ways)
-    return Episodes(
-        torch.rand(tasks, ways * shots, 1, SIZE, SIZE, generator=g, dtype=dtype),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.rand(tasks, ways * queries, 1, SIZE, SIZE, generator=g, dtype=dtype),
-        labels.repeat_interleave(queries).repeat(tasks, 1),
-        ways,
-    ).to(device)
+    return episodes(ways, shots, queries, tasks, device, seed=ways * 1000 + tasks, size=SIZE, dtype=dtype)
 
 
 def make_learner(
@@ -120,17 +113,6 @@ def make_learner(
             g = torch.Generator().manual_seed(1)
             learner.head.weight.copy_(0.1 * torch.randn(learner.head.weight.shape, generator=g))
     return learner.to(device=device, dtype=dtype)
-
-
-def meta_gradient(learner: nn.Module, batch: Episodes) -> Tensor:
-    loss, _ = learner.loss(batch)
-    grads = torch.autograd.grad(loss, [p for p in learner.parameters()], allow_unused=True)
-    return torch.cat([g.flatten() for g in grads if g is not None])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- 1. exactness ------------------------------------------------------------------------------
@@ -287,23 +269,6 @@ def timed_row(
     return one_round
 
 
-class L2LMaml(nn.Module):
-    """learn2learn's documented loop: clone, adapt on the support set, query loss, mean over tasks."""
-
-    def __init__(self, learner: MAML, first_order: bool) -> None:
-        super().__init__()
-        self.maml = l2l.algorithms.MAML(copy.deepcopy(learner.model), lr=learner.inner_lr, first_order=first_order)
-
-    def loss(self, batch: Episodes) -> tuple[Tensor, Tensor]:
-        f = nn.functional.cross_entropy
-        losses = []
-        for t in range(batch.support_x.shape[0]):
-            clone = self.maml.clone()
-            clone.adapt(f(clone(batch.support_x[t]), batch.support_y[t]))
-            losses.append(f(clone(batch.query_x[t]), batch.query_y[t]))
-        return torch.stack(losses).mean(), torch.zeros(())
-
-
 def check_speed(
     device: torch.device, meta_batch: int, steps: int, rounds: int, compile: bool, report: dict[str, float]
 ) -> None:
@@ -384,7 +349,7 @@ def _compiled(make: Callable[[str], nn.Module], execution: str) -> nn.Module:
 def _l2l(make: Callable[[str], nn.Module], first_order: bool) -> nn.Module:
     learner = make("loop")
     assert isinstance(learner, MAML)
-    return L2LMaml(learner, first_order)
+    return L2LMaml(learner.model, first_order=first_order, lr=learner.inner_lr)
 
 
 # --- 3. end to end ------------------------------------------------------------------------------

@@ -43,10 +43,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.reference import L2LMaml, episodes, meta_gradient, sync
 from nas_meta.data.sampler import Episodes
 from nas_meta.errors import ConfigError
 from nas_meta.learners import MAML, ProtoNet, resolve_device
@@ -80,15 +80,7 @@ class Conv4(nn.Sequential):
 
 
 def make_batch(tasks: int, device: torch.device, seed: int = 0) -> Episodes:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(WAYS)
-    return Episodes(
-        torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=g),
-        labels.repeat_interleave(SHOTS).repeat(tasks, 1),
-        torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=g),
-        labels.repeat_interleave(QUERIES).repeat(tasks, 1),
-        WAYS,
-    ).to(device)
+    return episodes(WAYS, SHOTS, QUERIES, tasks, device, seed=seed, size=SIZE)
 
 
 def make_models(seed: int, device: torch.device) -> tuple[nn.Sequential, nn.Sequential]:
@@ -122,29 +114,6 @@ def nas_meta_maml(model: nn.Sequential, *, first_order: bool, lr: float, compile
     )
     learner.head.load_state_dict(model[1].state_dict())
     return learner
-
-
-class L2LMaml(nn.Module):
-    """learn2learn's documented MAML loop: clone, adapt on the support set, query loss, mean."""
-
-    def __init__(self, model: nn.Module, *, first_order: bool, lr: float, steps: int) -> None:
-        super().__init__()
-        self.maml = l2l.algorithms.MAML(copy.deepcopy(model), lr=lr, first_order=first_order)
-        self.steps = steps
-
-    def loss(self, batch: Episodes) -> tuple[Tensor, Tensor]:
-        losses = []
-        for t in range(batch.support_x.shape[0]):
-            learner = self.maml.clone()
-            for _ in range(self.steps):
-                learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]))
-            losses.append(F.cross_entropy(learner(batch.query_x[t]), batch.query_y[t]))
-        return torch.stack(losses).mean(), torch.zeros(())
-
-
-def meta_gradient(learner: nn.Module, batch: Episodes) -> Tensor:
-    loss, _ = learner.loss(batch)
-    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(learner.parameters()))])
 
 
 def _relative_error(a: Tensor, b: Tensor) -> float:
@@ -200,11 +169,6 @@ def train_step(learner: nn.Module, optimizer: torch.optim.Optimizer, batch: Epis
         loss, _ = learner.loss(batch)
     loss.backward()
     optimizer.step()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def count_flops(fn: Callable[[], None], learner: nn.Module) -> int:

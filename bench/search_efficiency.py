@@ -32,7 +32,6 @@ variant's picks over the baseline's (below 1: the variant picks better backbones
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fidelity as fidelity_bench  # its reference protocol
+from bench.common import add_cache_dir, add_omniglot_root, missing_root, subcommands
 from bench.records import read_records, write_record
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficiency"
@@ -446,10 +446,9 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = subcommands(__doc__)
     r = sub.add_parser("run")
-    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(r)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     r.add_argument("--budget", type=float, default=BUDGET, help="CPU seconds of search per variant and seed")
@@ -459,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--supernet-steps", type=int, default=None, help="the weight-sharing variants' shared-network steps (400)"
     )
-    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(r, RESULTS)
     t = sub.add_parser("table")
     t.add_argument(
         "--baseline", default="random", choices=list(VARIANTS), help="the variant the others are paired with"
@@ -470,8 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "table":
         return table(args.baseline, args.space, args.algo, args.ways)
-    if not Path(args.root).is_dir():
-        print(f"search_efficiency.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+    if missing_root("search_efficiency.py", args.root):
         return 2
     from nas_meta.fileio import atomic_write_json
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import add_cache_dir, add_omniglot_root, missing_root, subcommands
 from bench.recipe import mean_ci, paired
 from bench.records import read_records, write_record
 
@@ -235,19 +236,18 @@ def table() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = subcommands(__doc__)
     r = sub.add_parser("run")
-    r.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(r)
     r.add_argument("name", help="a short name for the searched architecture (letters, digits, '-', '_')")
     r.add_argument("arch", help="its arch.json")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--tasks", nargs="+", default=["5w1s", "20w1s"])
     r.add_argument("--iterations", type=int, default=600, help="meta-training steps of both backbones")
     r.add_argument("--algo", default="protonet", choices=["protonet", "fomaml", "maml"], help="the learner of both")
-    r.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(r, RESULTS)
     d = sub.add_parser("default", help="the default search's pick (its race included) against Conv-4")
-    d.add_argument("root", help="OMNIGLOT_ROOT: holds images_background_small1/ and images_background_small2/")
+    add_omniglot_root(d)
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     d.add_argument("--tasks", nargs="+", default=["5w1s", "20w1s"])
     d.add_argument("--algo", default="protonet", choices=["protonet", "fomaml", "maml"])
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument(
         "--race-iterations", type=int, default=None, help="the race's steps per block (default: the search's own)"
     )
-    d.add_argument("--cache-dir", default=str(RESULTS.parent / "cache"), help="the dataset's tensor cache")
+    add_cache_dir(d, RESULTS)
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "table":
@@ -300,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_default(args: argparse.Namespace) -> int:
     """Rows named ``default``: each seed and task searched with the defaults, then its pick against Conv-4."""
-    if not Path(args.root).is_dir():
-        print(f"versus_conv4.py: error: OMNIGLOT_ROOT must be a folder, got {args.root!r}", file=sys.stderr)
+    if missing_root("versus_conv4.py", args.root):
         return 2
     from nas_meta.fileio import atomic_write_json
 
