@@ -40,22 +40,28 @@ import random
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.records import cpu_info, write_record
 
 TASKS = ("chain-protonet", "chain-fomaml", "chain-maml", "cell-protonet", "cell-fomaml", "cell-maml")
-# choice -> (bf16, one thread per process and N processes, torch.compile)
-CHOICES: dict[str, tuple[bool, bool, bool]] = {
-    "default": (False, False, False),
-    "bf16": (True, False, False),
-    "processes": (False, True, False),
-    "bf16_processes": (True, True, False),
-    "compile": (False, False, True),
-    # fp32, one process, with OpenMP's idle threads sleeping instead of spinning (their own pool).
-    "passive": (False, False, False),
+
+
+class Choice(NamedTuple):
+    bf16: bool = False  # candidates under bf16 autocast (--amp on)
+    processes: bool = False  # N processes of one thread each, timed together
+    compile: bool = False  # torch.compile'd passes, compiling counted
+    passive: bool = False  # OpenMP's idle threads sleep instead of spinning (a pool of its own)
+
+
+CHOICES: dict[str, Choice] = {
+    "default": Choice(),
+    "bf16": Choice(bf16=True),
+    "processes": Choice(processes=True),
+    "bf16_processes": Choice(bf16=True, processes=True),
+    "compile": Choice(compile=True),
+    "passive": Choice(passive=True),
 }
-PASSIVE = {"passive"}  # choices run by the pool whose processes start with OMP_WAIT_POLICY=PASSIVE
 WARM = 2  # steps before timing: the build, the first validation, compiling land here
 STEPS = 5  # timed steps
 VAL_EPISODES = 8  # episodes of each of the two validations
@@ -72,7 +78,7 @@ def _config(task: str, choice: str, root: str | None, cache: str) -> Any:
     from nas_meta.config import make_config
 
     space, algo = task.split("-")
-    bf16, _, compile = CHOICES[choice]
+    bf16, compile = CHOICES[choice].bf16, CHOICES[choice].compile
     data = {"dataset": "omniglot", "data_root": root} if root else {"dataset": "glyphs"}
     return make_config(
         "quick",
@@ -115,6 +121,7 @@ def measure(item: Item, root: str | None, cache: str, threads: int, barrier: Any
     total = WARM + STEPS
     marks: list[float] = []
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    q = cfg.learner  # the preset's candidate: its steps and validations are what is extrapolated to
     cfg, _, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=0, device=device)
     train, val = episode_samplers(cfg, dataset, 1, 2, device)
     built = time.perf_counter()
@@ -133,7 +140,6 @@ def measure(item: Item, root: str | None, cache: str, threads: int, barrier: Any
     step = statistics.median(durations[WARM:-1])
     episode = max(0.0, durations[-1] - step) / VAL_EPISODES
     overhead = (built - wall0) + sum(durations[:WARM]) - WARM * step - VAL_EPISODES * episode
-    q = _config(item.task, "default", root, cache).learner
     episodes = len(_checkpoints(q.iterations, q.eval_every)) * q.val_episodes
     candidate = max(0.0, overhead) + q.iterations * step + episodes * episode
     return {"seconds": candidate, "cpu_seconds": candidate * cpu / wall, "step": step, "episode": episode}
@@ -182,7 +188,7 @@ class Pool:
             os.environ.update(saved)
 
     def run(self, item: Item) -> list[dict[str, float]]:
-        together = CHOICES[item.choice][1]
+        together = CHOICES[item.choice].processes
         targets = range(self.workers) if together else range(1)
         for i in targets:
             self.inboxes[i].put((item, 1 if together else self.threads, together))
@@ -304,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if not bf16_cpu:
-        args.choices = [c for c in args.choices if not CHOICES[c][0]]  # bf16 without the instructions: refused
+        args.choices = [c for c in args.choices if not CHOICES[c].bf16]  # bf16 without the instructions: refused
     items = [Item(t, a, c) for t in args.tasks for a in range(args.archs) for c in args.choices]
-    items = [i for i in items if not CHOICES[i.choice][2] or (i.arch == 0 and i.task in args.compile_tasks)]
+    items = [i for i in items if not CHOICES[i.choice].compile or (i.arch == 0 and i.task in args.compile_tasks)]
     rows: dict[tuple[str, str], list[list[dict[str, float]]]] = {}
     pool = Pool(args.workers, args.root, args.cache_dir)
     passive = (
         Pool(1, args.root, args.cache_dir, {"OMP_WAIT_POLICY": "PASSIVE"}, args.workers)
-        if PASSIVE & set(args.choices)
+        if any(CHOICES[c].passive for c in args.choices)
         else None
     )
     start = time.perf_counter()
@@ -320,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             order = items[:]
             random.Random(r).shuffle(order)  # interleaved, in another order each round
             for item in order:
-                if CHOICES[item.choice][2] and r:
+                if CHOICES[item.choice].compile and r:
                     continue  # compiling is timed once: it is the cost, and it is long
-                runner = passive if item.choice in PASSIVE else pool
+                runner = passive if CHOICES[item.choice].passive else pool
                 rows.setdefault((item.task, item.choice), []).append(runner.run(item))
             print(f"round {r + 1}/{args.rounds} done at {time.perf_counter() - start:.0f} s", flush=True)
     finally:
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             passive.close()
     table = {}
     for (task, choice), runs in rows.items():
-        archs = 1 if CHOICES[choice][2] else args.archs
+        archs = 1 if CHOICES[choice].compile else args.archs
         table.setdefault(task, {}).update(summarise({(task, choice): runs}, archs)[task])
     print()
     print("| task | choice | processes | s per candidate | CPU s per candidate | candidates per hour | vs default |")

@@ -33,7 +33,7 @@ from ..data.episodes import check_memory
 from ..errors import ConfigError, SpaceError, StudyError
 from ..fileio import atomic_write, atomic_write_json, missing_folders, output_folder
 from ..learners import resolve_device
-from ..learners.train import amp_dtype, candidate_precision, check_compile
+from ..learners.train import candidate_precision, check_compile
 from ..model.darts import check_relaxable
 from ..record import Attr, StudyAttr, best_trials, trials_frame
 from ..spaces import Space, load_space, resolve_known_arch
@@ -128,8 +128,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         check_relaxable(space)
     device = resolve_device(cfg.device)  # before the dataset: a refused device writes no cache
     dataset = load_dataset(cfg.data)
-    amp_dtype(device, cfg.learner.amp == "on")  # --amp on without bf16 or CUDA: refused now, by the trainer's rule
-    if cfg.search.precision is None:  # a new study's candidates: the rule of --amp on this machine
+    # A new study's candidates: the rule of --amp on this machine (--amp on without bf16 or CUDA is
+    # refused here); a stored precision this device cannot run: refused by check_precision.
+    if cfg.search.precision is None:
         precision = candidate_precision(cfg.learner.amp, device, kind=space.kind)
         cfg = cfg.replace(search={"precision": precision})
     check_precision(cfg, device)
