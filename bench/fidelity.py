@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import add_cache_dir, add_omniglot_root, missing_root, subcommands
+from bench.records import read_records, write_record
 
 # The search's validation episodes: the budgets score candidates on what a search scores them on.
 from nas_meta.search.objective import VAL_SEED_OFFSET
@@ -58,6 +59,23 @@ def folder(space: str, algo: str, ways: int, shots: int, amp: bool = False, trai
     """The records' folder: ``-bf16`` for ``--amp``, ``-t<N>`` for a training seed other than ``--seed``."""
     suffix = ("-bf16" if amp else "") + (f"-t{train_seed}" if train_seed is not None else "")
     return RESULTS / f"{space}-{algo}-{ways}w{shots}s{suffix}"
+
+
+def keep(path: Path, doc: dict[str, Any]) -> None:
+    """One architecture's results: ``path`` in the (git-ignored) results folder, and its committed
+    record ``records/<results folder>/<space-algo-task folder>-<index>.json``."""
+    from nas_meta.fileio import atomic_write_json
+
+    atomic_write_json(path, doc)
+    out = path.parent
+    write_record(
+        out.parent.name,
+        f"{out.name}-{path.stem}",
+        doc,
+        command=doc["command"],
+        seed=doc["seed"],
+        cpu_seconds=doc["cpu_s"] + sum(e["cpu_s"] for e in doc.get("inherited", {}).values()),
+    )
 
 
 def bench_config(args: argparse.Namespace, reference: Any) -> Any:
@@ -92,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nas_meta.data import load_dataset
-    from nas_meta.fileio import atomic_write_json
     from nas_meta.search.fidelity import Budget, draw_architectures, score_architecture
     from nas_meta.spaces import load_known_arch, load_space
 
@@ -139,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
             cpu_s=round(time.process_time() - t0, 1),
             recipe=cfg.recipe(),
             command=" ".join(["python -m bench.fidelity run OMNIGLOT_ROOT", *sys.argv[3:]]),
+            folder=out.name,
         )
-        atomic_write_json(path, record)
+        keep(path, record)
         ref = record["reference"]
         print(
             f"{index:3d} {record['params']:>8,} params  reference {100 * ref['score']:.2f}%  "
@@ -161,7 +179,6 @@ def supernet(args: argparse.Namespace) -> int:
     from nas_meta import graph
     from nas_meta.data import load_dataset
     from nas_meta.errors import SpaceError
-    from nas_meta.fileio import atomic_write_json
     from nas_meta.learners import evaluate_episodes, learner_for
     from nas_meta.search.fidelity import Budget
     from nas_meta.search.supernet import inherit_learner, train_supernet
@@ -218,12 +235,17 @@ def supernet(args: argparse.Namespace) -> int:
             "steps": record["steps"],
             "val_episodes": args.val_episodes,
         }
-        atomic_write_json(path, doc)
+        keep(path, doc)
         print(f"{doc['index']:3d} inherited {100 * score:.2f}%  reference {100 * doc['reference']['score']:.2f}%")
     return 0
 
 
 def load(path: Path) -> list[dict[str, Any]]:
+    """The architectures of the results folder ``path``: from its committed records, else (rows run
+    before records were kept) from the folder itself."""
+    kept = [r["figures"] for r in read_records(path.parent.name) if r["figures"].get("folder") == path.name]
+    if kept:
+        return sorted(kept, key=lambda doc: doc["index"])
     return [json.loads(p.read_text()) for p in sorted(path.glob("[0-9]*.json"))]
 
 

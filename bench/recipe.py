@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.records import read_records, write_record
 from nas_meta import stats  # numpy and scipy only: the table needs no torch
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "recipe"
@@ -180,9 +181,14 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def load_results() -> dict[tuple[str, int], dict[str, Any]]:
+    """Every row by (name, seed): the committed records, and rows of the results folder run before
+    records were kept."""
     out = {}
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
+        out[(doc["row"], doc["seed"])] = doc
+    for record in read_records("recipe"):
+        doc = record["figures"]
         out[(doc["row"], doc["seed"])] = doc
     return out
 
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         from nas_meta.fileio import atomic_write_json
 
         atomic_write_json(path, doc)
+        write_record("recipe", path.stem, doc, command=doc["command"], seed=args.seed, cpu_seconds=doc["train_cpu_s"])
         means = {k: f"{100 * mean_ci(v)[0]:.2f}" for k, v in doc["test"].items()}
         print(f"{name} seed {args.seed}: {means}, train {doc['train_cpu_s']:.0f} CPU s", flush=True)
     return 0

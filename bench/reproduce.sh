@@ -4,13 +4,14 @@
 #
 #   bash bench/reproduce.sh OMNIGLOT_ROOT [ROW ...]     # no ROW: every row, one after another
 #   bash bench/reproduce.sh --list                      # the row names
-#   .venv/bin/python -m bench.results_table > results/README.md   # the table from the logs
+#   .venv/bin/python -m bench.results_table --write     # results/README.md from the records
 #
 # OMNIGLOT_ROOT holds images_background_small1/ and images_background_small2/ (unzipped).
 # Each row runs on ONE CPU thread (OMP_NUM_THREADS=1), so two rows can share a 2-core machine:
 #   bash bench/reproduce.sh ROOT rowA rowB & bash bench/reproduce.sh ROOT rowC rowD & wait
 # Every row appends its command, seed, its last output lines and its CPU and wall time to
 # results/reproduce/<row>.log (OUT=DIR elsewhere); studies, weights and exports go there too (git-ignored).
+# Its figures go to its committed record, results/records/reproduce/<row>.json.
 #
 # The protocol, the same for every Omniglot row: lake split of the minimal sets (seed 0: the test
 # alphabets are held out from training, validation and search), queries 5 per class, meta-batch 4,
@@ -69,6 +70,8 @@ run() {
   echo "wall_seconds: $((t1 - t0))" >> "$log.partial"
   mv "$log.partial" "$log"
   rm -f "$log.time"
+  # The row's committed record (results/records/reproduce/ROW.json), which results/README.md is built from.
+  (cd "$root" && "$py" -m bench.results_table record "$out" "$row" --omniglot-root "$omniglot" > /dev/null)
   echo "$row: done in $((t1 - t0)) s ($log)"
 }
 

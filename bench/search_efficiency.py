@@ -366,19 +366,20 @@ def darts_alphas(checkpoint: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def table(baseline: str = "random", space: str = "chain", algo: str = "protonet", ways: int = 5) -> int:
+def render(
+    baseline: str = "random", space: str = "chain", algo: str = "protonet", ways: int = 5
+) -> tuple[list[str], dict[str, float]]:
+    """The table of the searches of ``space``, ``algo`` and ``ways`` (each variant's picks, paired
+    with ``baseline``'s of the same seed and budget) and what its weight-sharing rows derived, and
+    the ``name=value`` figures of its last line; no lines before any search has run."""
     from nas_meta.search.study import study_dir
     from nas_meta.search.supernet import SUPERNET_FILE
 
     results = load(space, algo, ways)
     if not results:
-        print(f"no results yet for {space}-{algo}: run `python -m bench.search_efficiency run OMNIGLOT_ROOT` first")
-        return 1
+        return [], {}
     seeds = sorted({s for _, s in results})
     lines = [
-        f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), {ways}-way 1-shot; candidates scored as "
-        f"each variant says; picks re-scored at the reference budget ({REFERENCES[algo]}).",
-        "",
         "| variant | seeds | trials (screened) | pick's search score % "
         "| pick's reference % (per seed, ± 95% CI over its episodes) "
         f"| paired diff. to {baseline}, points | reference error / {baseline}'s |",
@@ -440,6 +441,18 @@ def table(baseline: str = "random", space: str = "chain", algo: str = "protonet"
                     f"{a['max_weight']:.4f} (uniform {1 / a['ops']:.4f}), median top-2 gap {a['median_gap']:.4f}, "
                     f"largest |alpha| {a['max_abs']:.4f} over {a['edges']} edges x {a['ops']} ops"
                 )
+    return (lines[:-1] if lines[-1] == "" else lines), last
+
+
+def table(baseline: str = "random", space: str = "chain", algo: str = "protonet", ways: int = 5) -> int:
+    lines, last = render(baseline, space, algo, ways)
+    if not lines:
+        print(f"no results yet for {space}-{algo}: run `python -m bench.search_efficiency run OMNIGLOT_ROOT` first")
+        return 1
+    print(
+        f"Task: {space} space, {algo}, Omniglot minimal sets (lake split), {ways}-way 1-shot; candidates scored as "
+        f"each variant says; picks re-scored at the reference budget ({REFERENCES[algo]}).\n"
+    )
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.3f}" for k, v in last.items()))
     return 0

@@ -131,7 +131,14 @@ def run_one(
 
 
 def default_search(
-    root: str, seed: int, task: str, algo: str, space: str, cache: str, race_iterations: int | None = None
+    root: str,
+    seed: int,
+    task: str,
+    algo: str,
+    space: str,
+    cache: str,
+    race_iterations: int | None = None,
+    race_blocks: int | None = None,
 ) -> dict[str, Any]:
     """The toolkit's default search (``quick`` preset, its defaults: common random numbers and the
     race against Conv-4) on the task's own episodes; its pick, the race's verdict and its CPU."""
@@ -143,13 +150,14 @@ def default_search(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     ways, shots = parse_task(task)
-    study = f"{space}-{algo}-{task}-s{seed}" + (f"-r{race_iterations}" if race_iterations else "")
+    study = f"{space}-{algo}-{task}-s{seed}" + race_suffix(race_iterations, race_blocks, "-")
+    race = {"race_iterations": race_iterations} | ({"race_blocks": race_blocks} if race_blocks else {})
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": shots},
         # fp32 candidates, as the rows so far (before --amp auto trained them in bf16 on bf16 CPUs).
         learner={"algo": algo, "amp": "off"},
-        search={"space": space, "study": study, "race_iterations": race_iterations},
+        search={"space": space, "study": study, **race},
         results_dir=str(RESULTS / "searches"),
         seed=seed,
         device="cpu",
@@ -171,6 +179,13 @@ def default_search(
         "dropped": state.get("dropped", {}),
         "settings": {"crn": cfg.search.crn, "race": cfg.search.race, **state.get("settings", {})},
     }
+
+
+def race_suffix(race_iterations: int | None, race_blocks: int | None, sep: str) -> str:
+    """What names a row raced otherwise than by default: ``_r240``, ``_r300b3``."""
+    if not (race_iterations or race_blocks):
+        return ""
+    return sep + (f"r{race_iterations}" if race_iterations else "r") + (f"b{race_blocks}" if race_blocks else "")
 
 
 def _recipe_cell(row: dict[str, Any]) -> str:
@@ -205,11 +220,12 @@ def _race_cell(row: dict[str, Any]) -> str:
     return f"Conv-4 is the pick; best candidate #{best.partition('-')[2]} {100 * d.mean:+.2f} ± {100 * d.ci95:.2f}"
 
 
-def table() -> int:
-    rows = [record["figures"] for record in read_records("versus_conv4")]  # the committed rows
-    if not rows:
-        print("no results yet")
-        return 1
+def verdict(d: float, ci: float) -> str:
+    return "yes" if d - ci > 0 else ("no (worse)" if d + ci < 0 else "no (within CI)")
+
+
+def render(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
+    """The full table of ``rows`` (records' figures) and its ``name=value`` figures."""
     lines = [
         "| searched | learner | task | seed | steps | searched test % | Conv-4 test % | difference, paired 95% CI "
         "| beats Conv-4? | race's validation difference (95% CI over its blocks) | against Conv-4 with the pick's "
@@ -220,16 +236,80 @@ def table() -> int:
     for r in rows:
         s, c = mean_ci(r["searched"]["test"]), mean_ci(r["conv4"]["test"])
         d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
-        verdict = "yes" if d - ci > 0 else ("no (worse)" if d + ci < 0 else "no (within CI)")
         lines.append(
             f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {r['iterations']} | "
             f"{100 * s[0]:.2f} ± "
             f"{100 * s[1]:.2f} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} | "
-            f"{verdict} | {_race_cell(r)} | {_recipe_cell(r)} | "
+            f"{verdict(d, ci)} | {_race_cell(r)} | {_recipe_cell(r)} | "
             f"{r['searched']['params']:,} / {r['conv4']['params']:,} | "
             f"{r['searched']['cpu_s']:.0f} / {r['conv4']['cpu_s']:.0f} |"
         )
         last[f"{r['name']}_{r.get('algo', 'protonet')}_{r['task']}_s{r['seed']}"] = 100 * d
+    return (lines if rows else []), last
+
+
+def committed(prefixes: tuple[str, ...] = ("",)) -> list[dict[str, Any]]:
+    """The committed rows whose name starts with one of ``prefixes``."""
+    return [r["figures"] for r in read_records("versus_conv4") if r["figures"]["name"].startswith(prefixes)]
+
+
+def default_table() -> tuple[list[str], dict[str, float]]:
+    """The rows of the default search (raced as by default or otherwise) and of its best trials."""
+    return render(committed(("default", "best_trial")))
+
+
+def random_pick_table() -> tuple[list[str], dict[str, float]]:
+    """Random search's picks (rows ``random_pick_sS``), one line per training seed."""
+    rows = committed(("random_pick_s",))
+    lines = [
+        "| pick | training seed | pick test % | Conv-4 test % | difference, paired 95% CI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    last = {}
+    for r in sorted(rows, key=lambda r: (r["name"], r["seed"])):
+        d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
+        search_seed = r["name"].removeprefix("random_pick_s")
+        lines.append(
+            f"| random search, seed {search_seed} | {r['seed']} | {100 * mean_ci(r['searched']['test'])[0]:.2f} | "
+            f"{100 * mean_ci(r['conv4']['test'])[0]:.2f} | {100 * d:+.2f} ± {100 * ci:.2f} |"
+        )
+        last[f"{r['name']}_t{r['seed']}"] = 100 * d
+    return (lines if rows else []), last
+
+
+def recipe_table() -> tuple[list[str], dict[str, float]]:
+    """A recipe space's picks against Conv-4 with the default recipe and with the pick's own, and
+    the recipe's own gain to Conv-4 (all paired on the same test episodes)."""
+    rows = [r for r in committed(("recipe_",)) if "conv4_recipe" in r]
+    lines = [
+        "| pick | training seed | pick test % | Conv-4 test % | pick - Conv-4 | Conv-4 with the pick's recipe % "
+        "| pick - that | recipe's gain to Conv-4 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    last = {}
+    for r in sorted(rows, key=lambda r: (r["name"], r["seed"])):
+        pick, conv4, recipe = r["searched"]["test"], r["conv4"]["test"], r["conv4_recipe"]["test"]
+        cells = [paired(conv4, pick), paired(recipe, pick), paired(conv4, recipe)]
+        lines.append(
+            f"| {r['name']} | {r['seed']} | {100 * mean_ci(pick)[0]:.2f} | {100 * mean_ci(conv4)[0]:.2f} | "
+            + " | ".join(f"{100 * d:+.2f} ± {100 * ci:.2f}" for d, ci in cells[:1])
+            + f" | {100 * mean_ci(recipe)[0]:.2f} | "
+            + " | ".join(f"{100 * d:+.2f} ± {100 * ci:.2f}" for d, ci in cells[1:])
+            + " |"
+        )
+        last[f"{r['name']}_s{r['seed']}_vs_recipe"] = 100 * cells[1][0]
+    return (lines if rows else []), last
+
+
+# The tables results/README.md shows, by name (bench/results_table.py).
+RENDERERS = {"default": default_table, "random_pick": random_pick_table, "recipe": recipe_table}
+
+
+def table() -> int:
+    lines, last = render(committed())  # every committed row
+    if not lines:
+        print("no results yet")
+        return 1
     print("\n".join(lines))
     print(" ".join(f"{k}={v:.2f}" for k, v in last.items()))
     return 0
@@ -256,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument(
         "--race-iterations", type=int, default=None, help="the race's steps per block (default: the search's own)"
     )
+    d.add_argument("--race-blocks", type=int, default=None, help="the race's blocks (default: the search's own)")
     add_cache_dir(d, RESULTS)
     sub.add_parser("table")
     args = parser.parse_args(argv)
@@ -308,12 +389,13 @@ def run_default(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         for task in args.tasks:
             name = "default" if args.space == "chain" else f"default_{args.space}"
-            if args.race_iterations:
-                name += f"_r{args.race_iterations}"
+            name += race_suffix(args.race_iterations, args.race_blocks, "_")
             path = RESULTS / f"{name}-{args.algo}-{task}-s{seed}.json"
             if path.exists():
                 continue
-            search = default_search(args.root, seed, task, args.algo, args.space, args.cache_dir, args.race_iterations)
+            search = default_search(
+                args.root, seed, task, args.algo, args.space, args.cache_dir, args.race_iterations, args.race_blocks
+            )
             doc = run_one(args.root, search["arch_path"], seed, task, args.iterations, args.cache_dir, args.algo)
             doc.update(
                 name=name,
@@ -321,7 +403,8 @@ def run_default(args: argparse.Namespace) -> int:
                 search=search,
                 command=f"python -m bench.versus_conv4 default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "
                 f"--algo {args.algo} --space {args.space} --iterations {args.iterations}"
-                + (f" --race-iterations {args.race_iterations}" if args.race_iterations else ""),
+                + (f" --race-iterations {args.race_iterations}" if args.race_iterations else "")
+                + (f" --race-blocks {args.race_blocks}" if args.race_blocks else ""),
             )
             atomic_write_json(path, doc)
             cpu = search["search_cpu_s"] + doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
