@@ -179,9 +179,10 @@ def supernet(args: argparse.Namespace) -> int:
     from nas_meta import graph
     from nas_meta.data import load_dataset
     from nas_meta.errors import SpaceError
-    from nas_meta.learners import evaluate_episodes, learner_for
+    from nas_meta.learners import learner_for
     from nas_meta.search.fidelity import Budget
-    from nas_meta.search.supernet import inherit_learner, train_supernet
+    from nas_meta.search.proxies import ProxyInputs, compute_proxies
+    from nas_meta.search.supernet import train_supernet
     from nas_meta.spaces import load_space
 
     cfg = bench_config(args, Budget.parse(DEFAULT_REFERENCE))
@@ -217,8 +218,7 @@ def supernet(args: argparse.Namespace) -> int:
             arch = space.from_params(stored.graph["params"])
         except SpaceError:
             arch = stored
-        _, _, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=args.seed)
-        inherit_learner(learner, trained)
+        _, backbone, learner = learner_for(cfg, arch, dataset.input_shape, dataset.task, seed=args.seed)
         val = dataset.sampler(
             "val",
             ways=ways,
@@ -227,7 +227,11 @@ def supernet(args: argparse.Namespace) -> int:
             seed=args.seed + VAL_SEED_OFFSET,
             device=device,
         )
-        score = float(evaluate_episodes(learner, val, args.val_episodes).mean())
+        # The search's own `supernet` proxy: the validation score with the weights it inherits.
+        inputs = ProxyInputs(
+            backbone, learner, None, tuple(dataset.input_shape), val, args.val_episodes, supernet=trained
+        )
+        score, _ = compute_proxies(inputs, ["supernet"])["supernet"]
         doc.setdefault("inherited", {})[name] = {
             "value": score,
             "cpu_s": round(time.process_time() - t0, 2),
