@@ -137,11 +137,11 @@ def default_search(
     algo: str,
     space: str,
     cache: str,
-    race_iterations: int | None = None,
-    race_blocks: int | None = None,
+    changes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The toolkit's default search (``quick`` preset, its defaults: common random numbers and the
-    race against Conv-4) on the task's own episodes; its pick, the race's verdict and its CPU."""
+    race against Conv-4) on the task's own episodes, with the search settings in ``changes`` (of
+    ``CHANGES``) changed; its pick, the race's verdict and its CPU."""
     import optuna
 
     from nas_meta.config import make_config
@@ -150,14 +150,14 @@ def default_search(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     ways, shots = parse_task(task)
-    study = f"{space}-{algo}-{task}-s{seed}" + race_suffix(race_iterations, race_blocks, "-")
-    race = {"race_iterations": race_iterations} | ({"race_blocks": race_blocks} if race_blocks else {})
+    changes = changes or {}
+    study = f"{space}-{algo}-{task}-s{seed}" + suffix(changes, "-")
     cfg = make_config(
         "quick",
         data={"dataset": "omniglot", "data_root": root, "cache_dir": cache, "ways": ways, "shots": shots},
         # fp32 candidates, as the rows so far (before --amp auto trained them in bf16 on bf16 CPUs).
         learner={"algo": algo, "amp": "off"},
-        search={"space": space, "study": study, **race},
+        search={"space": space, "study": study, **changes},
         results_dir=str(RESULTS / "searches"),
         seed=seed,
         device="cpu",
@@ -181,11 +181,13 @@ def default_search(
     }
 
 
-def race_suffix(race_iterations: int | None, race_blocks: int | None, sep: str) -> str:
-    """What names a row raced otherwise than by default: ``_r240``, ``_r300b3``."""
-    if not (race_iterations or race_blocks):
-        return ""
-    return sep + (f"r{race_iterations}" if race_iterations else "r") + (f"b{race_blocks}" if race_blocks else "")
+# Search settings a ``default`` row may change, with the letter that names the change in the row's name.
+CHANGES = {"race_iterations": "r", "race_blocks": "b", "trials": "t"}
+
+
+def suffix(changes: dict[str, int], sep: str) -> str:
+    """What names a row searched otherwise than by default: ``_r240``, ``_r300b3``, ``_r300b3t32``."""
+    return (sep + "".join(f"{CHANGES[k]}{v}" for k, v in changes.items())) if changes else ""
 
 
 def _recipe_cell(row: dict[str, Any]) -> str:
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "--race-iterations", type=int, default=None, help="the race's steps per block (default: the search's own)"
     )
     d.add_argument("--race-blocks", type=int, default=None, help="the race's blocks (default: the search's own)")
+    d.add_argument("--trials", type=int, default=None, help="the search's trials (default: the preset's)")
     add_cache_dir(d, RESULTS)
     sub.add_parser("table")
     args = parser.parse_args(argv)
@@ -389,13 +392,12 @@ def run_default(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         for task in args.tasks:
             name = "default" if args.space == "chain" else f"default_{args.space}"
-            name += race_suffix(args.race_iterations, args.race_blocks, "_")
+            changes = {k: getattr(args, k) for k in CHANGES if getattr(args, k) is not None}
+            name += suffix(changes, "_")
             path = RESULTS / f"{name}-{args.algo}-{task}-s{seed}.json"
             if path.exists():
                 continue
-            search = default_search(
-                args.root, seed, task, args.algo, args.space, args.cache_dir, args.race_iterations, args.race_blocks
-            )
+            search = default_search(args.root, seed, task, args.algo, args.space, args.cache_dir, changes)
             doc = run_one(args.root, search["arch_path"], seed, task, args.iterations, args.cache_dir, args.algo)
             doc.update(
                 name=name,
@@ -403,8 +405,7 @@ def run_default(args: argparse.Namespace) -> int:
                 search=search,
                 command=f"python -m bench.versus_conv4 default OMNIGLOT_ROOT --seeds {seed} --tasks {task} "
                 f"--algo {args.algo} --space {args.space} --iterations {args.iterations}"
-                + (f" --race-iterations {args.race_iterations}" if args.race_iterations else "")
-                + (f" --race-blocks {args.race_blocks}" if args.race_blocks else ""),
+                + "".join(f" --{k.replace('_', '-')} {v}" for k, v in changes.items()),
             )
             atomic_write_json(path, doc)
             cpu = search["search_cpu_s"] + doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
