@@ -317,6 +317,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "versus_default": versus_table("default"),
     "versus_random_pick": versus_table("random_pick"),
     "versus_recipe": versus_table("recipe"),
+    "versus_equal_cpu": versus_table("equal_cpu"),
+    "search_chain_recipe_protonet_20w": search_table("chain_recipe", "protonet", 20),
 }
 
 

@@ -303,8 +303,38 @@ def recipe_table() -> tuple[list[str], dict[str, float]]:
     return (lines if rows else []), last
 
 
+def equal_cpu_table() -> tuple[list[str], dict[str, float]]:
+    """A recipe space's picks against Conv-4 trained with the default recipe for longer (rows
+    ``conv4_<steps>``, Conv-4 against itself at ``--iterations <steps>``), paired on the same test
+    episodes: is the recipe's gain more than the CPU its wider episodes cost?"""
+    longer = {(r["seed"], r["task"], r["iterations"]): r for r in committed(("conv4_",))}
+    lines = [
+        "| pick | training seed | pick's steps | pick test % | pick CPU s | Conv-4 steps | Conv-4 test % "
+        "| Conv-4 CPU s | pick - Conv-4, paired 95% CI |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    last = {}
+    for r in sorted(committed(("recipe_",)), key=lambda r: (r["name"], r["seed"])):
+        for (seed, task, steps), c in sorted(longer.items()):
+            if (seed, task) != (r["seed"], r["task"]):
+                continue
+            d, ci = paired(c["conv4"]["test"], r["searched"]["test"])
+            lines.append(
+                f"| {r['name']} | {seed} | {r['iterations']} | {100 * mean_ci(r['searched']['test'])[0]:.2f} | "
+                f"{r['searched']['cpu_s']:.0f} | {steps} | {100 * mean_ci(c['conv4']['test'])[0]:.2f} | "
+                f"{c['conv4']['cpu_s']:.0f} | {100 * d:+.2f} ± {100 * ci:.2f} |"
+            )
+            last[f"{r['name']}_s{seed}_vs_conv4_{steps}"] = 100 * d
+    return (lines if len(lines) > 2 else []), last
+
+
 # The tables results/README.md shows, by name (bench/results_table.py).
-RENDERERS = {"default": default_table, "random_pick": random_pick_table, "recipe": recipe_table}
+RENDERERS = {
+    "default": default_table,
+    "random_pick": random_pick_table,
+    "recipe": recipe_table,
+    "equal_cpu": equal_cpu_table,
+}
 
 
 def table() -> int:

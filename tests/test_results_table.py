@@ -130,3 +130,29 @@ def test_fidelity_rows_are_read_back_from_their_records_without_the_results_fold
     shutil.rmtree(tmp_path / "fidelity_bf16")  # another machine: only the committed records
     loaded = fidelity.load(folder)
     assert [doc["index"] for doc in loaded] == [0, 1]  # this folder's rows only, in order
+
+
+def test_a_recipe_pick_is_paired_with_conv4_trained_longer_on_the_same_episodes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    versus = importlib.import_module("bench.versus_conv4")
+    records = importlib.import_module("bench.records")
+    monkeypatch.setattr(records, "ROOT", tmp_path / "records")
+
+    def arm(test: list[float], cpu: float) -> dict:
+        return {"test": test, "cpu_s": cpu, "params": 1}
+
+    def save(name: str, seed: int, steps: int, searched: list[float], conv4: list[float]) -> None:
+        doc = {"name": name, "seed": seed, "task": "5w1s", "iterations": steps}
+        doc |= {"searched": arm(searched, 200.0), "conv4": arm(conv4, 50.0 * steps / 600)}
+        records.write_record("versus_conv4", f"{name}-s{seed}", doc, command="c", seed=seed, cpu_seconds=1.0)
+
+    save("recipe_x", 0, 600, [1.0, 0.8, 0.6, 1.0], [0.0, 0.0, 0.0, 0.0])
+    save("conv4_2400", 0, 2400, [0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6])
+    save("conv4_2400", 1, 2400, [0.5] * 4, [0.5] * 4)  # no pick of this seed: not paired
+    lines, last = versus.equal_cpu_table()
+    assert len(lines) == 3
+    # pick - Conv-4 at 2400 steps, episode by episode: +0.1, 0, -0.1, +0.4.
+    assert lines[2].startswith("| recipe_x | 0 | 600 | 85.00 | 200 | 2400 | 75.00 | 200 | +10.00 ± ")
+    assert last == {"recipe_x_s0_vs_conv4_2400": pytest.approx(10.0)}
