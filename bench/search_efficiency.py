@@ -51,18 +51,20 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "search_efficienc
 # share their training streams (crn) and whether a race picks (race), so that a change of the
 # search's defaults does not change what a variant measures.
 PLAIN = {"crn": "off", "race": 0}
+# The racing variants' pick: the survivor with the best mean, as every racing row so far was picked.
+RACED = {"crn": "episodes", "race": 2, "race_rule": "mean"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "random": {"sampler": "random", **PLAIN},
     "tpe": {"sampler": "tpe", **PLAIN},
     # Common random numbers: every candidate trains on the study's episodes.
     "tpe_crn": {"sampler": "tpe", "crn": "episodes", "race": 0},
     # ... and the final race of the 2 best against Conv-4 picks, inside the same CPU budget.
-    "tpe_crn_race": {"sampler": "tpe", "crn": "episodes", "race": 2},
+    "tpe_crn_race": {"sampler": "tpe", **RACED},
     # ... with bf16 candidates where the CPU has bf16 (--amp auto; the race stays fp32).
-    "tpe_crn_race_auto": {"sampler": "tpe", "crn": "episodes", "race": 2, "amp": "auto"},
-    "random_crn_race": {"sampler": "random", "crn": "episodes", "race": 2},
+    "tpe_crn_race_auto": {"sampler": "tpe", **RACED, "amp": "auto"},
+    "random_crn_race": {"sampler": "random", **RACED},
     # Local search from the best candidate (White, Nolen & Savani 2021), common random numbers and the race.
-    "local_crn_race": {"sampler": "local", "crn": "episodes", "race": 2},
+    "local_crn_race": {"sampler": "local", **RACED},
     "evolution": {"sampler": "evolution", **PLAIN},
     "tpe_halving": {"sampler": "tpe", "pruner": "halving", **PLAIN},
     "tpe_prescreen": {"sampler": "tpe", "prescreen": "synflow", "prescreen_pool": 8, **PLAIN},

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_SUPERNET_POOL",
     "DEFAULT_SUPERNET_STEPS",
     "CRN_MODES",
+    "RACE_RULES",
     "AMP_MODES",
     "PRECISIONS",
     "BF16_SPACE_KINDS",
@@ -88,6 +89,12 @@ RACE_STEPS_FACTOR = 1
 # "episodes": the training episodes and their jitter come from the study's seed, the initial
 # weights from the trial's; "all": the initial weights' seed too; "off": every trial draws its own.
 CRN_MODES = ("episodes", "all", "off")
+# How the race chooses its pick (search/race.py): "beats": a candidate replaces the baselines only
+# when it beats every one of them with 95% confidence over the blocks, else the best baseline stays
+# the pick; "mean": the survivor with the best mean.  Measured (results/README.md, section 6): of
+# the four picks the mean rule made on a lead it could not tell from noise, three lost to Conv-4 on
+# the test alphabets (-1.0, -2.1, -13.8 points) and one won (+2.4).
+RACE_RULES = ("beats", "mean")
 # Mixed precision (--amp): "on" autocasts every training (bf16 on a CPU with bf16 instructions and
 # on CUDA from compute capability 8.0, fp16 below); "off" trains everything in fp32; "auto" trains
 # *search candidates* in bf16 where the CPU has bf16 instructions and the space is one whose
@@ -102,7 +109,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BF16_SPACE_KINDS = ("chain",)
 # What a study stored before a setting existed meant: studies resume as they started (a stored
 # config without ``precision`` takes it from its ``amp``: study.stored_config).
-LEGACY_SEARCH: dict[str, Any] = {"crn": "off", "race": 0}
+LEGACY_SEARCH: dict[str, Any] = {"crn": "off", "race": 0, "race_rule": "mean"}
 
 
 # The largest value accepted for each count a user gives (CLI option, config JSON): far past any
@@ -300,10 +307,12 @@ class SearchConfig:
     # times the candidates'), once per block with the block's own training seed, and scored on
     # ``race_episodes`` fresh validation episodes per block (None: twice ``val_episodes``); after
     # each block an entrant behind the leader with 95% confidence is dropped.  0 = no race.
+    # ``race_rule`` (one of RACE_RULES) chooses the pick among the survivors.
     race: int = 2
     race_iterations: int | None = None
     race_blocks: int = 2
     race_episodes: int | None = None
+    race_rule: str = "beats"
     # Known architectures the pick must beat (one-architecture spaces or arch JSON paths), raced
     # without using up ``trials``; None: conv4 for images, mlp40 for vectors.  Without a race they
     # are trained first as trials, and the search reports the gap.
@@ -342,6 +351,8 @@ class SearchConfig:
             raise ConfigError("--prescreen supernet needs a trained supernet: use --strategy supernet")
         if self.crn not in CRN_MODES:
             raise ConfigError(f"unknown --crn {self.crn!r}; choose from {list(CRN_MODES)}")
+        if self.race_rule not in RACE_RULES:
+            raise ConfigError(f"unknown --race-rule {self.race_rule!r}; choose from {list(RACE_RULES)}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         check_count("race", self.race, low=0)

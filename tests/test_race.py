@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zlib
@@ -87,6 +88,7 @@ def test_a_study_started_before_crn_and_the_race_resumes_as_it_started(tmp_path)
         del doc["search"][name]
     study.set_user_attr(StudyAttr.CONFIG, doc)
     assert stored_config(study).search.crn == "off" and stored_config(study).search.race == 0
+    assert stored_config(study).search.race_rule == "mean"
     out = io.StringIO()
     resumed = run_search(cfg.replace(search={"trials": 3, "race": 2}), stream=out)
     assert "keeps crn='off' from its first run (not 'episodes')" in out.getvalue()
@@ -164,10 +166,57 @@ def test_a_race_won_by_the_baseline_returns_the_baseline_and_says_so(tmp_path, m
 
 def test_two_copies_of_one_architecture_are_not_told_apart(tmp_path, monkeypatch):
     _plant(monkeypatch, [0.7, 0.7, 0.7], spread=0.2)
-    _, _, state, _ = _race(tmp_path, "tie")
+    _, _, state, _ = _race(tmp_path, "tie", race_rule="mean")
     assert state["dropped"] == {}
     assert not state["verdicts"][0]["beats"]
     assert "are not told apart" in state["verdicts"][0]["text"]
+
+
+@pytest.mark.parametrize("rule", ["beats", "mean"])
+def test_a_lead_the_race_cannot_tell_from_noise_replaces_the_baseline_only_under_the_mean_rule(
+    tmp_path, monkeypatch, rule
+):
+    # The search's best trial is planted a little ahead of conv4, within the blocks' noise.
+    _plant(monkeypatch, [0.74, 0.40, 0.70], spread=0.25)
+    _, ranked, state, _ = _race(tmp_path, rule, **({"race_rule": rule} if rule == "mean" else {}))
+    assert state["settings"]["rule"] == rule  # "beats" is the default
+    leader = f"trial-{ranked[0].number}"
+    means = {e["key"]: race_module._block_means(state, e["key"]) for e in state["entrants"]}
+    assert sum(means[leader]) > sum(means["baseline-conv4"])  # ahead on the mean ...
+    [verdict] = state["verdicts"]
+    if rule == "mean":
+        assert state["pick"] == leader and not verdict["beats"]
+        assert verdict["text"].startswith(f"#{ranked[0].number} and conv4 are not told apart: +")
+    else:  # ... but not with 95% confidence: conv4 stays the pick, and the line says why
+        assert state["pick"] == "baseline-conv4"
+        assert verdict["text"].startswith(
+            f"no candidate beat conv4 with 95% confidence: conv4 is the pick (#{ranked[0].number} led it by +"
+        )
+        assert "over 3 training seed(s), not enough)" in verdict["text"]
+
+
+def test_a_race_stored_before_race_rules_picks_by_the_mean():
+    entrants = [
+        race_module.Entrant(key="trial-0", label="#0", arch={}, fingerprint="a", trial=0),
+        race_module.Entrant(key="baseline-conv4", label="conv4", arch={}, fingerprint="b", baseline="conv4"),
+    ]
+    scores = {"trial-0": [0.72, 0.60], "baseline-conv4": [0.65, 0.64]}  # ahead on the mean, not with confidence
+    state = {
+        "settings": {"blocks": 2},
+        "entrants": [dataclasses.asdict(e) for e in entrants],
+        "scores": {f"{k}/{b}": {"mean": v} for k, vs in scores.items() for b, v in enumerate(vs)},
+        "dropped": {},
+    }
+    assert race_module._pick(state, entrants, entrants, 1.0).key == "trial-0"
+    state["settings"]["rule"] = "beats"
+    assert race_module._pick(state, entrants, entrants, 1.0).key == "baseline-conv4"
+    # A candidate ahead with confidence replaces the baseline under either rule.
+    state["scores"] = {
+        f"{k}/{b}": {"mean": v}
+        for k, vs in {"trial-0": [0.80, 0.79], "baseline-conv4": [0.60, 0.61]}.items()
+        for b, v in enumerate(vs)
+    }
+    assert race_module._pick(state, entrants, entrants, 1.0).key == "trial-0"
 
 
 # --- the race, for real ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from ..config import (
     AMP_MODES,
     CRN_MODES,
     PRESETS,
+    RACE_RULES,
     SCREENING_POOLS,
     STRATEGIES,
     RunConfig,
@@ -212,6 +213,13 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         f"(default: {D.search.race_blocks})",
     )
     race.add_argument(
+        "--race-rule",
+        default=None,
+        choices=RACE_RULES,
+        help="beats = a candidate is the pick only when it beats every baseline with 95%% confidence, else the "
+        f"best baseline stays; mean = the survivor with the best mean (default: {D.search.race_rule})",
+    )
+    race.add_argument(
         "--race-episodes",
         type=int,
         default=None,
@@ -252,7 +260,7 @@ def search_config(args: argparse.Namespace):
     }
     if args.baseline is not None:
         search["baselines"] = () if args.baseline == ["none"] else tuple(args.baseline)
-    for name in ("race", "race_iterations", "race_blocks", "race_episodes"):
+    for name in ("race", "race_iterations", "race_blocks", "race_episodes", "race_rule"):
         if getattr(args, name) is not None:
             search[name] = getattr(args, name)
     if args.strategy == "supernet":

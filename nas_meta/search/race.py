@@ -12,8 +12,11 @@ second on, an entrant whose difference to the leader has its whole 95% interval 
 dropped.  The unit of the comparison is the block, not the episode: each block is one training of
 each entrant, so the training noise is in the comparison, not only the episodes'; the noise is
 pooled over the entrants as in a randomized complete block design (with two entrants, the paired
-t-test; ``nas_meta.stats.blocked_differences``).  The entrant
-left with the best mean is the pick; each baseline gets a verdict in words.
+t-test; ``nas_meta.stats.blocked_differences``).  The pick (``search.race_rule``): under
+"beats", the best-mean candidate among those that beat every baseline with 95% confidence, and
+the best baseline when none does (a lead the race cannot tell from noise does not replace the
+hand-designed network); under "mean", the survivor with the best mean.  Each baseline gets a
+verdict in words.
 
 The race's whole state is one study attribute (``StudyAttr.RACE``), written after every
 (entrant, block), so a search killed mid-race resumes it and reaches the same pick; the
@@ -228,9 +231,10 @@ def run_race(
         study.set_user_attr(StudyAttr.RACE, state)
         log(_block_line(state, entrants, block, task))
     alive = [e for e in entrants if e.key not in state["dropped"]]
-    pick = _leader(state, alive, sign)
+    leader = _leader(state, alive, sign)
+    pick = _pick(state, entrants, alive, sign)
     state["pick"] = pick.key if pick is not None else None
-    state["verdicts"] = _verdicts(state, entrants, pick, task)
+    state["verdicts"] = _verdicts(state, entrants, pick, task, leader=leader)
     state["done"] = True
     study.set_user_attr(StudyAttr.RACE, state)
     return state
@@ -256,6 +260,7 @@ def _new_race(
             "iterations": cfg.race_iterations(),
             "blocks": cfg.search.race_blocks,
             "episodes": cfg.race_episodes(),
+            "rule": cfg.search.race_rule,
             "test": "block design t (entrant + block effects, pooled noise); drop when the 95% interval is below 0",
         },
         "trials": held,  # counted trials of the study when the race began
@@ -286,6 +291,29 @@ def _leader(state: dict[str, Any], alive: list[Entrant], sign: float) -> Entrant
     if not scored:
         return None
     return max(scored, key=lambda pair: sign * statistics.fmean(pair[1]))[0]
+
+
+def _beats(state: dict[str, Any], e: Entrant, base: Entrant, sign: float) -> bool:
+    """Whether ``e`` is ahead of ``base`` with 95% confidence over their common blocks (a baseline
+    that failed to train before it scored a block is beaten)."""
+    if not _block_means(state, base.key):
+        return True
+    d = _difference(state, e.key, base.key, sign)
+    return d.n >= 2 and math.isfinite(d.ci95) and d.ahead()
+
+
+def _pick(state: dict[str, Any], entrants: list[Entrant], alive: list[Entrant], sign: float) -> Entrant | None:
+    """The race's pick under its rule (``settings["rule"]``; a race stored before rules were
+    kept chose by the mean)."""
+    leader = _leader(state, alive, sign)
+    bases = [e for e in entrants if e.baseline is not None]
+    if state["settings"].get("rule", "mean") == "mean" or leader is None or not bases:
+        return leader
+    confident = [e for e in alive if e.baseline is None and all(_beats(state, e, b, sign) for b in bases)]
+    if confident:
+        return _leader(state, confident, sign)
+    kept = [b for b in bases if b.key not in state["dropped"]]
+    return _leader(state, kept, sign) or leader
 
 
 def _score(
@@ -342,8 +370,11 @@ def _amount(diff: float, half: float | None, task: str) -> str:
     return f"{diff:+.4f}" + (f" ± {half:.4f}" if half is not None else "") + " MSE"
 
 
-def _verdicts(state: dict[str, Any], entrants: list[Entrant], pick: Entrant | None, task: str) -> list[dict[str, Any]]:
-    """One verdict per baseline: the pick's paired difference to it over their common blocks."""
+def _verdicts(
+    state: dict[str, Any], entrants: list[Entrant], pick: Entrant | None, task: str, *, leader: Entrant | None = None
+) -> list[dict[str, Any]]:
+    """One verdict per baseline: the pick's paired difference to it over their common blocks (where
+    a baseline is the pick though a candidate led on the mean, that candidate's lead too)."""
     sign = 1.0 if task == "classification" else -1.0
     out: list[dict[str, Any]] = []
     for base in (e for e in entrants if e.baseline is not None):
@@ -353,6 +384,13 @@ def _verdicts(state: dict[str, Any], entrants: list[Entrant], pick: Entrant | No
             continue
         if pick.key == base.key:
             text = f"no candidate beat {name}: {name} is the pick"
+            if leader is not None and leader.key != base.key and leader.baseline is None:
+                d = _difference(state, leader.key, base.key, sign)
+                half = d.ci95 if d.n >= 2 and math.isfinite(d.ci95) else None
+                text = (
+                    f"no candidate beat {name} with 95% confidence: {name} is the pick ({leader.label} led it by "
+                    f"{_amount(sign * d.mean, half, task)} over {d.n} training seed(s), not enough)"
+                )
             if base.trial is not None:
                 text += f" (the search found it too: trial #{base.trial})"
             out.append({"baseline": name, "difference": 0.0, "ci95": 0.0, "blocks": 0, "beats": False, "text": text})

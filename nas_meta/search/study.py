@@ -338,7 +338,16 @@ def _shown(value: Any) -> str:
 # Settings a study keeps from its first run whatever a resumed run asks: each changes what its
 # numbers mean (the streams candidates were trained on, how the pick is chosen), and a study
 # started before a setting existed resumes as it started (config.LEGACY_SEARCH).
-STUDY_SETTINGS = ("crn", "race", "race_iterations", "race_blocks", "race_episodes", "baselines", "precision")
+STUDY_SETTINGS = (
+    "crn",
+    "race",
+    "race_iterations",
+    "race_blocks",
+    "race_episodes",
+    "race_rule",
+    "baselines",
+    "precision",
+)
 
 
 def adopt_study_settings(study: optuna.Study, cfg: RunConfig) -> tuple[RunConfig, list[str]]:
