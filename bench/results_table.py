@@ -318,6 +318,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "versus_random_pick": versus_table("random_pick"),
     "versus_recipe": versus_table("recipe"),
     "versus_equal_cpu": versus_table("equal_cpu"),
+    "versus_race_rules": versus_table("race_rules"),
     "search_chain_recipe_protonet_20w": search_table("chain_recipe", "protonet", 20),
 }
 

@@ -328,12 +328,68 @@ def equal_cpu_table() -> tuple[list[str], dict[str, float]]:
     return (lines if len(lines) > 2 else []), last
 
 
+def _outcome(entrant: str, picked: str | None, d: float, ci: float) -> str:
+    """An entrant as a rule's pick, with its test difference to Conv-4 where the row measured it."""
+    if entrant == "baseline-conv4":
+        return "Conv-4, +0.00"
+    if entrant == picked:
+        return f"#{entrant.partition('-')[2]}, {100 * d:+.2f} ± {100 * ci:.2f}"
+    return f"#{entrant.partition('-')[2]}, not tested"
+
+
+def race_rules_table() -> tuple[list[str], dict[str, float]]:
+    """Every raced row's pick under each race rule, read from the same race (its block scores are in
+    the record): "mean" takes the survivor with the best mean, "beats" keeps Conv-4 unless a
+    candidate beat it with 95% confidence.  A pick's test difference is known where the row
+    retrained it: Conv-4's is zero by construction (the same arm), the row's own pick's is its
+    paired difference, another entrant's was not measured."""
+    from nas_meta.stats import blocked_differences
+
+    lines = [
+        "| row | learner | task | seed | race's rule | best mean in the race (validation lead over Conv-4, 95% CI) "
+        "| mean rule's pick, test diff. | beats rule's pick, test diff. |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    last = {}
+    for r in committed(("default",)):
+        search = r.get("search") or {}
+        if not search.get("race_scores"):
+            continue
+        blocks: dict[str, dict[int, float]] = {}
+        for key, mean in search["race_scores"].items():
+            entrant, _, block = key.partition("/")
+            blocks.setdefault(entrant, {})[int(block)] = mean
+        n = min(len(b) for b in blocks.values())
+        table = {e: [b[i] for i in range(n)] for e, b in blocks.items() if len(b) >= n}
+        alive = [e for e in blocks if e not in search.get("dropped", {})]
+        leader = max(alive, key=lambda e: sum(blocks[e].values()) / len(blocks[e]))
+        diffs = blocked_differences(table, "baseline-conv4") if leader != "baseline-conv4" else {}
+        lead = diffs.get(leader)
+        confident = lead is not None and lead.ahead()
+        d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
+        picked = search.get("pick")
+        rule = search.get("settings", {}).get("rule", "mean")
+        shown = "Conv-4" if leader == "baseline-conv4" else f"#{leader.partition('-')[2]}"
+        if lead is not None:
+            shown += f" ({100 * lead.mean:+.2f} ± {100 * lead.ci95:.2f})"
+        beats_pick = leader if confident or leader == "baseline-conv4" else "baseline-conv4"
+        lines.append(
+            f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {rule} | {shown} | "
+            f"{_outcome(leader, picked, d, ci)} | {_outcome(beats_pick, picked, d, ci)} |"
+        )
+        last[f"{r['name']}_{r.get('algo', 'protonet')}_{r['task']}_s{r['seed']}_beats"] = (
+            0.0 if beats_pick == "baseline-conv4" else 100 * d
+        )
+    return (lines if len(lines) > 2 else []), last
+
+
 # The tables results/README.md shows, by name (bench/results_table.py).
 RENDERERS = {
     "default": default_table,
     "random_pick": random_pick_table,
     "recipe": recipe_table,
     "equal_cpu": equal_cpu_table,
+    "race_rules": race_rules_table,
 }
 
 

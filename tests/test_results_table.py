@@ -156,3 +156,28 @@ def test_a_recipe_pick_is_paired_with_conv4_trained_longer_on_the_same_episodes(
     # pick - Conv-4 at 2400 steps, episode by episode: +0.1, 0, -0.1, +0.4.
     assert lines[2].startswith("| recipe_x | 0 | 600 | 85.00 | 200 | 2400 | 75.00 | 200 | +10.00 ± ")
     assert last == {"recipe_x_s0_vs_conv4_2400": pytest.approx(10.0)}
+
+
+def test_each_race_rule_is_read_off_the_same_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    versus = importlib.import_module("bench.versus_conv4")
+    records = importlib.import_module("bench.records")
+    monkeypatch.setattr(records, "ROOT", tmp_path / "records")
+
+    def save(seed: int, scores: dict[str, list[float]], pick: str) -> None:
+        race = {f"{e}/{b}": v for e, vs in scores.items() for b, v in enumerate(vs)}
+        doc = {"name": "default", "algo": "protonet", "seed": seed, "task": "5w1s", "iterations": 600}
+        doc["search"] = {"race_scores": race, "pick": pick, "dropped": {}, "settings": {}}
+        doc["searched"] = {"test": [0.7, 0.8, 0.9, 0.8], "cpu_s": 1.0, "params": 1}
+        doc["conv4"] = {"test": [0.6, 0.6, 0.6, 0.6], "cpu_s": 1.0, "params": 1}
+        records.write_record("versus_conv4", f"default-s{seed}", doc, command="c", seed=seed, cpu_seconds=1.0)
+
+    save(0, {"trial-3": [0.80, 0.60], "baseline-conv4": [0.65, 0.66]}, "trial-3")  # a lead within the noise
+    save(1, {"trial-4": [0.80, 0.81, 0.79], "baseline-conv4": [0.60, 0.62, 0.61]}, "trial-4")  # a clear lead
+    lines, last = versus.race_rules_table()
+    row0, row1 = lines[2].split(" | "), lines[3].split(" | ")
+    # Seed 0: the mean rule takes #3 (tested: +20 points), the beats rule keeps Conv-4.
+    assert row0[5].startswith("#3 (+4.50 ± ") and row0[6].startswith("#3, +20.00 ± ") and row0[7] == "Conv-4, +0.00 |"
+    # Seed 1: #4 beats Conv-4 with confidence: both rules take it.
+    assert row1[5].startswith("#4 (+19.00 ± ") and row1[6].startswith("#4, +20.00") and row1[7].startswith("#4, +20.00")
+    assert last == {"default_protonet_5w1s_s0_beats": 0.0, "default_protonet_5w1s_s1_beats": pytest.approx(20.0)}
