@@ -130,6 +130,12 @@ def run_one(
     return out
 
 
+def arms_cpu(doc: dict[str, Any]) -> float:
+    """Every arm's training CPU seconds: a row's figures need all its trainings, even when the
+    Conv-4 arm is shared with other rows."""
+    return sum(doc[arm]["cpu_s"] for arm in ("searched", "conv4", "conv4_recipe") if arm in doc)
+
+
 def default_search(
     root: str,
     seed: int,
@@ -456,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--tasks {task} --iterations {args.iterations} --algo {args.algo}",
             )
             atomic_write_json(path, doc)
-            # Both arms' seconds: the row's figures need both trainings, even when the Conv-4 arm is shared.
-            cpu = doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
+            cpu = arms_cpu(doc)
             write_record("versus_conv4", path.stem, doc, command=doc["command"], seed=seed, cpu_seconds=cpu)
             d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
             print(
@@ -494,7 +499,7 @@ def run_default(args: argparse.Namespace) -> int:
                 + "".join(f" --{k.replace('_', '-')} {v}" for k, v in changes.items()),
             )
             atomic_write_json(path, doc)
-            cpu = search["search_cpu_s"] + doc["searched"]["cpu_s"] + doc["conv4"]["cpu_s"]
+            cpu = search["search_cpu_s"] + arms_cpu(doc)
             write_record("versus_conv4", path.stem, doc, command=doc["command"], seed=seed, cpu_seconds=cpu)
             d, ci = paired(doc["conv4"]["test"], doc["searched"]["test"])
             verdict = (search["race_verdict"] or {}).get("text", "no race")
