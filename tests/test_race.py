@@ -278,7 +278,7 @@ def test_a_worker_never_runs_the_race(tmp_path):
 
 def test_search_command_races_and_prints_the_verdict(tmp_path, capsys):
     args = ["search", "--space", "chain", "--algo", "protonet", "--preset", "smoke", "--trials", "2"]
-    args += ["--race", "1", "--race-iterations", "3", "--race-episodes", "4"]
+    args += ["--race", "1", "--race-iterations", "3", "--race-episodes", "4", "--race-rule", "mean"]
     args += ["--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -288,7 +288,8 @@ def test_search_command_races_and_prints_the_verdict(tmp_path, capsys):
         study_name="chain-protonet-glyphs", storage=f"sqlite:///{tmp_path}/r/chain-protonet-glyphs/study.db"
     )
     state = race_state(study)
-    assert state["settings"] == {**state["settings"], "iterations": 3, "episodes": 4, "blocks": 2, "finalists": 1}
+    expected = {"iterations": 3, "episodes": 4, "blocks": 2, "finalists": 1, "rule": "mean"}
+    assert state["settings"] == {**state["settings"], **expected}
     assert main(["analyze", "--study", "chain-protonet-glyphs", "--results-dir", str(tmp_path / "r")]) == 0
     assert "### race" in capsys.readouterr().out
 
