@@ -75,14 +75,41 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+def generic(value: Any, folders: dict[str, str]) -> Any:
+    """``value`` with every string's machine folders written generically: each key of ``folders``
+    as its value, and this checkout's own path as a path relative to the repository."""
+    if isinstance(value, str):
+        for folder, name in folders.items():
+            value = value.replace(folder, name)
+        return value.replace(f"{REPO}/", "").replace(str(REPO), ".")
+    if isinstance(value, dict):
+        return {k: generic(v, folders) for k, v in value.items()}
+    if isinstance(value, list):
+        return [generic(v, folders) for v in value]
+    return value
+
+
 def write_record(
-    section: str, name: str, doc: dict[str, Any], *, command: str, seed: int | None, cpu_seconds: float
+    section: str,
+    name: str,
+    doc: dict[str, Any],
+    *,
+    command: str,
+    seed: int | None,
+    cpu_seconds: float,
+    folders: dict[str, str] | None = None,
 ) -> Path:
     """Write ``ROOT/<section>/<name>.json`` atomically (a reader sees the old record or the new
     one) and return its path.  ``doc`` (the row's figures and per-episode lists) goes under
-    ``figures``; ``section`` and ``name`` must match ``[A-Za-z0-9_.-]+`` (ValueError otherwise)."""
+    ``figures``; ``section`` and ``name`` must match ``[A-Za-z0-9_.-]+`` (ValueError otherwise).
+    No machine's folder is committed: this checkout's path becomes relative, and each folder of
+    ``folders`` (say the data root) the name it maps to (``OMNIGLOT_ROOT``)."""
     path = ROOT / _checked("section", section) / f"{_checked('name', name)}.json"
     commit, dirty = commit_state()
+    # Absolute folders only (a relative "data" would rewrite every word "data"), longest first.
+    given = {str(Path(k).resolve()): v for k, v in (folders or {}).items() if k}
+    folders = dict(sorted(given.items(), key=lambda kv: -len(kv[0])))
+    doc, command = generic(doc, folders), generic(command, folders)
     record = {
         "command": command,
         "seed": seed,

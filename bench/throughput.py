@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             command=command,
             seed=None,
             cpu_seconds=_children_cpu(),
+            folders={args.root: "OMNIGLOT_ROOT", args.cache_dir: "CACHE_DIR"},
         )
     print(" ".join(f"{name}={value:.2f}" for name, value in found.items() if not math.isnan(value)))
     return 0

@@ -99,3 +99,24 @@ def test_names_outside_the_pattern_are_refused(records: ModuleType, section: str
     if section != "s":
         with pytest.raises(ValueError, match="letters, digits"):
             records.read_records(section)
+
+
+def test_no_machine_folder_is_committed(records: ModuleType, tmp_path: Path) -> None:
+    data = tmp_path / "omni"
+    doc = {"arch_path": f"{REPO}/results/versus_conv4/searches/x/best/arch.json", "notes": [f"read {data}/a"]}
+    path = records.write_record(
+        "versus_conv4",
+        "paths",
+        doc,
+        command=f"python -m bench.x {data} --cache-dir {data}-cache",
+        seed=0,
+        cpu_seconds=1.0,
+        folders={str(data): "OMNIGLOT_ROOT", f"{data}-cache": "CACHE_DIR", "": "X"},
+    )
+    record = json.loads(path.read_text())
+    assert record["figures"] == {
+        "arch_path": "results/versus_conv4/searches/x/best/arch.json",
+        "notes": ["read OMNIGLOT_ROOT/a"],
+    }
+    # The longer folder first: the cache is not the data root with "-cache" after it.
+    assert record["command"] == "python -m bench.x OMNIGLOT_ROOT --cache-dir CACHE_DIR"
