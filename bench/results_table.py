@@ -296,9 +296,9 @@ def search_table(space: str, algo: str, ways: int) -> Callable[[], list[str]]:
 
 def versus_table(kind: str) -> Callable[[], list[str]]:
     def render() -> list[str]:
-        from bench import versus_conv4
+        from bench import versus_tables
 
-        return versus_conv4.RENDERERS[kind]()[0] or ["(no records yet)"]
+        return versus_tables.RENDERERS[kind]()[0] or ["(no records yet)"]
 
     return render
 

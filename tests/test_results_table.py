@@ -136,7 +136,7 @@ def test_a_recipe_pick_is_paired_with_conv4_trained_longer_on_the_same_episodes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.syspath_prepend(str(REPO))
-    versus = importlib.import_module("bench.versus_conv4")
+    versus = importlib.import_module("bench.versus_tables")
     records = importlib.import_module("bench.records")
     monkeypatch.setattr(records, "ROOT", tmp_path / "records")
 
@@ -160,7 +160,7 @@ def test_a_recipe_pick_is_paired_with_conv4_trained_longer_on_the_same_episodes(
 
 def test_each_race_rule_is_read_off_the_same_race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.syspath_prepend(str(REPO))
-    versus = importlib.import_module("bench.versus_conv4")
+    versus = importlib.import_module("bench.versus_tables")
     records = importlib.import_module("bench.records")
     monkeypatch.setattr(records, "ROOT", tmp_path / "records")
 
