@@ -144,7 +144,7 @@ def default_search(
     algo: str,
     space: str,
     cache: str,
-    changes: dict[str, int] | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The toolkit's default search (``quick`` preset, its defaults: common random numbers and the
     race against Conv-4) on the task's own episodes, with the search settings in ``changes`` (of
@@ -189,11 +189,12 @@ def default_search(
 
 
 # Search settings a ``default`` row may change, with the letter that names the change in the row's name.
-CHANGES = {"race_iterations": "r", "race_blocks": "b", "trials": "t"}
+CHANGES = {"race_iterations": "r", "race_blocks": "b", "trials": "t", "crn": "c"}
 
 
-def suffix(changes: dict[str, int], sep: str) -> str:
-    """What names a row searched otherwise than by default: ``_r240``, ``_r300b3``, ``_r300b3t32``."""
+def suffix(changes: dict[str, Any], sep: str) -> str:
+    """What names a row searched otherwise than by default: ``_r240``, ``_r300b3``, ``_r300b3t32``,
+    ``_r300b3t32coff``."""
     return (sep + "".join(f"{CHANGES[k]}{v}" for k, v in changes.items())) if changes else ""
 
 
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--race-blocks", type=int, default=None, help="the race's blocks (default: the search's own)")
     d.add_argument("--trials", type=int, default=None, help="the search's trials (default: the preset's)")
+    d.add_argument(
+        "--crn", default=None, choices=["episodes", "all", "off"], help="common random numbers (default: the search's)"
+    )
     add_cache_dir(d, RESULTS)
     sub.add_parser("table")
     args = parser.parse_args(argv)
