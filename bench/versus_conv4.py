@@ -134,7 +134,9 @@ def run_one(
 def arms_cpu(doc: dict[str, Any]) -> float:
     """Every arm's training CPU seconds: a row's figures need all its trainings, even when the
     Conv-4 arm is shared with other rows."""
-    return sum(doc[arm]["cpu_s"] for arm in ("searched", "conv4", "conv4_recipe") if arm in doc)
+    # An arm that is another's training (Conv-4 compared with itself) counts once.
+    arms = {id(doc[arm]): doc[arm] for arm in ("searched", "conv4", "conv4_recipe") if arm in doc}
+    return sum(arm["cpu_s"] for arm in arms.values())
 
 
 def default_search(

@@ -181,3 +181,11 @@ def test_each_race_rule_is_read_off_the_same_race(monkeypatch: pytest.MonkeyPatc
     # Seed 1: #4 beats Conv-4 with confidence: both rules take it.
     assert row1[5].startswith("#4 (+19.00 ± ") and row1[6].startswith("#4, +20.00") and row1[7].startswith("#4, +20.00")
     assert last == {"default_protonet_5w1s_s0_beats": 0.0, "default_protonet_5w1s_s1_beats": pytest.approx(20.0)}
+
+
+def test_a_row_counts_each_training_it_ran_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    versus = importlib.import_module("bench.versus_conv4")
+    conv4 = {"cpu_s": 2.0}
+    assert versus.arms_cpu({"searched": conv4, "conv4": conv4}) == 2.0  # Conv-4 against itself
+    assert versus.arms_cpu({"searched": {"cpu_s": 1.0}, "conv4": conv4, "conv4_recipe": {"cpu_s": 3.0}}) == 6.0
