@@ -159,12 +159,39 @@ def _outcome(entrant: str, picked: str | None, d: float, ci: float) -> str:
     return f"#{entrant.partition('-')[2]}, not tested"
 
 
+def race_from_record(search: dict[str, Any], blocks: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """The race's state, as ``nas_meta.search.race`` keeps it, from what a row's record kept of it
+    (its block means by entrant and who was dropped)."""
+    entrants = []
+    for key in blocks:
+        kind, _, name = key.partition("-")
+        trial = int(name) if kind == "trial" else None
+        entrants.append(
+            {
+                "key": key,
+                "label": key,
+                "arch": {},
+                "fingerprint": key,
+                "trial": trial,
+                "baseline": name if kind == "baseline" else None,
+                "search_score": None,
+            }
+        )
+    return {
+        "settings": {"blocks": max(len(b) for b in blocks.values())},
+        "entrants": entrants,
+        "scores": {f"{e}/{i}": {"mean": v} for e, b in blocks.items() for i, v in b.items()},
+        "dropped": search.get("dropped", {}),
+    }
+
+
 def race_rules_table() -> tuple[list[str], dict[str, float]]:
     """Every raced row's pick under each race rule, read from the same race (its block scores are in
     the record): "mean" takes the survivor with the best mean, "beats" keeps Conv-4 unless a
     candidate beat it with 95% confidence.  A pick's test difference is known where the row
     retrained it: Conv-4's is zero by construction (the same arm), the row's own pick's is its
     paired difference, another entrant's was not measured."""
+    from nas_meta.search.race import pick_by_rule
     from nas_meta.stats import blocked_differences
 
     lines = [
@@ -183,18 +210,16 @@ def race_rules_table() -> tuple[list[str], dict[str, float]]:
             blocks.setdefault(entrant, {})[int(block)] = mean
         n = min(len(b) for b in blocks.values())
         table = {e: [b[i] for i in range(n)] for e, b in blocks.items() if len(b) >= n}
-        alive = [e for e in blocks if e not in search.get("dropped", {})]
-        leader = max(alive, key=lambda e: sum(blocks[e].values()) / len(blocks[e]))
+        state = race_from_record(search, blocks)
+        leader, beats_pick = pick_by_rule(state, "mean"), pick_by_rule(state, "beats")
         diffs = blocked_differences(table, "baseline-conv4") if leader != "baseline-conv4" else {}
         lead = diffs.get(leader)
-        confident = lead is not None and lead.ahead()
         d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
         picked = search.get("pick")
         rule = search.get("settings", {}).get("rule", "mean")
         shown = "Conv-4" if leader == "baseline-conv4" else f"#{leader.partition('-')[2]}"
         if lead is not None:
             shown += f" ({100 * lead.mean:+.2f} ± {100 * lead.ci95:.2f})"
-        beats_pick = leader if confident or leader == "baseline-conv4" else "baseline-conv4"
         lines.append(
             f"| {r['name']} | {r.get('algo', 'protonet')} | {r['task']} | {r['seed']} | {rule} | {shown} | "
             f"{_outcome(leader, picked, d, ci)} | {_outcome(beats_pick, picked, d, ci)} |"

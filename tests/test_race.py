@@ -207,16 +207,16 @@ def test_a_race_stored_before_race_rules_picks_by_the_mean():
         "scores": {f"{k}/{b}": {"mean": v} for k, vs in scores.items() for b, v in enumerate(vs)},
         "dropped": {},
     }
-    assert race_module._pick(state, entrants, entrants, 1.0).key == "trial-0"
-    state["settings"]["rule"] = "beats"
-    assert race_module._pick(state, entrants, entrants, 1.0).key == "baseline-conv4"
+    leader = race_module._leader(state, entrants, 1.0)
+    assert race_module._pick(state, entrants, entrants, leader, 1.0).key == "trial-0"  # no rule stored
+    assert race_module.pick_by_rule(state, "beats") == "baseline-conv4"
     # A candidate ahead with confidence replaces the baseline under either rule.
     state["scores"] = {
         f"{k}/{b}": {"mean": v}
         for k, vs in {"trial-0": [0.80, 0.79], "baseline-conv4": [0.60, 0.61]}.items()
         for b, v in enumerate(vs)
     }
-    assert race_module._pick(state, entrants, entrants, 1.0).key == "trial-0"
+    assert race_module.pick_by_rule(state, "beats") == race_module.pick_by_rule(state, "mean") == "trial-0"
 
 
 # --- the race, for real ---------------------------------------------------------------------------

@@ -54,6 +54,7 @@ __all__ = [
     "block_seeds",
     "race_state",
     "race_pick",
+    "pick_by_rule",
     "race_summary",
     "verdict_lines",
 ]
@@ -232,7 +233,7 @@ def run_race(
         log(_block_line(state, entrants, block, task))
     alive = [e for e in entrants if e.key not in state["dropped"]]
     leader = _leader(state, alive, sign)
-    pick = _pick(state, entrants, alive, sign)
+    pick = _pick(state, entrants, alive, leader, sign)
     state["pick"] = pick.key if pick is not None else None
     state["verdicts"] = _verdicts(state, entrants, pick, task, leader=leader)
     state["done"] = True
@@ -293,27 +294,36 @@ def _leader(state: dict[str, Any], alive: list[Entrant], sign: float) -> Entrant
     return max(scored, key=lambda pair: sign * statistics.fmean(pair[1]))[0]
 
 
-def _beats(state: dict[str, Any], e: Entrant, base: Entrant, sign: float) -> bool:
-    """Whether ``e`` is ahead of ``base`` with 95% confidence over their common blocks (a baseline
-    that failed to train before it scored a block is beaten)."""
-    if not _block_means(state, base.key):
-        return True
-    d = _difference(state, e.key, base.key, sign)
-    return d.n >= 2 and math.isfinite(d.ci95) and d.ahead()
-
-
-def _pick(state: dict[str, Any], entrants: list[Entrant], alive: list[Entrant], sign: float) -> Entrant | None:
+def _pick(
+    state: dict[str, Any], entrants: list[Entrant], alive: list[Entrant], leader: Entrant | None, sign: float
+) -> Entrant | None:
     """The race's pick under its rule (``settings["rule"]``; a race stored before rules were
-    kept chose by the mean)."""
-    leader = _leader(state, alive, sign)
+    kept chose by the mean): the ``leader`` by the mean, or under "beats" the best candidate that
+    is ahead of every baseline with 95% confidence (a baseline that failed before it scored a
+    block is beaten), else the best baseline."""
     bases = [e for e in entrants if e.baseline is not None]
     if state["settings"].get("rule", "mean") == "mean" or leader is None or not bases:
         return leader
-    confident = [e for e in alive if e.baseline is None and all(_beats(state, e, b, sign) for b in bases)]
+
+    def beats_all(e: Entrant) -> bool:
+        return all(not _block_means(state, b.key) or _difference(state, e.key, b.key, sign).ahead() for b in bases)
+
+    confident = [e for e in alive if e.baseline is None and beats_all(e)]
     if confident:
         return _leader(state, confident, sign)
     kept = [b for b in bases if b.key not in state["dropped"]]
     return _leader(state, kept, sign) or leader
+
+
+def pick_by_rule(state: dict[str, Any], rule: str, task: str = "classification") -> str | None:
+    """The key of the entrant a finished race's scores pick under ``rule`` (one of RACE_RULES),
+    whichever rule the race itself ran with: to read one race under both."""
+    entrants = [Entrant.from_dict(e) for e in state["entrants"]]
+    alive = [e for e in entrants if e.key not in state["dropped"]]
+    sign = 1.0 if task == "classification" else -1.0
+    ruled = {**state, "settings": {**state["settings"], "rule": rule}}
+    pick = _pick(ruled, entrants, alive, _leader(state, alive, sign), sign)
+    return pick.key if pick is not None else None
 
 
 def _score(
