@@ -20,6 +20,21 @@ def _recipe_cell(row: dict[str, Any]) -> str:
     return f"{100 * d:+.2f} ± {100 * ci:.2f}"
 
 
+def race_blocks(search: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """A row's race as its record keeps it: {entrant: {block: mean score}}."""
+    blocks: dict[str, dict[int, float]] = {}
+    for key, mean in search["race_scores"].items():
+        entrant, _, block = key.partition("/")
+        blocks.setdefault(entrant, {})[int(block)] = mean
+    return blocks
+
+
+def common_blocks(blocks: dict[str, dict[int, float]]) -> dict[str, list[float]]:
+    """Every entrant's scores over the blocks all of them ran (a dropped entrant ran fewer)."""
+    n = min(len(b) for b in blocks.values())
+    return {e: [b[i] for i in range(n)] for e, b in blocks.items()}
+
+
 def _race_cell(row: dict[str, Any]) -> str:
     """What the search's race said of its pick against Conv-4 on validation (rows of the default
     search); when Conv-4 is the pick, the best candidate's difference to it, so that the race's
@@ -32,14 +47,9 @@ def _race_cell(row: dict[str, Any]) -> str:
         return "-"
     if verdict.get("blocks"):
         return f"{100 * verdict['difference']:+.2f} ± {100 * verdict['ci95']:.2f}"
-    blocks: dict[str, dict[int, float]] = {}
-    for key, mean in search["race_scores"].items():
-        entrant, _, block = key.partition("/")
-        blocks.setdefault(entrant, {})[int(block)] = mean
-    n = min(len(b) for b in blocks.values())
-    table = {e: [b[i] for i in range(n)] for e, b in blocks.items()}
-    diffs = blocked_differences(table, "baseline-conv4")
-    best = max((e for e in table if e != "baseline-conv4"), key=lambda e: diffs[e].mean)
+    blocks = race_blocks(search)
+    diffs = blocked_differences(common_blocks(blocks), "baseline-conv4")
+    best = max((e for e in blocks if e != "baseline-conv4"), key=lambda e: diffs[e].mean)
     d = diffs[best]
     return f"Conv-4 is the pick; best candidate #{best.partition('-')[2]} {100 * d.mean:+.2f} ± {100 * d.ci95:.2f}"
 
@@ -204,15 +214,10 @@ def race_rules_table() -> tuple[list[str], dict[str, float]]:
         search = r.get("search") or {}
         if not search.get("race_scores"):
             continue
-        blocks: dict[str, dict[int, float]] = {}
-        for key, mean in search["race_scores"].items():
-            entrant, _, block = key.partition("/")
-            blocks.setdefault(entrant, {})[int(block)] = mean
-        n = min(len(b) for b in blocks.values())
-        table = {e: [b[i] for i in range(n)] for e, b in blocks.items() if len(b) >= n}
+        blocks = race_blocks(search)
         state = race_from_record(search, blocks)
         leader, beats_pick = pick_by_rule(state, "mean"), pick_by_rule(state, "beats")
-        diffs = blocked_differences(table, "baseline-conv4") if leader != "baseline-conv4" else {}
+        diffs = blocked_differences(common_blocks(blocks), "baseline-conv4") if leader != "baseline-conv4" else {}
         lead = diffs.get(leader)
         d, ci = paired(r["conv4"]["test"], r["searched"]["test"])
         picked = search.get("pick")
